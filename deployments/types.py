@@ -1,0 +1,65 @@
+"""Request and response types of the deployments' handle API (no HTTP involved)."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+PromptSource = Literal["openai", "fallback"]
+
+
+class OptimizedPrompt(BaseModel):
+    """An English text-to-image prompt and which path produced it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    source: PromptSource
+    model: str | None = Field(default=None, description="Chat model used, when source=openai")
+    fallback_reason: str | None = Field(default=None, description="Why the fallback was used")
+    elapsed_ms: float = 0.0
+
+
+class ImageParams(BaseModel):
+    """Generation parameters; seed None means a random seed (reported back)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    steps: int = Field(default=1, ge=1, le=150)
+    guidance_scale: float = Field(default=0.0, ge=0.0, le=30.0)
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """Raw RGB pixels from the generator; encoding happens off the model replica."""
+
+    pixels: np.ndarray  # (height, width, 3) uint8
+    seed: int
+    steps: int
+    elapsed_ms: float
+    created_at: float = field(default_factory=time.time)
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def to_png(self) -> bytes:
+        """Encode as PNG (deterministic for identical pixels)."""
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(self.pixels, mode="RGB").save(buffer, format="PNG")
+        return buffer.getvalue()

@@ -1,0 +1,138 @@
+"""Every environment variable the server reads, parsed and validated in one place.
+
+The names and defaults of the seed spec (section 6) are kept; the rest are what running the
+server for real needs (model locations, OpenAI endpoint and timeout, S3 endpoint override,
+local storage directory, GPU counts). Only the application builder calls `load_settings`;
+deployments receive typed configs derived from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TorchDType = Literal["auto", "float32", "float16", "bfloat16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """Server settings from the environment and an optional `.env` file."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- seed 6.1: modules and DB ---------------------------------------------------------
+    image_enabled: bool = True
+    image_search_enabled: bool = True
+    voice_enabled: bool = True
+    # The seed's example turns R2 on; the default here is the embedded local store so that a
+    # server with no credentials still starts. Set R2_ENABLED=1 for Cloudflare R2 / S3.
+    r2_enabled: bool = False
+    image_search_db_path: Path = Path("app/image_search.db")
+    image_search_db_backup_enabled: bool = True
+    image_search_db_backup_interval_seconds: int = Field(default=1800, ge=10)
+
+    # --- seed 6.2: external services ------------------------------------------------------
+    openai_api_key: SecretStr | None = None
+    openai_prompt_model: str = Field(default="gpt-4.1", min_length=1)
+    openai_base_url: str | None = None
+    openai_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+    openai_max_retries: int = Field(default=2, ge=0, le=10)
+
+    r2_account_id: str | None = None
+    r2_access_key_id: str | None = None
+    r2_secret_access_key: SecretStr | None = None
+    r2_bucket_name: str | None = None
+    r2_endpoint_url: str | None = None  # any S3-compatible server; derived from the account id
+    r2_region: str = "auto"
+    r2_presign_expires_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    r2_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    # --- seed 6.3: paths and limits -------------------------------------------------------
+    image_remote_prefix: str = "AI/POSTER/"
+    image_search_remote_prefix: str = "AI/SEARCH/"
+    voice_remote_prefix: str = "AI/VOICE/"
+    image_search_max_elements: int = Field(default=50_000, ge=1)
+    image_search_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+
+    # --- storage --------------------------------------------------------------------------
+    local_storage_dir: Path = Path("data/storage")
+    storage_public_base_url: str | None = None  # e.g. an R2 public bucket or CDN domain
+
+    # --- image generation -----------------------------------------------------------------
+    image_model: str = Field(default="stabilityai/sd-turbo", min_length=1)
+    image_device: Device = "auto"
+    image_dtype: TorchDType = "auto"
+    image_num_gpus: float = Field(default=1.0, ge=0)
+    image_max_queued_requests: int = Field(default=8, ge=-1)
+    image_default_width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    image_default_height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    image_default_steps: int = Field(default=1, ge=1, le=150)
+    image_default_guidance_scale: float = Field(default=0.0, ge=0, le=30)
+    image_max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
+
+    # --- placement and threads ------------------------------------------------------------
+    # Deploy GPU deployments on the CPU when the Ray cluster has no GPU at all, instead of
+    # leaving them pending forever. Turn off on autoscaling clusters whose GPU nodes start
+    # on demand.
+    cpu_fallback: bool = True
+    torch_cpu_threads: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_r2(self) -> Settings:
+        if not self.r2_enabled:
+            return self
+        missing = [
+            name
+            for name, value in (
+                ("R2_ACCESS_KEY_ID", self.r2_access_key_id),
+                ("R2_SECRET_ACCESS_KEY", self.r2_secret_access_key),
+                ("R2_BUCKET_NAME", self.r2_bucket_name),
+            )
+            if not value
+        ]
+        if not self.r2_account_id and not self.r2_endpoint_url:
+            missing.append("R2_ACCOUNT_ID (or R2_ENDPOINT_URL)")
+        if missing:
+            raise ValueError(f"R2_ENABLED=1 needs {', '.join(missing)}")
+        return self
+
+    @property
+    def s3_endpoint_url(self) -> str | None:
+        """The S3 endpoint: the explicit override, else R2's endpoint for the account."""
+        if self.r2_endpoint_url:
+            return self.r2_endpoint_url
+        if self.r2_account_id:
+            return f"https://{self.r2_account_id}.r2.cloudflarestorage.com"
+        return None
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
+    """Read and validate the settings; raise SettingsError naming each bad variable."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location = [str(part) for part in error["loc"]]
+            name = location[0].upper() if location else "settings"
+            value = error.get("input")
+            shown = "" if location == [] or isinstance(value, dict) else f"={_redact(name, value)!r}"
+            problems.append(f"{name}{shown}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def _redact(name: str, value: object) -> object:
+    return "***" if any(word in name for word in ("KEY", "SECRET", "TOKEN")) else value
