@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     image_device: Device = "auto"
     image_dtype: TorchDType = "auto"
     image_num_gpus: float = Field(default=1.0, ge=0)
+    image_num_cpus: float = Field(default=1.0, gt=0)
     image_max_queued_requests: int = Field(default=8, ge=-1)
     image_default_width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
     image_default_height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
@@ -89,6 +90,9 @@ class Settings(BaseSettings):
     # on demand.
     cpu_fallback: bool = True
     torch_cpu_threads: int | None = Field(default=None, ge=1)
+
+    # --- gateway --------------------------------------------------------------------------
+    request_timeout_seconds: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _check_r2(self) -> Settings:
@@ -119,10 +123,23 @@ class Settings(BaseSettings):
         return None
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
-    """Read and validate the settings; raise SettingsError naming each bad variable."""
+def load_settings(
+    env_files: str | Path | list[str | Path] | tuple[str | Path, ...] | None = ".env",
+    overrides: dict[str, object] | None = None,
+) -> Settings:
+    """Read and validate the settings; raise SettingsError naming each bad variable.
+
+    `env_files` are read in order (later files win, the process environment wins over all);
+    `overrides` (keys are variable names, any case) win over everything.
+    """
+    given = {name.lower(): value for name, value in (overrides or {}).items()}
+    unknown = sorted(name.upper() for name in given if name not in Settings.model_fields)
+    if unknown:
+        raise SettingsError(f"unknown settings: {', '.join(unknown)}")
+    if isinstance(env_files, list):
+        env_files = tuple(env_files)
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_files, **given)  # type: ignore[call-arg]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -1,0 +1,103 @@
+"""Plain-Python text-to-image wrapper over a diffusers pipeline (no Ray).
+
+Owns loading the pipeline named by an `ImageGeneratorConfig` (hub id or local directory)
+onto one device, and turning a prompt plus `ImageParams` into seeded, reproducible
+`GeneratedImage` pixels. The Ray deployment is a thin shell around `DiffusionImageModel`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from deployments.configs import ImageGeneratorConfig
+from deployments.model_loading import (
+    pick_device,
+    pick_dtype,
+    quiet_progress_bars,
+    resolve_model_ref,
+    set_torch_threads,
+)
+from deployments.types import GeneratedImage, ImageParams
+
+
+class DiffusionImageModel:
+    """A loaded text-to-image pipeline; `generate` is safe to call from several threads."""
+
+    def __init__(self, config: ImageGeneratorConfig) -> None:
+        from diffusers import AutoPipelineForText2Image
+
+        self.config = config
+        set_torch_threads(config.torch_threads)
+        self.model_path, self.is_local = resolve_model_ref(config.model)
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        with quiet_progress_bars():
+            # `dtype` is diffusers 0.42's name for the deprecated `torch_dtype`.
+            pipeline = AutoPipelineForText2Image.from_pretrained(
+                self.model_path,
+                dtype=self.dtype,
+                local_files_only=self.is_local,
+                safety_checker=None,
+            )
+        if getattr(pipeline, "safety_checker", None) is not None:
+            pipeline.safety_checker = None
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = pipeline.to(self.device)
+        # Pipelines keep per-call state (scheduler timesteps): one call at a time.
+        self._lock = threading.Lock()
+
+    def generate(self, prompt: str, params: ImageParams) -> GeneratedImage:
+        """Render `prompt`; the same seed and params give byte-identical pixels."""
+        if not prompt or not prompt.strip():
+            raise ValueError("prompt must not be empty")
+        seed = params.seed if params.seed is not None else secrets.randbits(63)
+        kwargs: dict[str, Any] = {
+            "prompt": prompt,
+            "width": params.width,
+            "height": params.height,
+            "num_inference_steps": params.steps,
+            "guidance_scale": params.guidance_scale,
+            "output_type": "np",
+        }
+        if params.negative_prompt:
+            kwargs["negative_prompt"] = params.negative_prompt
+        with self._lock, torch.inference_mode():
+            start = time.perf_counter()
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            images = self.pipeline(generator=generator, **kwargs).images
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+        return GeneratedImage(
+            pixels=_to_uint8_rgb(images[0]),
+            seed=seed,
+            steps=params.steps,
+            elapsed_ms=elapsed_ms,
+        )
+
+    def describe(self) -> dict[str, str]:
+        """Model reference, where it came from, device and dtype, for health and info routes."""
+        return {
+            "model": self.config.model,
+            "source": "local" if self.is_local else "hub",
+            "path": self.model_path,
+            "pipeline": type(self.pipeline).__name__,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def _to_uint8_rgb(image: Any) -> np.ndarray:
+    """Convert a float HxWxC image in [0, 1] to contiguous uint8 HxWx3."""
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    array = array[:, :, :3]
+    pixels = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return np.ascontiguousarray(pixels)

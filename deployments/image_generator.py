@@ -1,0 +1,36 @@
+"""ImageGenerator deployment: one diffusers pipeline, one request at a time."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from deployments.configs import ImageGeneratorConfig
+from deployments.diffusion_model import DiffusionImageModel
+from deployments.types import GeneratedImage, ImageParams
+from serve_app.errors import InvalidInput, ModelFailed
+
+
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=1,  # the model owns its device; requests wait in the bounded queue
+    max_queued_requests=8,
+    ray_actor_options={"num_cpus": 1},
+)
+class ImageGenerator:
+    """Text-to-image generation. The model loads in the constructor (Serve shows "UPDATING")."""
+
+    def __init__(self, config: ImageGeneratorConfig):
+        self._model = DiffusionImageModel(config)
+
+    def generate(self, prompt: str, params: ImageParams | None = None) -> GeneratedImage:
+        """Generate one image; the same prompt, params and seed give the same pixels."""
+        try:
+            return self._model.generate(prompt, params or ImageParams())
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a model failure must not look like a bug in the caller
+            raise ModelFailed(f"image generation failed: {type(exc).__name__}: {exc}"[:500]) from None
+
+    def describe(self) -> dict[str, str]:
+        """Which model is loaded, on which device and dtype."""
+        return self._model.describe()

@@ -1,0 +1,130 @@
+"""The application builder: settings -> typed configs -> the bound deployment graph.
+
+`serve_app.app:build_app` is the `import_path` of every Serve config in this repository.
+It is the only place where settings become objects; it includes only the enabled modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from deployments.configs import ImageGeneratorConfig, PromptOptimizerConfig
+from deployments.types import ImageParams
+from serve_app.gateway import Gateway
+from serve_app.services import GatewayConfig
+from serve_app.settings import Settings, load_settings
+from serve_app.storage import StorageConfig
+
+logger = logging.getLogger("ray.serve")
+
+
+class AppArgs(BaseModel):
+    """The `args` of a Serve config's application entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env_files: list[str] = Field(
+        default_factory=lambda: [".env"],
+        description="dotenv files read in order (later wins; the environment wins over all)",
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Setting overrides by variable name; win over all"
+    )
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Read settings once and bind the graph of the enabled modules (Serve's app builder)."""
+    app_args = AppArgs.model_validate(args or {})
+    settings = load_settings(app_args.env_files, app_args.settings)
+    return build_graph(settings)
+
+
+def build_graph(settings: Settings) -> Application:
+    """Bind the Gateway and the deployments of every enabled module."""
+    prompt_optimizer = image_generator = None
+    if settings.image_enabled:
+        from deployments.image_generator import ImageGenerator
+        from deployments.prompt_optimizer import PromptOptimizer
+
+        prompt_optimizer = PromptOptimizer.bind(prompt_optimizer_config(settings))
+        num_gpus, device = gpu_placement(settings.image_num_gpus, settings.image_device, settings)
+        image_generator = ImageGenerator.options(
+            max_queued_requests=settings.image_max_queued_requests,
+            ray_actor_options={"num_cpus": settings.image_num_cpus, "num_gpus": num_gpus},
+        ).bind(
+            ImageGeneratorConfig(
+                model=settings.image_model,
+                device=device,
+                dtype=settings.image_dtype,
+                torch_threads=torch_threads(settings, settings.image_num_cpus),
+            )
+        )
+    return Gateway.bind(gateway_config(settings), prompt_optimizer, image_generator)
+
+
+def gateway_config(settings: Settings) -> GatewayConfig:
+    """The ingress's config: enabled modules, storage, prefixes, request defaults."""
+    return GatewayConfig(
+        enabled={
+            "image": settings.image_enabled,
+            "image_search": settings.image_search_enabled,
+            "voice": settings.voice_enabled,
+        },
+        storage=StorageConfig.from_settings(settings),
+        image_remote_prefix=settings.image_remote_prefix,
+        image_search_remote_prefix=settings.image_search_remote_prefix,
+        voice_remote_prefix=settings.voice_remote_prefix,
+        image_defaults=ImageParams(
+            width=settings.image_default_width,
+            height=settings.image_default_height,
+            steps=settings.image_default_steps,
+            guidance_scale=settings.image_default_guidance_scale,
+        ),
+        image_max_pixels=settings.image_max_pixels,
+        request_timeout_s=settings.request_timeout_seconds,
+    )
+
+
+def prompt_optimizer_config(settings: Settings) -> PromptOptimizerConfig:
+    return PromptOptimizerConfig(
+        model=settings.openai_prompt_model,
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        timeout_s=settings.openai_timeout_seconds,
+        max_retries=settings.openai_max_retries,
+    )
+
+
+def gpu_placement(requested_gpus: float, device: str, settings: Settings) -> tuple[float, str]:
+    """GPUs to reserve and the torch device for a model deployment.
+
+    A deployment asking for GPUs on a cluster that has none would stay pending forever; with
+    CPU_FALLBACK=1 (the default) it is placed on the CPU instead, with a warning.
+    """
+    if device == "cpu" or requested_gpus <= 0:
+        return 0.0, "cpu"
+    available = cluster_gpu_count()
+    if available == 0 and settings.cpu_fallback:
+        logger.warning(
+            "the Ray cluster has no GPU: deploying on the CPU (set CPU_FALLBACK=0 to wait for one)"
+        )
+        return 0.0, "cpu"
+    return requested_gpus, device
+
+
+def cluster_gpu_count() -> float | None:
+    """GPUs in the connected Ray cluster, or None when Ray is not initialised here."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def torch_threads(settings: Settings, num_cpus: float) -> int:
+    """Threads for torch in a replica: TORCH_CPU_THREADS, else the CPUs it reserves."""
+    return settings.torch_cpu_threads or max(1, int(num_cpus))

@@ -1,0 +1,27 @@
+"""The FastAPI application: routers, error handlers and the services they use."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from serve_app.http_errors import install_error_handlers
+from serve_app.routes import files, health, images
+from serve_app.services import Services
+
+API_TITLE = "Common AI Server"
+API_VERSION = "0.1.0"
+
+
+def create_http_app(services: Services) -> FastAPI:
+    """Build the ASGI app served by the Gateway replica."""
+    app = FastAPI(
+        title=API_TITLE,
+        version=API_VERSION,
+        description="Image generation, semantic image search and voice cloning on Ray Serve.",
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(images.router)
+    app.include_router(files.router)
+    return app

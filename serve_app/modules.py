@@ -1,0 +1,136 @@
+"""The server's modules, the variables that enable them, and their readiness.
+
+A module is ready when every deployment it owns is running its model. The state comes from
+Serve's own deployment status (the same one the Ray dashboard shows): a model loads in its
+replica's constructor, so a deployment still starting is "loading" and one whose constructor
+kept failing is "failed" with Serve's message as the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from serve_app.errors import ModelNotReady, ModuleDisabled
+from serve_app.schemas import ComponentStatus
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """A switchable feature: its enabling variable and the deployments it needs."""
+
+    name: str
+    enabled_by: str
+    deployments: tuple[str, ...]
+    implemented: bool = True
+
+
+IMAGE = ModuleSpec("image", "IMAGE_ENABLED", ("PromptOptimizer", "ImageGenerator"))
+IMAGE_SEARCH = ModuleSpec(
+    "image_search", "IMAGE_SEARCH_ENABLED", ("ClipEmbedder", "VectorIndex"), implemented=False
+)
+VOICE = ModuleSpec("voice", "VOICE_ENABLED", ("VoiceCloner",), implemented=False)
+MODULES: tuple[ModuleSpec, ...] = (IMAGE, IMAGE_SEARCH, VOICE)
+
+_READY = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
+_LOADING = {"UPDATING"}
+
+
+def module_state(
+    spec: ModuleSpec, enabled: bool, deployment_states: dict[str, tuple[str, str]]
+) -> ComponentStatus:
+    """Fold the Serve status of a module's deployments into one module state."""
+    if not enabled:
+        return ComponentStatus(state="disabled", enabled_by=spec.enabled_by)
+    if not spec.implemented:
+        return ComponentStatus(
+            state="failed",
+            enabled_by=spec.enabled_by,
+            reason=f"the {spec.name} module is not available in this version; "
+            f"set {spec.enabled_by}=0",
+        )
+    shown: dict[str, str] = {}
+    failures: list[str] = []
+    loading = False
+    for name in spec.deployments:
+        status, message = deployment_states.get(name, ("NOT_DEPLOYED", "deployment not found"))
+        shown[name] = status
+        if status in _READY:
+            continue
+        if status in _LOADING:
+            loading = True
+        else:
+            failures.append(f"{name}: {status.lower()}: {_first_line(message)}")
+    if failures:
+        return ComponentStatus(
+            state="failed", enabled_by=spec.enabled_by, reason="; ".join(failures), deployments=shown
+        )
+    if loading:
+        return ComponentStatus(
+            state="loading",
+            enabled_by=spec.enabled_by,
+            reason="model is loading",
+            deployments=shown,
+        )
+    return ComponentStatus(state="ready", enabled_by=spec.enabled_by, deployments=shown)
+
+
+def _first_line(message: str, limit: int = 500) -> str:
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    # Serve's failure messages end with the exception line, which names the cause.
+    text = lines[-1] if lines else "no details"
+    return text[:limit]
+
+
+class ModuleBoard:
+    """Caches module states read from Serve for a moment, so routes can check cheaply."""
+
+    def __init__(self, app_name: str, enabled: dict[str, bool], ttl_s: float = 1.0):
+        self._app_name = app_name
+        self._enabled = enabled
+        self._ttl_s = ttl_s
+        self._states: dict[str, ComponentStatus] = {}
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def states(self, fresh: bool = False) -> dict[str, ComponentStatus]:
+        """Every module's state, read from Serve when the cache is stale."""
+        async with self._lock:
+            if fresh or time.monotonic() - self._read_at > self._ttl_s:
+                deployment_states = await asyncio.to_thread(self._read_serve_status)
+                self._states = {
+                    spec.name: module_state(
+                        spec, self._enabled.get(spec.name, False), deployment_states
+                    )
+                    for spec in MODULES
+                }
+                self._read_at = time.monotonic()
+            return dict(self._states)
+
+    async def require_ready(self, spec: ModuleSpec) -> None:
+        """Raise the right 503 unless the module is enabled and its models are loaded."""
+        if not self._enabled.get(spec.name, False):
+            raise ModuleDisabled(
+                f"the {spec.name} module is disabled; set {spec.enabled_by}=1 to enable it",
+                module=spec.name,
+                enabled_by=spec.enabled_by,
+            )
+        state = (await self.states())[spec.name]
+        if state.state != "ready":
+            raise ModelNotReady(
+                f"the {spec.name} module is {state.state}: {state.reason}",
+                module=spec.name,
+                headers={"Retry-After": "5"} if state.state == "loading" else None,
+            )
+
+    def _read_serve_status(self) -> dict[str, tuple[str, str]]:
+        from ray import serve
+
+        app = serve.status().applications.get(self._app_name)
+        if app is None:
+            return {}
+        return {
+            name: (str(getattr(dep.status, "value", dep.status)), dep.message or "")
+            for name, dep in app.deployments.items()
+        }

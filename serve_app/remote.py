@@ -1,0 +1,54 @@
+"""Awaiting deployment calls from the gateway, with Ray's failures mapped to API errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from serve_app.errors import ApiError, ModelFailed, Overloaded, ServiceUnavailable
+
+logger = logging.getLogger("ray.serve")
+
+
+def unwrap_remote_error(exc: BaseException) -> BaseException:
+    """The exception a deployment raised, without Ray's task-error wrapper."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(exc, RayTaskError) and isinstance(cause, BaseException):
+        return cause
+    return exc
+
+
+async def await_deployment(response: Any, *, what: str, timeout_s: float) -> Any:
+    """Await a DeploymentResponse; raise an ApiError (503 family) on any Ray-level failure.
+
+    `what` names the call in messages, e.g. "image generation".
+    """
+    try:
+        return await asyncio.wait_for(_resolve(response), timeout=timeout_s)
+    except TimeoutError:
+        response.cancel()
+        raise ServiceUnavailable(f"{what} timed out after {timeout_s:g}s") from None
+    except BackPressureError:
+        raise Overloaded(
+            f"{what} is at capacity; retry shortly", headers={"Retry-After": "1"}
+        ) from None
+    except DeploymentUnavailableError:
+        raise ServiceUnavailable(f"{what} is not available right now") from None
+    except RayActorError:
+        raise ServiceUnavailable(
+            f"{what} failed: the replica died and is restarting", headers={"Retry-After": "5"}
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - every other failure is mapped below
+        cause = unwrap_remote_error(exc)
+        if isinstance(cause, ApiError):
+            raise cause from None
+        logger.exception("%s failed", what)
+        raise ModelFailed(f"{what} failed ({type(cause).__name__})") from None
+
+
+async def _resolve(response: Any) -> Any:
+    return await response

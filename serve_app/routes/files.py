@@ -1,0 +1,48 @@
+"""GET /v1/storage/{key}: fetch a stored result (generated images, uploaded originals).
+
+With the local store this streams the file; with S3/R2 it redirects (307) to a presigned or
+public URL. Only keys under the public result prefixes are served: backups and voice
+references stay private.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from serve_app.errors import ObjectNotFound
+from serve_app.schemas import ErrorResponse
+from serve_app.services import Services, get_services
+from serve_app.storage import validate_key
+
+router = APIRouter(tags=["storage"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+@router.get(
+    "/v1/storage/{key:path}",
+    responses={
+        307: {"description": "Redirect to the object in S3/R2"},
+        404: {"model": ErrorResponse, "description": "No such object"},
+        422: {"model": ErrorResponse, "description": "Invalid key"},
+    },
+)
+async def get_stored_object(key: str, services: ServicesDep) -> Response:
+    """Return (local store) or redirect to (S3/R2) a stored result object."""
+    key = validate_key(key)
+    if not key.startswith(services.config.public_prefixes):
+        raise ObjectNotFound("no such object", key=key)
+    store = services.store
+    if store.kind != "local":
+        if await asyncio.to_thread(store.head, key) is None:
+            raise ObjectNotFound("no such object", key=key)
+        return RedirectResponse(await asyncio.to_thread(store.url, key), status_code=307)
+    path = store.path_for(key)  # type: ignore[attr-defined]
+    if not path.is_file():
+        raise ObjectNotFound("no such object", key=key)
+    media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type)

@@ -1,0 +1,51 @@
+"""/healthz (the process answers) and /readyz (every enabled module has its model loaded)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from serve_app.errors import ApiError
+from serve_app.schemas import ComponentStatus, ReadinessResponse
+from serve_app.services import Services, get_services
+
+router = APIRouter(tags=["health"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up; says nothing about models."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadinessResponse,
+    responses={503: {"model": ReadinessResponse, "description": "Not every module is ready"}},
+)
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """200 when every enabled module is ready and storage answers; 503 otherwise."""
+    modules = await services.board.states(fresh=True)
+    storage = await _storage_status(services)
+    ready = storage.state == "ready" and all(
+        state.state in ("ready", "disabled") for state in modules.values()
+    )
+    body = ReadinessResponse(ready=ready, modules=modules, storage=storage)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
+
+
+async def _storage_status(services: Services) -> ComponentStatus:
+    backend = services.store.kind
+    try:
+        await asyncio.wait_for(asyncio.to_thread(services.store.check), timeout=5)
+    except ApiError as exc:
+        reason = exc.message
+    except TimeoutError:
+        reason = "storage check timed out after 5s"
+    else:
+        return ComponentStatus(state="ready", enabled_by="R2_ENABLED", backend=backend)
+    return ComponentStatus(state="failed", enabled_by="R2_ENABLED", backend=backend, reason=reason)

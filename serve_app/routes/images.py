@@ -1,0 +1,73 @@
+"""Image generation routes of the seed: PNG back, or stored in object storage as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from serve_app.image_pipeline import render_image
+from serve_app.schemas import ERROR_RESPONSES, ImageGenerateRequest, StoredImageResponse, Timings
+from serve_app.services import Services, get_services
+from serve_app.storage import join_key
+
+router = APIRouter(tags=["images"], responses=ERROR_RESPONSES)
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+@router.post(
+    "/v1/images/generate",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The generated PNG"}},
+)
+async def generate_image(body: ImageGenerateRequest, services: ServicesDep) -> Response:
+    """Generate an image from a title and description; answer the PNG bytes."""
+    rendered = await render_image(services, body)
+    return Response(
+        content=rendered.png,
+        media_type="image/png",
+        headers={
+            "X-Image-Seed": str(rendered.image.seed),
+            "X-Prompt-Source": rendered.prompt.source,
+        },
+    )
+
+
+@router.post("/v1/r2/images/generate", response_model=StoredImageResponse)
+async def generate_and_store_image(
+    body: ImageGenerateRequest, services: ServicesDep
+) -> StoredImageResponse:
+    """Generate an image, store the PNG under IMAGE_REMOTE_PREFIX and answer where it is."""
+    started = time.perf_counter()
+    rendered = await render_image(services, body)
+    key = join_key(services.config.image_remote_prefix, f"{uuid.uuid4().hex}.png")
+    stored_at = time.perf_counter()
+    await asyncio.to_thread(services.store.put, key, rendered.png, "image/png")
+    url = await asyncio.to_thread(services.store.url, key)
+    done = time.perf_counter()
+    params = rendered.params
+    return StoredImageResponse(
+        key=key,
+        url=url,
+        storage=services.store.kind,  # type: ignore[arg-type]
+        bytes=len(rendered.png),
+        prompt=rendered.prompt.prompt,
+        prompt_source=rendered.prompt.source,
+        prompt_fallback_reason=rendered.prompt.fallback_reason,
+        seed=rendered.image.seed,
+        width=rendered.image.width,
+        height=rendered.image.height,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        timings=Timings(
+            prompt_ms=rendered.prompt_ms,
+            generate_ms=rendered.generate_ms,
+            encode_ms=rendered.encode_ms,
+            store_ms=(done - stored_at) * 1000,
+            total_ms=(done - started) * 1000,
+        ),
+    )

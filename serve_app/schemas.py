@@ -1,0 +1,103 @@
+"""HTTP request and response bodies. Limits live here, on the fields, not in handlers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deployments.types import ImageParams, PromptSource
+
+ModuleState = Literal["disabled", "loading", "ready", "failed"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ImageGenerateRequest(_Strict):
+    """The seed's body ({"title", "description"}) plus optional generation parameters."""
+
+    title: str = Field(min_length=1, max_length=300, examples=["햄릿"])
+    description: str = Field(default="", max_length=4000, examples=["복수와 광기의 비극"])
+    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
+    steps: int | None = Field(default=None, ge=1, le=150)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    negative_prompt: str | None = Field(default=None, max_length=2000)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+    @field_validator("title", "description", "negative_prompt")
+    @classmethod
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        if value and any(ord(ch) < 32 and ch not in "\n\t" for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    def image_params(self, defaults: ImageParams) -> ImageParams:
+        """Fill unset parameters from the server's defaults."""
+        given = self.model_dump(
+            include={"width", "height", "steps", "guidance_scale", "negative_prompt", "seed"},
+            exclude_none=True,
+        )
+        return defaults.model_copy(update=given)
+
+
+class Timings(BaseModel):
+    prompt_ms: float
+    generate_ms: float
+    encode_ms: float
+    store_ms: float | None = None
+    total_ms: float
+
+
+class StoredImageResponse(BaseModel):
+    """Answer of /v1/r2/images/generate: where the PNG was stored and how it was made."""
+
+    key: str
+    url: str
+    storage: Literal["s3", "local"]
+    content_type: str = "image/png"
+    bytes: int
+    prompt: str
+    prompt_source: PromptSource
+    prompt_fallback_reason: str | None = None
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    timings: Timings
+
+
+class ComponentStatus(BaseModel):
+    state: ModuleState
+    enabled_by: str | None = Field(default=None, description="Environment variable")
+    reason: str | None = None
+    backend: str | None = Field(default=None, description="Storage backend: s3 or local")
+    deployments: dict[str, str] = Field(default_factory=dict)
+
+
+class ReadinessResponse(BaseModel):
+    ready: bool
+    modules: dict[str, ComponentStatus]
+    storage: ComponentStatus
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed request body",
+        422: "A field is missing or out of range",
+        503: "Module disabled, model not ready or failing, storage down, or overloaded",
+    }.items()
+}

@@ -1,0 +1,49 @@
+"""What the HTTP routes work with: the gateway's config, object store, module board, handles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.types import ImageParams
+from serve_app.modules import ModuleBoard
+from serve_app.storage import ObjectStore, StorageConfig
+
+
+class GatewayConfig(BaseModel):
+    """Everything the ingress needs, built from Settings by the app builder."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: dict[str, bool]
+    storage: StorageConfig
+    image_remote_prefix: str
+    image_search_remote_prefix: str
+    voice_remote_prefix: str
+    image_defaults: ImageParams
+    image_max_pixels: int = Field(ge=1)
+    request_timeout_s: float = Field(gt=0)
+
+    @property
+    def public_prefixes(self) -> tuple[str, ...]:
+        """Object prefixes whose files may be served by the local-store file route."""
+        return (self.image_remote_prefix, self.image_search_remote_prefix)
+
+
+@dataclass
+class Services:
+    """Per-replica state shared by the routes."""
+
+    config: GatewayConfig
+    store: ObjectStore
+    board: ModuleBoard
+    prompt_optimizer: Any | None  # DeploymentHandle
+    image_generator: Any | None  # DeploymentHandle
+
+
+def get_services(request: Request) -> Services:
+    """FastAPI dependency: the gateway's services."""
+    return request.app.state.services

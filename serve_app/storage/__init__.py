@@ -1,0 +1,96 @@
+"""Object storage for generated images, uploads and DB backups: local directory or S3/R2.
+
+Deployments and the gateway receive a `StorageConfig` (built once from the settings by the app
+builder) and call `make_object_store(config)`; they never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from serve_app.storage.base import (
+    ObjectInfo,
+    ObjectStore,
+    guess_content_type,
+    join_key,
+    validate_key,
+    validate_prefix,
+)
+from serve_app.storage.local import LocalObjectStore
+from serve_app.storage.s3 import S3ObjectStore
+
+if TYPE_CHECKING:
+    from serve_app.settings import Settings
+
+__all__ = [
+    "LocalObjectStore",
+    "ObjectInfo",
+    "ObjectStore",
+    "S3ObjectStore",
+    "StorageConfig",
+    "guess_content_type",
+    "join_key",
+    "make_object_store",
+    "validate_key",
+    "validate_prefix",
+]
+
+
+class StorageConfig(BaseModel):
+    """Where objects are stored; picklable, so it can be handed to Ray deployments."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["local", "s3"] = "local"
+    local_dir: Path = Path("data/storage")
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    region: str = "auto"
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    public_base_url: str | None = None
+    presign_expires_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> StorageConfig:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("kind='s3' needs a bucket")
+        return self
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StorageConfig:
+        """The storage part of the server settings (R2_* and LOCAL_STORAGE_DIR & co)."""
+        return cls(
+            kind="s3" if settings.r2_enabled else "local",
+            local_dir=settings.local_storage_dir,
+            bucket=settings.r2_bucket_name,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.r2_region,
+            access_key_id=settings.r2_access_key_id,
+            secret_access_key=settings.r2_secret_access_key,
+            public_base_url=settings.storage_public_base_url,
+            presign_expires_s=settings.r2_presign_expires_seconds,
+            timeout_s=settings.r2_timeout_seconds,
+        )
+
+
+def make_object_store(config: StorageConfig) -> ObjectStore:
+    """Build the configured store. Performs no I/O beyond creating the local directory."""
+    if config.kind == "s3":
+        assert config.bucket is not None  # enforced by StorageConfig
+        secret = config.secret_access_key
+        return S3ObjectStore(
+            bucket=config.bucket,
+            endpoint_url=config.endpoint_url,
+            region=config.region,
+            access_key_id=config.access_key_id,
+            secret_access_key=secret.get_secret_value() if secret is not None else None,
+            public_base_url=config.public_base_url,
+            presign_expires_s=config.presign_expires_s,
+            timeout_s=config.timeout_s,
+        )
+    return LocalObjectStore(config.local_dir, public_base_url=config.public_base_url)

@@ -1,0 +1,35 @@
+"""Tiny, randomly initialised stand-ins for the real models, built offline for tests.
+
+Owns the registry of tiny-model builders: each name maps to a function that writes one
+model into `<root>/<name>` (idempotently and atomically) and returns that path. Heavy
+libraries are imported only when a builder runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from serve_app.tiny.diffusion import build_tiny_diffusion_pipeline
+
+Builder = Callable[[Path, int], Path]
+
+# name -> builder; the model is written into <root>/<name>.
+BUILDERS: dict[str, Builder] = {
+    "diffusion": build_tiny_diffusion_pipeline,
+}
+
+
+def build_tiny_models(
+    root: Path, only: Iterable[str] | None = None, seed: int = 0
+) -> dict[str, Path]:
+    """Build the named tiny models (all when `only` is None) under `root`; return their paths."""
+    names = list(BUILDERS) if only is None else list(only)
+    unknown = [name for name in names if name not in BUILDERS]
+    if unknown:
+        raise KeyError(f"unknown tiny model(s) {unknown}; known: {sorted(BUILDERS)}")
+    root = Path(root).expanduser().absolute()
+    return {name: BUILDERS[name](root / name, seed) for name in names}
+
+
+__all__ = ["BUILDERS", "Builder", "build_tiny_diffusion_pipeline", "build_tiny_models"]

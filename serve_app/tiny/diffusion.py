@@ -1,0 +1,183 @@
+"""Tiny, randomly initialised Stable Diffusion pipeline for offline tests and smoke runs.
+
+Owns `build_tiny_diffusion_pipeline`: it writes a complete diffusers checkpoint (a few MB)
+that `AutoPipelineForText2Image.from_pretrained(dir)` loads with no hub access. The
+weights are noise, so images are noise too; what matters is the shapes and the plumbing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MODEL_INDEX = "model_index.json"
+
+# Words given whole-word BPE merges, so a few prompts tokenize to more than single bytes.
+_WORDS = ("a", "photo", "of", "the", "cat", "dog", "red", "blue", "on", "in", "tiny")
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte-to-printable-character table used by byte-level BPE."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {byte: chr(code) for byte, code in zip(printable, codes)}
+
+
+def _clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    """A hand-made CLIP-style byte-level vocabulary with `</w>` word endings."""
+    symbols = [_bytes_to_unicode()[b] for b in range(256)]
+    tokens: list[str] = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in _WORDS:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:  # merge left to right: c a t</w> -> ca t</w> -> cat</w>
+            merge = f"{parts[0]} {parts[1]}"
+            merged = parts[0] + parts[1]
+            if merge not in merges:
+                merges.append(merge)
+            if merged not in tokens:
+                tokens.append(merged)
+            parts = [merged] + parts[2:]
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def _write_tokenizer_files(directory: Path) -> dict[str, int]:
+    """Write vocab.json + merges.txt into `directory`; return the vocabulary."""
+    vocab, merges = _clip_vocab_and_merges()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
+    return vocab
+
+
+def _save_pipeline(target: Path, seed: int) -> None:
+    """Build the tiny pipeline deterministically and save it into `target` (must exist)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from deployments.model_loading import quiet_progress_bars
+
+    scratch = target / "_tokenizer_src"
+    vocab = _write_tokenizer_files(scratch)
+    tokenizer = CLIPTokenizer.from_pretrained(scratch, model_max_length=77, local_files_only=True)
+    shutil.rmtree(scratch)
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab[BOS_TOKEN],
+            eos_token_id=vocab[EOS_TOKEN],
+            pad_token_id=vocab[EOS_TOKEN],
+            projection_dim=32,
+        )
+    )
+    # Trailing spacing makes a 1-step run start from t=999 (as SD-Turbo does), not t=0.
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with quiet_progress_bars():
+        pipeline.save_pretrained(target, safe_serialization=True)
+
+
+def _make_readable(root: Path) -> None:
+    """chmod a freshly written tree to 755 for directories and 644 for files."""
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def build_tiny_diffusion_pipeline(out_dir: Path, seed: int = 0) -> Path:
+    """Create the tiny SD pipeline in `out_dir` (idempotent, atomic) and return its path.
+
+    An `out_dir` that already holds `model_index.json` is returned untouched. Otherwise the
+    checkpoint is written into a temporary sibling directory and renamed into place, so a
+    crash never leaves a half-written checkpoint at `out_dir`.
+    """
+    out_dir = Path(out_dir).expanduser().absolute()
+    if (out_dir / MODEL_INDEX).is_file():
+        return out_dir
+    if out_dir.exists():
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir} exists and is not a diffusers pipeline directory")
+        out_dir.rmdir()  # empty directory: replace it
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _save_pipeline(tmp, seed)
+        _make_readable(tmp)  # mkdtemp is 0700; the checkpoint may be shared
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if (out_dir / MODEL_INDEX).is_file():  # another process finished first
+                return out_dir
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
