@@ -1,0 +1,176 @@
+"""The README's first command, for real: `bin/serve-offline` in its own process.
+
+It starts the offline CPU profile (tiny local models, no GPU, no network) on 127.0.0.1:8000.
+Here its storage is pointed at an S3 server on loopback (moto) through the environment, the
+way a user points it at R2, so the stored variant and a storage outage can be checked.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from moto.server import ThreadedMotoServer
+from PIL import Image
+
+from tests.integration.conftest import free_port
+from tests.storage_fixtures import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, r2_style_client
+
+REPO = Path(__file__).resolve().parents[2]
+URL = "http://127.0.0.1:8000"
+BUCKET = "offline-e2e"
+SEED_BODY = {"title": "햄릿", "description": "복수와 광기의 비극"}
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RestartableS3:
+    """moto's S3 server on a fixed loopback port that can be stopped and started again.
+
+    moto keeps its state in this process, so objects survive a restart.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadedMotoServer | None = None
+
+    def start(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[RestartableS3]:
+    server = RestartableS3()
+    server.start()
+    r2_style_client(server.endpoint).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "auto"}
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def offline_server(s3: RestartableS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if port_in_use(8000):
+        pytest.skip("port 8000 is taken: stop the server running there to run this test")
+    log_path = tmp_path_factory.mktemp("offline") / "serve.log"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
+        "R2_ENABLED": "1",
+        "R2_ENDPOINT_URL": s3.endpoint,
+        "R2_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+        "R2_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+        "R2_BUCKET_NAME": BUCKET,
+        "R2_TIMEOUT_SECONDS": "3",
+    }
+    env.pop("OPENAI_API_KEY", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [str(REPO / "bin" / "serve-offline")],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"bin/serve-offline exited:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{URL}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"not ready after 300 s:\n{log_path.read_text()[-4000:]}")
+        yield URL
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_readyz_reports_ready_with_s3(offline_server: str) -> None:
+    body = httpx.get(f"{offline_server}/readyz").json()
+    assert body["ready"] is True
+    assert body["modules"]["image"]["state"] == "ready"
+    assert body["storage"] == {
+        "state": "ready", "enabled_by": "R2_ENABLED", "reason": None, "backend": "s3",
+        "deployments": {},
+    }
+
+
+def test_seed_curl_writes_a_png(offline_server: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.png"
+    subprocess.run(
+        ["curl", "-sf", f"{offline_server}/v1/images/generate",
+         "-H", "Content-Type: application/json",
+         "-d", '{"title": "햄릿", "description": "복수와 광기의 비극"}', "--output", str(out)],
+        check=True,
+        timeout=120,
+    )
+    image = Image.open(out, formats=["PNG"])
+    assert image.size == (128, 128)  # the profile's IMAGE_DEFAULT_WIDTH/HEIGHT
+
+
+def test_stored_variant_lands_in_the_bucket(offline_server: str, s3: RestartableS3) -> None:
+    response = httpx.post(f"{offline_server}/v1/r2/images/generate", json=SEED_BODY, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["storage"] == "s3"
+    assert body["prompt_source"] == "fallback"  # no OPENAI_API_KEY in the offline profile
+    head = r2_style_client(s3.endpoint).head_object(Bucket=BUCKET, Key=body["key"])
+    assert head["ContentLength"] == body["bytes"]
+    assert head["ContentType"] == "image/png"
+    fetched = httpx.get(body["url"], timeout=30)  # a presigned GET URL
+    assert fetched.status_code == 200
+    Image.open(io.BytesIO(fetched.content), formats=["PNG"]).load()
+
+
+def test_storage_outage_answers_503_and_recovers(offline_server: str, s3: RestartableS3) -> None:
+    s3.stop()
+    try:
+        started = time.monotonic()
+        response = httpx.post(
+            f"{offline_server}/v1/r2/images/generate", json=SEED_BODY, timeout=120
+        )
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "storage_unavailable"
+        assert DUMMY_SECRET_ACCESS_KEY not in response.text
+        assert time.monotonic() - started < 60
+        ready = httpx.get(f"{offline_server}/readyz", timeout=30)
+        assert ready.status_code == 503
+        assert ready.json()["storage"]["state"] == "failed"
+        assert httpx.get(f"{offline_server}/healthz").status_code == 200
+        # Generation that does not touch storage goes on.
+        plain = httpx.post(f"{offline_server}/v1/images/generate", json=SEED_BODY, timeout=120)
+        assert plain.status_code == 200
+    finally:
+        s3.start()
+    recovered = httpx.post(f"{offline_server}/v1/r2/images/generate", json=SEED_BODY, timeout=120)
+    assert recovered.status_code == 200, recovered.text
+    assert httpx.get(f"{offline_server}/readyz", timeout=30).status_code == 200
