@@ -6,17 +6,24 @@ It is the only place where settings become objects; it includes only the enabled
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from deployments.configs import ImageGeneratorConfig, PromptOptimizerConfig
+from deployments.configs import (
+    ClipEmbedderConfig,
+    ImageGeneratorConfig,
+    PromptOptimizerConfig,
+    VectorIndexConfig,
+)
 from deployments.types import ImageParams
 from serve_app.gateway import Gateway
 from serve_app.services import GatewayConfig
-from serve_app.settings import Settings, load_settings
+from serve_app.settings import Settings, SettingsError, load_settings
 from serve_app.storage import StorageConfig
 
 logger = logging.getLogger("ray.serve")
@@ -45,14 +52,14 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 def build_graph(settings: Settings) -> Application:
     """Bind the Gateway and the deployments of every enabled module."""
-    prompt_optimizer = image_generator = None
+    handles: dict[str, Any] = {}
     if settings.image_enabled:
         from deployments.image_generator import ImageGenerator
         from deployments.prompt_optimizer import PromptOptimizer
 
-        prompt_optimizer = PromptOptimizer.bind(prompt_optimizer_config(settings))
+        handles["prompt_optimizer"] = PromptOptimizer.bind(prompt_optimizer_config(settings))
         num_gpus, device = gpu_placement(settings.image_num_gpus, settings.image_device, settings)
-        image_generator = ImageGenerator.options(
+        handles["image_generator"] = ImageGenerator.options(
             max_queued_requests=settings.image_max_queued_requests,
             ray_actor_options={"num_cpus": settings.image_num_cpus, "num_gpus": num_gpus},
         ).bind(
@@ -63,7 +70,27 @@ def build_graph(settings: Settings) -> Application:
                 torch_threads=torch_threads(settings, settings.image_num_cpus),
             )
         )
-    return Gateway.bind(gateway_config(settings), prompt_optimizer, image_generator)
+    if settings.image_search_enabled:
+        from deployments.clip_embedder import ClipEmbedder
+        from deployments.vector_index import VectorIndex
+
+        num_gpus, device = gpu_placement(settings.clip_num_gpus, settings.clip_device, settings)
+        handles["clip_embedder"] = ClipEmbedder.options(
+            max_queued_requests=settings.clip_max_queued_requests,
+            ray_actor_options={"num_cpus": settings.clip_num_cpus, "num_gpus": num_gpus},
+        ).bind(
+            ClipEmbedderConfig(
+                model=settings.clip_model,
+                pretrained=settings.clip_pretrained,
+                device=device,
+                dtype=settings.clip_dtype,
+                torch_threads=torch_threads(settings, settings.clip_num_cpus),
+                max_batch_size=settings.clip_max_batch_size,
+                max_image_pixels=settings.image_search_max_pixels,
+            )
+        )
+        handles["vector_index"] = VectorIndex.bind(vector_index_config(settings))
+    return Gateway.bind(gateway_config(settings), **handles)
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:
@@ -85,8 +112,52 @@ def gateway_config(settings: Settings) -> GatewayConfig:
             guidance_scale=settings.image_default_guidance_scale,
         ),
         image_max_pixels=settings.image_max_pixels,
+        image_search_max_bytes=settings.image_search_max_bytes,
+        image_search_max_pixels=settings.image_search_max_pixels,
+        image_search_max_batch_files=settings.image_search_max_batch_files,
         request_timeout_s=settings.request_timeout_seconds,
     )
+
+
+def vector_index_config(settings: Settings) -> VectorIndexConfig:
+    """The search catalog's file, index shape and backup schedule."""
+    return VectorIndexConfig(
+        db_path=settings.image_search_db_path.resolve(),
+        dim=clip_embed_dim(settings),
+        max_elements=settings.image_search_max_elements,
+        hnsw_m=settings.image_search_hnsw_m,
+        ef_construction=settings.image_search_hnsw_ef_construction,
+        ef_search=settings.image_search_hnsw_ef_search,
+        storage=StorageConfig.from_settings(settings),
+        backup_enabled=settings.image_search_db_backup_enabled,
+        backup_interval_s=settings.image_search_db_backup_interval_seconds,
+        backup_prefix=settings.image_search_db_backup_prefix,
+        backup_keep=settings.image_search_db_backup_keep,
+    )
+
+
+def clip_embed_dim(settings: Settings) -> int:
+    """The CLIP embedding size, read from the model's config without loading weights."""
+    if settings.clip_embed_dim:
+        return settings.clip_embed_dim
+    model = settings.clip_model
+    local = Path(model.removeprefix("local-dir:")).expanduser()
+    if model.startswith("local-dir:") or local.is_dir():
+        config_file = local / "open_clip_config.json"
+        try:
+            return int(json.loads(config_file.read_text())["model_cfg"]["embed_dim"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise SettingsError(
+                f"CLIP_MODEL={model!r}: cannot read embed_dim from {config_file} ({exc})"
+            ) from None
+    if model.startswith("hf-hub:"):
+        raise SettingsError(f"CLIP_MODEL={model!r} is on the hub: set CLIP_EMBED_DIM too")
+    import open_clip
+
+    model_config = open_clip.get_model_config(model)
+    if model_config is None:
+        raise SettingsError(f"CLIP_MODEL={model!r} is not an open_clip model name")
+    return int(model_config["embed_dim"])
 
 
 def prompt_optimizer_config(settings: Settings) -> PromptOptimizerConfig:

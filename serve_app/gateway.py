@@ -27,6 +27,8 @@ class Gateway:
         config: GatewayConfig,
         prompt_optimizer: DeploymentHandle | None = None,
         image_generator: DeploymentHandle | None = None,
+        clip_embedder: DeploymentHandle | None = None,
+        vector_index: DeploymentHandle | None = None,
     ):
         app_name = serve.get_replica_context().app_name
         self._services = Services(
@@ -35,6 +37,8 @@ class Gateway:
             board=ModuleBoard(app_name, config.enabled),
             prompt_optimizer=prompt_optimizer,
             image_generator=image_generator,
+            clip_embedder=clip_embedder,
+            vector_index=vector_index,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serve_app.http_errors import install_error_handlers
-from serve_app.routes import files, health, images
+from serve_app.routes import files, health, images, projects
 from serve_app.services import Services
 
 API_TITLE = "Common AI Server"
@@ -23,5 +23,6 @@ def create_http_app(services: Services) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(images.router)
+    app.include_router(projects.router)
     app.include_router(files.router)
     return app

@@ -27,9 +27,7 @@ class ModuleSpec:
 
 
 IMAGE = ModuleSpec("image", "IMAGE_ENABLED", ("PromptOptimizer", "ImageGenerator"))
-IMAGE_SEARCH = ModuleSpec(
-    "image_search", "IMAGE_SEARCH_ENABLED", ("ClipEmbedder", "VectorIndex"), implemented=False
-)
+IMAGE_SEARCH = ModuleSpec("image_search", "IMAGE_SEARCH_ENABLED", ("ClipEmbedder", "VectorIndex"))
 VOICE = ModuleSpec("voice", "VOICE_ENABLED", ("VoiceCloner",), implemented=False)
 MODULES: tuple[ModuleSpec, ...] = (IMAGE, IMAGE_SEARCH, VOICE)
 

@@ -101,3 +101,67 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         503: "Module disabled, model not ready or failing, storage down, or overloaded",
     }.items()
 }
+
+
+# --- image search ---------------------------------------------------------------------------
+
+PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+IMAGE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ImageOut(BaseModel):
+    """An indexed image as clients see it."""
+
+    id: str
+    project_id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    sha256: str
+    created_at: str
+    file_url: str = Field(description="This server's link to the original (redirects on R2)")
+    duplicate: bool = Field(
+        default=False, description="True when these bytes were already in the project"
+    )
+
+
+class ImageListResponse(BaseModel):
+    project_id: str
+    items: list[ImageOut]
+    total: int
+    next_cursor: str | None = Field(default=None, description="Pass as ?cursor= for the next page")
+
+
+class BatchUploadResponse(BaseModel):
+    project_id: str
+    items: list[ImageOut]
+    created: int
+    duplicates: int
+
+
+class SearchRequest(_Strict):
+    query: str = Field(min_length=1, max_length=1000, examples=["고양이"])
+    limit: int = Field(default=10, ge=1, le=100)
+
+
+class SearchResult(BaseModel):
+    id: str
+    score: float = Field(description="Cosine similarity to the query; higher is closer")
+    filename: str
+    content_type: str
+    width: int
+    height: int
+    file_url: str
+
+
+class SearchResponse(BaseModel):
+    project_id: str
+    results: list[SearchResult]
+
+
+class DeleteResponse(BaseModel):
+    project_id: str
+    id: str
+    deleted: bool = True

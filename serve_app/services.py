@@ -25,6 +25,9 @@ class GatewayConfig(BaseModel):
     voice_remote_prefix: str
     image_defaults: ImageParams
     image_max_pixels: int = Field(ge=1)
+    image_search_max_bytes: int = Field(ge=1)
+    image_search_max_pixels: int = Field(ge=1)
+    image_search_max_batch_files: int = Field(ge=1)
     request_timeout_s: float = Field(gt=0)
 
     @property
@@ -40,8 +43,11 @@ class Services:
     config: GatewayConfig
     store: ObjectStore
     board: ModuleBoard
-    prompt_optimizer: Any | None  # DeploymentHandle
-    image_generator: Any | None  # DeploymentHandle
+    # DeploymentHandles of the enabled modules (None when the module is off)
+    prompt_optimizer: Any | None = None
+    image_generator: Any | None = None
+    clip_embedder: Any | None = None
+    vector_index: Any | None = None
 
 
 def get_services(request: Request) -> Services:

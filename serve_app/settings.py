@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TorchDType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -84,6 +84,24 @@ class Settings(BaseSettings):
     image_default_guidance_scale: float = Field(default=0.0, ge=0, le=30)
     image_max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
 
+    # --- image search -----------------------------------------------------------------------
+    clip_model: str = Field(default="ViT-B-32", min_length=1)
+    clip_pretrained: str | None = "laion2b_s34b_b79k"
+    clip_embed_dim: int | None = Field(default=None, ge=1)
+    clip_device: Device = "auto"
+    clip_dtype: TorchDType = "auto"
+    clip_num_gpus: float = Field(default=1.0, ge=0)
+    clip_num_cpus: float = Field(default=1.0, gt=0)
+    clip_max_queued_requests: int = Field(default=16, ge=-1)
+    clip_max_batch_size: int = Field(default=32, ge=1)
+    image_search_max_pixels: int = Field(default=40_000_000, ge=1)
+    image_search_max_batch_files: int = Field(default=32, ge=1, le=256)
+    image_search_hnsw_m: int = Field(default=32, ge=2, le=256)
+    image_search_hnsw_ef_construction: int = Field(default=200, ge=1)
+    image_search_hnsw_ef_search: int = Field(default=256, ge=1)
+    image_search_db_backup_prefix: str = "backups/image_search/"
+    image_search_db_backup_keep: int = Field(default=10, ge=1)
+
     # --- placement and threads ------------------------------------------------------------
     # Deploy GPU deployments on the CPU when the Ray cluster has no GPU at all, instead of
     # leaving them pending forever. Turn off on autoscaling clusters whose GPU nodes start
@@ -93,6 +111,12 @@ class Settings(BaseSettings):
 
     # --- gateway --------------------------------------------------------------------------
     request_timeout_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("clip_pretrained", "openai_base_url", "r2_endpoint_url", "r2_account_id",
+                     "storage_public_base_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _check_r2(self) -> Settings:

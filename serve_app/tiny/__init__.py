@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from serve_app.tiny.clip import build_tiny_clip
 from serve_app.tiny.diffusion import build_tiny_diffusion_pipeline
 
 Builder = Callable[[Path, int], Path]
@@ -17,6 +18,7 @@ Builder = Callable[[Path, int], Path]
 # name -> builder; the model is written into <root>/<name>.
 BUILDERS: dict[str, Builder] = {
     "diffusion": build_tiny_diffusion_pipeline,
+    "clip": build_tiny_clip,
 }
 
 
@@ -32,4 +34,10 @@ def build_tiny_models(
     return {name: BUILDERS[name](root / name, seed) for name in names}
 
 
-__all__ = ["BUILDERS", "Builder", "build_tiny_diffusion_pipeline", "build_tiny_models"]
+__all__ = [
+    "BUILDERS",
+    "Builder",
+    "build_tiny_clip",
+    "build_tiny_diffusion_pipeline",
+    "build_tiny_models",
+]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,42 +17,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from tests.integration.conftest import free_port
+from tests.support.ports import port_in_use
+from tests.support.s3 import RestartableS3
 from tests.storage_fixtures import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, r2_style_client
 
 REPO = Path(__file__).resolve().parents[2]
 URL = "http://127.0.0.1:8000"
 BUCKET = "offline-e2e"
 SEED_BODY = {"title": "햄릿", "description": "복수와 광기의 비극"}
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class RestartableS3:
-    """moto's S3 server on a fixed loopback port that can be stopped and started again.
-
-    moto keeps its state in this process, so objects survive a restart.
-    """
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._server: ThreadedMotoServer | None = None
-
-    def start(self) -> None:
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
 
 
 @pytest.fixture(scope="module")

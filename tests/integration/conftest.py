@@ -7,7 +7,6 @@ image-less app checks what a disabled module answers.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,12 +19,9 @@ from ray import serve
 
 from serve_app.app import build_app
 from tests.support.fake_openai import FakeOpenAIServer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support.ports import free_port
+from tests.support.s3 import RestartableS3
+from tests.storage_fixtures import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, r2_style_client
 
 
 def wait_until_ready(url: str, timeout_s: float = 180.0) -> httpx.Response:
@@ -137,3 +133,73 @@ def imageless_app_url(serve_url: str, tmp_path_factory: pytest.TempPathFactory) 
     url = f"{serve_url}/noimage"
     wait_until_ready(url)
     return url
+
+
+@dataclass(frozen=True)
+class SearchApp:
+    url: str
+    app_name: str
+    bucket: str
+    s3: RestartableS3
+    db_path: Path
+
+    def s3_client(self):  # -> boto3 S3 client
+        return r2_style_client(self.s3.endpoint)
+
+    def object_keys(self, prefix: str = "AI/SEARCH/") -> set[str]:
+        pages = self.s3_client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        return {item["Key"] for page in pages for item in page.get("Contents", ())}
+
+
+@pytest.fixture(scope="session")
+def search_s3() -> Iterator[RestartableS3]:
+    """The search app's own S3 server, so a test can take it down without hurting others."""
+    server = RestartableS3()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def search_app(
+    serve_url: str,
+    tiny_models_dir: Path,
+    search_s3: RestartableS3,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> SearchApp:
+    """The search module alone, under /search, with the tiny CLIP model and S3 on loopback."""
+    bucket = "search-it"
+    r2_style_client(search_s3.endpoint).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "auto"}
+    )
+    db_path = tmp_path_factory.mktemp("search-db") / "image_search.db"
+    settings = {
+        "IMAGE_ENABLED": False,
+        "IMAGE_SEARCH_ENABLED": True,
+        "VOICE_ENABLED": False,
+        "R2_ENABLED": True,
+        "R2_ENDPOINT_URL": search_s3.endpoint,
+        "R2_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+        "R2_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+        "R2_BUCKET_NAME": bucket,
+        "R2_TIMEOUT_SECONDS": 3,
+        "CLIP_MODEL": f"local-dir:{tiny_models_dir / 'clip'}",
+        "CLIP_DEVICE": "cpu",
+        "CLIP_NUM_CPUS": 1,
+        "TORCH_CPU_THREADS": 1,
+        "IMAGE_SEARCH_DB_PATH": str(db_path),
+        "IMAGE_SEARCH_DB_BACKUP_ENABLED": True,
+        "IMAGE_SEARCH_DB_BACKUP_INTERVAL_SECONDS": 3600,
+        "IMAGE_SEARCH_MAX_BYTES": 256 * 1024,
+        "IMAGE_SEARCH_MAX_PIXELS": 4_000_000,
+        "IMAGE_SEARCH_MAX_ELEMENTS": 8,
+        "IMAGE_SEARCH_MAX_BATCH_FILES": 8,
+    }
+    serve.run(
+        build_app({"env_files": [], "settings": settings}), name="search", route_prefix="/search"
+    )
+    url = f"{serve_url}/search"
+    wait_until_ready(url)
+    return SearchApp(url=url, app_name="search", bucket=bucket, s3=search_s3, db_path=db_path)

@@ -1,0 +1,47 @@
+"""ClipEmbedder deployment: one open_clip model embeds images and texts, one request at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from deployments.clip_model import ClipModel
+from deployments.configs import ClipEmbedderConfig
+from serve_app.errors import InvalidInput, ModelFailed, UnsupportedMediaType
+
+
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=1,  # the model owns its device; requests wait in the bounded queue
+    max_queued_requests=16,
+    ray_actor_options={"num_cpus": 1},
+)
+class ClipEmbedder:
+    """Image and text embeddings in one space. The model loads in the constructor."""
+
+    def __init__(self, config: ClipEmbedderConfig):
+        self._model = ClipModel(config)
+
+    def embed_images(self, images: list[bytes]) -> np.ndarray:
+        """Embed encoded images: float32 (n, dim) unit vectors; bad images answer 415."""
+        try:
+            return self._model.embed_images(images)
+        except ValueError as exc:
+            raise UnsupportedMediaType(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a model failure is not the caller's fault
+            message = f"image embedding failed: {type(exc).__name__}: {exc}"
+            raise ModelFailed(message[:500]) from None
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """Embed texts: float32 (n, dim) unit vectors; empty texts answer 422."""
+        try:
+            return self._model.embed_texts(texts)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a model failure is not the caller's fault
+            message = f"text embedding failed: {type(exc).__name__}: {exc}"
+            raise ModelFailed(message[:500]) from None
+
+    def describe(self) -> dict[str, str]:
+        """Which model is loaded, on which device and dtype, and its embedding dimension."""
+        return self._model.describe()

@@ -1,0 +1,223 @@
+"""Consistent SQLite snapshots to object storage, and restoring the newest good one.
+
+Snapshots use SQLite's online backup API (`sqlite3.Connection.backup`), never a file copy: with
+the database in WAL mode the backup reads one consistent snapshot while the writer goes on, and
+the copy contains exactly the transactions committed before it started (a file copy of a WAL
+database can miss the WAL or tear pages).
+
+Keys look like `{prefix}image_search-20250102T030405123456Z.sqlite3` (UTC), so sorting keys
+sorts snapshots by age. `restore_latest` only ever fills a missing database file: it verifies
+each candidate (`PRAGMA integrity_check` and the catalog's tables), falls back to older snapshots
+when the newest is damaged, and moves the good one into place without overwriting anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from deployments.vector_store.models import REQUIRED_TABLES
+from serve_app.errors import ObjectNotFound
+from serve_app.storage import ObjectStore, validate_key, validate_prefix
+
+__all__ = ["BackupManager", "snapshot_to_file", "verify_database"]
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_CONTENT_TYPE = "application/vnd.sqlite3"
+_STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
+_NAME_RE = re.compile(r"image_search-(\d{8}T\d{12}Z)\.sqlite3")
+
+
+def snapshot_to_file(db_path: Path, target_path: Path) -> None:
+    """Write a consistent copy of the SQLite database `db_path` to `target_path`.
+
+    Uses the online backup API in one step, so concurrent writers (WAL mode) are not blocked
+    and the copy is a single transaction-consistent state. The copy is switched to
+    `journal_mode=DELETE`, so it is one self-contained file. `target_path` is replaced.
+    Raises `FileNotFoundError` when `db_path` does not exist (it is never created).
+    """
+    db_path, target_path = Path(db_path), Path(target_path)
+    if not db_path.is_file():
+        raise FileNotFoundError(f"no database at {db_path}")
+    target_path.unlink(missing_ok=True)
+    # Read-only: this connection can never checkpoint or reset the writer's WAL.
+    source = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        target = sqlite3.connect(target_path)
+        try:
+            source.backup(target)  # pages=-1: everything in one consistent step
+            target.execute("PRAGMA journal_mode=DELETE")
+            target.commit()
+        finally:
+            target.close()
+    finally:
+        source.close()
+    _fsync_file(target_path)
+
+
+def verify_database(path: Path, required_tables: Iterable[str] = REQUIRED_TABLES) -> str | None:
+    """None when `path` is a sound SQLite database with the tables; else the reason it is not."""
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return f"cannot open: {exc}"
+    try:
+        result = conn.execute("PRAGMA integrity_check").fetchall()
+        if result != [("ok",)]:
+            return "integrity_check: " + "; ".join(str(r[0]) for r in result[:5])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = sorted(set(required_tables) - tables)
+        if missing:
+            return f"missing tables: {', '.join(missing)}"
+        return None
+    except sqlite3.Error as exc:
+        return f"unreadable: {exc}"
+    finally:
+        conn.close()
+
+
+class BackupManager:
+    """Uploads snapshots of the catalog database under `prefix`, keeps the newest `keep`."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: str,
+        keep: int,
+        required_tables: Iterable[str] = REQUIRED_TABLES,
+    ) -> None:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.store = store
+        self.prefix = validate_prefix(prefix)
+        self.keep = keep
+        self.required_tables = frozenset(required_tables)
+        self._last_stamp: datetime | None = None
+
+    def _key_for(self, stamp: datetime) -> str:
+        return validate_key(f"{self.prefix}image_search-{stamp.strftime(_STAMP_FORMAT)}.sqlite3")
+
+    def _next_stamp(self) -> datetime:
+        """Now (UTC), nudged forward so that two backups never share a key."""
+        stamp = datetime.now(UTC)
+        if self._last_stamp is not None and stamp <= self._last_stamp:
+            stamp = self._last_stamp + timedelta(microseconds=1)
+        self._last_stamp = stamp
+        return stamp
+
+    def backup(self, db_path: Path) -> str:
+        """Snapshot `db_path`, upload it, prune old snapshots; returns the new key."""
+        key = self._key_for(self._next_stamp())
+        with tempfile.TemporaryDirectory(prefix="image-search-backup-") as tmp:
+            snapshot = Path(tmp) / "snapshot.sqlite3"
+            snapshot_to_file(Path(db_path), snapshot)
+            self.store.put(key, snapshot.read_bytes(), SNAPSHOT_CONTENT_TYPE)
+        log.info("uploaded database snapshot %s", key)
+        self.prune()
+        return key
+
+    def list_snapshots(self) -> list[str]:
+        """Snapshot keys directly under the prefix, newest first."""
+        keys = [
+            info.key
+            for info in self.store.list(self.prefix)
+            if _NAME_RE.fullmatch(info.key[len(self.prefix) :])
+        ]
+        return sorted(keys, reverse=True)
+
+    def prune(self) -> list[str]:
+        """Delete all but the newest `keep` snapshots; returns the deleted keys."""
+        stale = self.list_snapshots()[self.keep :]
+        for key in stale:
+            self.store.delete(key)
+        if stale:
+            log.info("pruned %d old database snapshot(s)", len(stale))
+        return stale
+
+    def restore_latest(self, db_path: Path) -> str | None:
+        """Fill a missing `db_path` with the newest snapshot that verifies; returns its key.
+
+        Does nothing and returns None when `db_path` already exists (an existing database is
+        never overwritten) or when no snapshot is usable. A damaged snapshot is logged and the
+        next older one is tried.
+        """
+        db_path = Path(db_path)
+        if db_path.exists():
+            return None
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        for key in self.list_snapshots():
+            try:
+                data = self.store.get(key)
+            except ObjectNotFound:
+                log.warning("snapshot %s vanished while restoring; trying an older one", key)
+                continue
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{db_path.name}.restore-", dir=db_path.parent)
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                problem = verify_database(tmp, self.required_tables)
+                if problem is not None:
+                    log.warning("snapshot %s is unusable (%s); trying an older one", key, problem)
+                    continue
+                _set_aside_stale_journals(db_path)
+                if not _move_into_place(tmp, db_path):
+                    log.warning("a database appeared at %s meanwhile; not restoring", db_path)
+                    return None
+                log.info("restored database %s from snapshot %s", db_path, key)
+                return key
+            finally:
+                tmp.unlink(missing_ok=True)
+        return None
+
+
+def _move_into_place(tmp: Path, db_path: Path) -> bool:
+    """Atomically give `tmp`'s content the name `db_path`, unless `db_path` exists."""
+    try:
+        os.link(tmp, db_path)  # fails with FileExistsError instead of overwriting
+    except FileExistsError:
+        return False
+    except OSError:  # file systems without hard links: check, then rename
+        if db_path.exists():
+            return False
+        os.replace(tmp, db_path)
+    _fsync_dir(db_path.parent)
+    return True
+
+
+def _set_aside_stale_journals(db_path: Path) -> None:
+    """Rename -wal/-shm/-journal files left without their database: SQLite would replay them."""
+    stamp = datetime.now(UTC).strftime(_STAMP_FORMAT)
+    for suffix in ("-wal", "-shm", "-journal"):
+        stale = db_path.with_name(db_path.name + suffix)
+        if stale.exists():
+            aside = stale.with_name(f"{stale.name}.orphaned-{stamp}")
+            log.warning("moving stale %s aside to %s before restoring", stale.name, aside.name)
+            os.replace(stale, aside)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

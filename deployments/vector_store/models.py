@@ -1,0 +1,193 @@
+"""SQLite tables of the image-search catalog, and the plain types handed to callers.
+
+SQLite is the source of truth: `ImageRow` keeps each image's metadata *and* its CLIP vector
+(float32 bytes), so the hnswlib index can always be rebuilt from it. The ORM rows never leave
+`VectorCatalog`; callers get `ImageRecord`, `SearchHit` and `ImagePage` (frozen pydantic
+models, picklable across Ray processes).
+
+Constraints worth knowing:
+- `ImageRow.id` is an opaque id the caller supplies; `object_key` is unique store-wide.
+- `(project_id, sha256)` is unique among *live* rows (a partial unique index, `deleting = 0`):
+  an image whose delete is still in progress does not block re-uploading the same bytes.
+- `(project_id, label)` is unique: a label is the image's id inside the project's hnswlib index.
+- `deleting` is a tombstone: set while a delete is in progress; such rows are hidden from
+  get/list/search and finished by a sweeper (`VectorCatalog.pending_deletes`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydanticField
+from sqlalchemy import Column, DateTime, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "ImagePage",
+    "ImageRecord",
+    "ImageRow",
+    "NewImage",
+    "Project",
+    "REQUIRED_TABLES",
+    "SearchHit",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A DATETIME stored as naive UTC text (so it sorts as text) and read back as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are refused: pass timezone-aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+class Project(SQLModel, table=True):
+    """A project: a namespace of images with its own hnswlib index."""
+
+    __tablename__ = "project"
+
+    id: str = Field(primary_key=True, max_length=200)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+
+
+class ImageRow(SQLModel, table=True):
+    """One stored image: metadata, hnswlib label and the float32 vector bytes."""
+
+    __tablename__ = "image"
+    __table_args__ = (
+        UniqueConstraint("project_id", "label", name="uq_image_project_label"),
+        Index(
+            "uq_image_project_sha256_live",
+            "project_id",
+            "sha256",
+            unique=True,
+            sqlite_where=text("deleting = 0"),
+        ),
+        Index("ix_image_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=200)
+    project_id: str = Field(foreign_key="project.id", index=True, max_length=200)
+    object_key: str = Field(unique=True, max_length=1024)
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    sha256: str = Field(index=True, max_length=64)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
+    )
+    label: int
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    deleting: bool = Field(default=False, nullable=False)
+
+
+REQUIRED_TABLES: frozenset[str] = frozenset({"project", "image"})
+"""Tables a database (or a restored snapshot) must contain to be usable by the catalog."""
+
+
+# --- public types -----------------------------------------------------------------------------
+
+
+class ImageRecord(BaseModel):
+    """An image as callers see it: every column except the vector, plus `duplicate`.
+
+    `duplicate` is True when `add`/`add_many` found the same bytes (sha256) already stored in
+    the project and returned that existing record instead of adding a new one.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    project_id: str
+    object_key: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    sha256: str
+    created_at: datetime
+    label: int
+    deleting: bool = False
+    duplicate: bool = False
+
+    @classmethod
+    def from_row(cls, row: ImageRow, *, duplicate: bool = False) -> ImageRecord:
+        """Copy an ORM row into a detached record."""
+        return cls(
+            id=row.id,
+            project_id=row.project_id,
+            object_key=row.object_key,
+            filename=row.filename,
+            content_type=row.content_type,
+            size_bytes=row.size_bytes,
+            width=row.width,
+            height=row.height,
+            sha256=row.sha256,
+            created_at=row.created_at,
+            label=row.label,
+            deleting=row.deleting,
+            duplicate=duplicate,
+        )
+
+
+class SearchHit(BaseModel):
+    """One search result: the image and its cosine similarity to the query (higher is closer)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record: ImageRecord
+    score: float
+
+
+class ImagePage(BaseModel):
+    """One page of a newest-first listing; pass `next_cursor` back for the next page."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[ImageRecord]
+    total: int
+    next_cursor: str | None = None
+
+
+class NewImage(BaseModel):
+    """What `VectorCatalog.add` takes: the image's metadata and its CLIP vector, shape (D,)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    id: str = PydanticField(min_length=1, max_length=200)
+    project_id: str = PydanticField(min_length=1, max_length=200)
+    object_key: str = PydanticField(min_length=1, max_length=1024)
+    filename: str
+    content_type: str
+    size_bytes: int = PydanticField(ge=0)
+    width: int = PydanticField(ge=0)
+    height: int = PydanticField(ge=0)
+    sha256: str = PydanticField(min_length=1, max_length=64)
+    vector: np.ndarray

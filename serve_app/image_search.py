@@ -1,0 +1,210 @@
+"""The image-search flows: upload (validate -> embed -> store -> index), search, delete.
+
+Every upload either lands whole (object + row + vector) or leaves nothing behind: the object
+is stored only after the image decoded and embedded, and deleted again when indexing fails.
+A delete tombstones the row first (hidden from list and search at once), then deletes the
+object, then the row; if the object store fails in between, the row stays tombstoned and a
+retried DELETE finishes the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+
+from deployments.vector_store.models import ImageRecord, NewImage, SearchHit
+from serve_app.errors import ApiError, NotFound
+from serve_app.modules import IMAGE_SEARCH
+from serve_app.remote import await_deployment
+from serve_app.schemas import ImageOut, SearchResult
+from serve_app.services import Services
+from serve_app.storage import join_key
+from serve_app.uploads import CheckedImage
+
+logger = logging.getLogger("ray.serve")
+
+
+def file_url(project_id: str, image_id: str) -> str:
+    """This server's route for an image's original file."""
+    return f"/v1/projects/{project_id}/images/{image_id}/file"
+
+
+def image_out(record: ImageRecord) -> ImageOut:
+    return ImageOut(
+        id=record.id,
+        project_id=record.project_id,
+        filename=record.filename,
+        content_type=record.content_type,
+        size_bytes=record.size_bytes,
+        width=record.width,
+        height=record.height,
+        sha256=record.sha256,
+        created_at=record.created_at.isoformat(),
+        file_url=file_url(record.project_id, record.id),
+        duplicate=record.duplicate,
+    )
+
+
+def search_result(hit: SearchHit) -> SearchResult:
+    record = hit.record
+    return SearchResult(
+        id=record.id,
+        score=hit.score,
+        filename=record.filename,
+        content_type=record.content_type,
+        width=record.width,
+        height=record.height,
+        file_url=file_url(record.project_id, record.id),
+    )
+
+
+async def upload_images(
+    services: Services, project_id: str, images: Sequence[CheckedImage]
+) -> list[ImageRecord]:
+    """Index new images (one embedding batch); known bytes answer their existing record."""
+    await services.board.require_ready(IMAGE_SEARCH)
+    index = services.vector_index
+    timeout_s = services.config.request_timeout_s
+
+    known: dict[int, ImageRecord] = {}
+    fresh: list[int] = []
+    seen: dict[str, int] = {}
+    for position, image in enumerate(images):
+        existing = await await_deployment(
+            index.find_duplicate.remote(project_id, image.sha256),
+            what="the image index", timeout_s=timeout_s,
+        )
+        if existing is not None:
+            known[position] = existing.model_copy(update={"duplicate": True})
+        elif image.sha256 in seen:
+            continue  # the same bytes twice in one batch: resolved after indexing
+        else:
+            seen[image.sha256] = position
+            fresh.append(position)
+
+    records: dict[int, ImageRecord] = dict(known)
+    if fresh:
+        vectors: np.ndarray = await await_deployment(
+            services.clip_embedder.embed_images.remote([images[i].data for i in fresh]),
+            what="image embedding", timeout_s=timeout_s,
+        )
+        new_images = [
+            _new_image(services, project_id, images[i], vectors[row]) for row, i in enumerate(fresh)
+        ]
+        stored = await _store_objects(services, images=[images[i] for i in fresh], new=new_images)
+        try:
+            added: list[ImageRecord] = await await_deployment(
+                index.add_many.remote(new_images), what="the image index", timeout_s=timeout_s
+            )
+        except BaseException:
+            await _delete_objects(services, stored)
+            raise
+        # A concurrent upload of the same bytes may have won: drop our now unused copies.
+        unused = [new.object_key for new, rec in zip(new_images, added) if rec.object_key != new.object_key]
+        if unused:
+            await _delete_objects(services, unused)
+        records.update(dict(zip(fresh, added)))
+    for position, image in enumerate(images):
+        if position not in records:  # repeated within the batch
+            first = records[seen[image.sha256]]
+            records[position] = first.model_copy(update={"duplicate": True})
+    return [records[position] for position in range(len(images))]
+
+
+async def search_by_vector(
+    services: Services, project_id: str, vector: np.ndarray, limit: int
+) -> list[SearchHit]:
+    return await await_deployment(
+        services.vector_index.search.remote(project_id, vector, limit),
+        what="the image index", timeout_s=services.config.request_timeout_s,
+    )
+
+
+async def require_project(services: Services, project_id: str) -> None:
+    """404 unless the project exists (it is created by its first upload)."""
+    await services.board.require_ready(IMAGE_SEARCH)
+    exists = await await_deployment(
+        services.vector_index.project_exists.remote(project_id),
+        what="the image index", timeout_s=services.config.request_timeout_s,
+    )
+    if not exists:
+        raise NotFound(f"project '{project_id}' does not exist", project_id=project_id)
+
+
+async def get_image(services: Services, project_id: str, image_id: str) -> ImageRecord:
+    """The live record, or 404."""
+    await require_project(services, project_id)
+    record = await await_deployment(
+        services.vector_index.get.remote(project_id, image_id),
+        what="the image index", timeout_s=services.config.request_timeout_s,
+    )
+    if record is None:
+        raise NotFound(f"image '{image_id}' not found in project '{project_id}'", id=image_id)
+    return record
+
+
+async def delete_image(services: Services, project_id: str, image_id: str) -> ImageRecord:
+    """Tombstone, delete the object, then the row; 404 when unknown or already deleted."""
+    await require_project(services, project_id)
+    index = services.vector_index
+    timeout_s = services.config.request_timeout_s
+    record = await await_deployment(
+        index.begin_delete.remote(project_id, image_id), what="the image index", timeout_s=timeout_s
+    )
+    if record is None:
+        raise NotFound(f"image '{image_id}' not found in project '{project_id}'", id=image_id)
+    await asyncio.to_thread(services.store.delete, record.object_key)
+    await await_deployment(
+        index.finish_delete.remote(project_id, image_id), what="the image index", timeout_s=timeout_s
+    )
+    return record
+
+
+def _new_image(
+    services: Services, project_id: str, image: CheckedImage, vector: np.ndarray
+) -> NewImage:
+    image_id = uuid.uuid4().hex
+    return NewImage(
+        id=image_id,
+        project_id=project_id,
+        object_key=join_key(
+            services.config.image_search_remote_prefix, project_id, f"{image_id}.{image.extension}"
+        ),
+        filename=image.filename,
+        content_type=image.content_type,
+        size_bytes=len(image.data),
+        width=image.width,
+        height=image.height,
+        sha256=image.sha256,
+        vector=np.asarray(vector, dtype=np.float32),
+    )
+
+
+async def _store_objects(
+    services: Services, *, images: Sequence[CheckedImage], new: Sequence[NewImage]
+) -> list[str]:
+    """Put every original; on a failure delete the ones already put, then re-raise."""
+    stored: list[str] = []
+    try:
+        for image, record in zip(images, new):
+            await asyncio.to_thread(
+                services.store.put, record.object_key, image.data, image.content_type
+            )
+            stored.append(record.object_key)
+    except BaseException:
+        await _delete_objects(services, stored)
+        raise
+    return stored
+
+
+async def _delete_objects(services: Services, keys: Sequence[str]) -> None:
+    """Best-effort compensation; a failure here is logged with the keys left behind."""
+    for key in keys:
+        try:
+            await asyncio.to_thread(services.store.delete, key)
+        except ApiError as exc:
+            logger.error("could not remove orphan object %s: %s", key, exc.message)

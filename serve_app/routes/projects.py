@@ -1,0 +1,215 @@
+"""The seed's image-search routes under /v1/projects/{project_id}/images, plus batch upload
+and search by image."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+
+from serve_app.errors import ObjectNotFound
+from serve_app.image_search import (
+    delete_image,
+    get_image,
+    image_out,
+    require_project,
+    search_by_vector,
+    search_result,
+    upload_images,
+)
+from serve_app.modules import IMAGE_SEARCH
+from serve_app.remote import await_deployment
+from serve_app.schemas import (
+    ERROR_RESPONSES,
+    IMAGE_ID_PATTERN,
+    PROJECT_ID_PATTERN,
+    BatchUploadResponse,
+    DeleteResponse,
+    ErrorResponse,
+    ImageListResponse,
+    ImageOut,
+    SearchRequest,
+    SearchResponse,
+)
+from serve_app.services import Services, get_services
+from serve_app.uploads import CheckedImage, check_image, read_multipart_files
+
+router = APIRouter(prefix="/v1/projects/{project_id}/images", tags=["image search"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+ProjectId = Annotated[
+    str,
+    Path(pattern=PROJECT_ID_PATTERN, description="Letters, digits, '_' and '-', 1-64 chars"),
+]
+ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN)]
+
+UPLOAD_RESPONSES: dict[int | str, dict] = {
+    **ERROR_RESPONSES,
+    413: {"model": ErrorResponse, "description": "Over IMAGE_SEARCH_MAX_BYTES or too many pixels"},
+    415: {"model": ErrorResponse, "description": "Not an image in an accepted format"},
+}
+
+
+def _multipart_body(field: str, many: bool) -> dict:
+    file_schema = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": file_schema} if many else file_schema
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [field], "properties": {field: schema}}
+                }
+            },
+        }
+    }
+
+
+async def _checked_uploads(
+    request: Request, services: Services, *, field: str, max_files: int
+) -> list[CheckedImage]:
+    await services.board.require_ready(IMAGE_SEARCH)
+    uploads = await read_multipart_files(
+        request,
+        field=field,
+        max_file_bytes=services.config.image_search_max_bytes,
+        max_files=max_files,
+    )
+    max_pixels = services.config.image_search_max_pixels
+    return await asyncio.to_thread(lambda: [check_image(u, max_pixels=max_pixels) for u in uploads])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ImageOut,
+    responses={200: {"model": ImageOut, "description": "Already stored: the existing record"},
+               **UPLOAD_RESPONSES},
+    openapi_extra=_multipart_body("file", many=False),
+)
+async def upload_image(project_id: ProjectId, request: Request, services: ServicesDep) -> Response:
+    """Upload one image (multipart field `file`); the project is created by its first upload."""
+    (image,) = await _checked_uploads(request, services, field="file", max_files=1)
+    (record,) = await upload_images(services, project_id, [image])
+    body = image_out(record).model_dump(mode="json")
+    return JSONResponse(body, status_code=200 if record.duplicate else 201)
+
+
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=BatchUploadResponse,
+    responses=UPLOAD_RESPONSES,
+    openapi_extra=_multipart_body("files", many=True),
+)
+async def upload_image_batch(
+    project_id: ProjectId, request: Request, services: ServicesDep
+) -> BatchUploadResponse:
+    """Upload several images (repeated multipart field `files`), embedded as one batch.
+
+    Every file is checked before anything is stored: one bad file rejects the request.
+    """
+    images = await _checked_uploads(
+        request, services, field="files", max_files=services.config.image_search_max_batch_files
+    )
+    records = await upload_images(services, project_id, images)
+    duplicates = sum(record.duplicate for record in records)
+    return BatchUploadResponse(
+        project_id=project_id,
+        items=[image_out(record) for record in records],
+        created=len(records) - duplicates,
+        duplicates=duplicates,
+    )
+
+
+@router.get("", response_model=ImageListResponse, responses=ERROR_RESPONSES)
+async def list_images(
+    project_id: ProjectId,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> ImageListResponse:
+    """Newest first; `total` counts the project's images; follow `next_cursor` for more."""
+    await require_project(services, project_id)
+    page = await await_deployment(
+        services.vector_index.list.remote(project_id, limit, cursor),
+        what="the image index",
+        timeout_s=services.config.request_timeout_s,
+    )
+    return ImageListResponse(
+        project_id=project_id,
+        items=[image_out(record) for record in page.items],
+        total=page.total,
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
+async def search_images(
+    project_id: ProjectId, body: SearchRequest, services: ServicesDep
+) -> SearchResponse:
+    """Text-to-image search: the `limit` closest images, best first."""
+    await require_project(services, project_id)
+    vectors = await await_deployment(
+        services.clip_embedder.embed_text.remote([body.query]),
+        what="text embedding",
+        timeout_s=services.config.request_timeout_s,
+    )
+    hits = await search_by_vector(services, project_id, vectors[0], body.limit)
+    return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
+
+
+@router.post(
+    "/search/by-image",
+    response_model=SearchResponse,
+    responses=UPLOAD_RESPONSES,
+    openapi_extra=_multipart_body("file", many=False),
+)
+async def search_images_by_image(
+    project_id: ProjectId,
+    request: Request,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> SearchResponse:
+    """Image-to-image search with an uploaded query image (multipart field `file`)."""
+    await require_project(services, project_id)
+    (image,) = await _checked_uploads(request, services, field="file", max_files=1)
+    vectors = await await_deployment(
+        services.clip_embedder.embed_images.remote([image.data]),
+        what="image embedding",
+        timeout_s=services.config.request_timeout_s,
+    )
+    hits = await search_by_vector(services, project_id, vectors[0], limit)
+    return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
+
+
+@router.get(
+    "/{image_id}/file",
+    responses={
+        200: {"content": {"image/*": {}}, "description": "The original (local store)"},
+        307: {"description": "Redirect to a presigned or public URL (R2/S3)"},
+        **ERROR_RESPONSES,
+    },
+)
+async def get_image_file(
+    project_id: ProjectId, image_id: ImageId, services: ServicesDep
+) -> Response:
+    """The original upload: a 307 to R2 (presigned), or the bytes from the local store."""
+    record = await get_image(services, project_id, image_id)
+    store = services.store
+    if store.kind != "local":
+        return RedirectResponse(await asyncio.to_thread(store.url, record.object_key), 307)
+    path = store.path_for(record.object_key)  # type: ignore[attr-defined]
+    if not path.is_file():
+        raise ObjectNotFound("the image's file is missing from storage", id=image_id)
+    return FileResponse(path, media_type=record.content_type, filename=record.filename)
+
+
+@router.delete("/{image_id}", response_model=DeleteResponse, responses=ERROR_RESPONSES)
+async def delete_image_route(
+    project_id: ProjectId, image_id: ImageId, services: ServicesDep
+) -> DeleteResponse:
+    """Remove the image's object, row and vector; 404 when unknown or already deleted."""
+    record = await delete_image(services, project_id, image_id)
+    return DeleteResponse(project_id=project_id, id=record.id)

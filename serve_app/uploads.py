@@ -1,0 +1,155 @@
+"""Reading multipart uploads under a byte budget, and checking that an image is one.
+
+The budget is enforced while the body is read (a declared Content-Length over it is refused
+before reading anything), so an oversized upload never lands on disk whole. Images are
+decoded for real, only in the formats we accept, with a pixel cap against decompression
+bombs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from serve_app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {
+    "JPEG": ("image/jpeg", "jpg"),
+    "PNG": ("image/png", "png"),
+    "WEBP": ("image/webp", "webp"),
+    "GIF": ("image/gif", "gif"),
+}
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """One file part of a multipart body, read into memory."""
+
+    field: str
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """An upload that decoded as an accepted image."""
+
+    filename: str
+    data: bytes
+    content_type: str
+    extension: str
+    width: int
+    height: int
+    sha256: str
+
+
+async def read_multipart_files(
+    request: Request, *, field: str, max_file_bytes: int, max_files: int
+) -> list[UploadedFile]:
+    """The files sent under `field`; 413 past the byte budget, 415/400 for a bad body."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UnsupportedMediaType(
+            f"expected a multipart/form-data body with a '{field}' file field",
+            content_type=content_type[:100],
+        )
+    budget = max_file_bytes * max_files + MULTIPART_OVERHEAD_BYTES
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > budget:
+        raise _too_large(max_file_bytes)
+    limited = Request(request.scope, _limited_receive(request.receive, budget, max_file_bytes))
+    try:
+        form = await limited.form(max_files=max_files, max_fields=32)
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    try:
+        files = []
+        for value in form.getlist(field):
+            if not isinstance(value, UploadFile):
+                raise InvalidInput(f"'{field}' must be a file", fields=[{"field": field}])
+            data = await value.read(max_file_bytes + 1)
+            if len(data) > max_file_bytes:
+                raise _too_large(max_file_bytes)
+            files.append(UploadedFile(field=field, filename=_clean_filename(value.filename), data=data))
+    finally:
+        await form.close()
+    if not files:
+        raise InvalidInput(f"the multipart body has no '{field}' file", fields=[{"field": field}])
+    return files
+
+
+def check_image(upload: UploadedFile, *, max_pixels: int) -> CheckedImage:
+    """Decode the whole image; 415 when it is not an accepted image, 413 past `max_pixels`."""
+    if not upload.data:
+        raise UnsupportedMediaType(f"'{upload.filename}' is empty")
+    try:
+        # The header is read first: the pixel cap applies before any pixel is decoded.
+        with Image.open(io.BytesIO(upload.data), formats=list(ACCEPTED_FORMATS)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(
+                    f"'{upload.filename}' is {width}x{height} pixels; the limit is "
+                    f"{max_pixels} pixels (IMAGE_SEARCH_MAX_PIXELS)",
+                )
+            image_format = image.format or ""
+            image.load()
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(
+            f"'{upload.filename}' declares more pixels than the decoder allows (decompression bomb)"
+        ) from None
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType(
+            f"'{upload.filename}' is not an image in an accepted format "
+            f"({', '.join(ACCEPTED_FORMATS)})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise UnsupportedMediaType(f"'{upload.filename}' is a corrupt or truncated image") from None
+    content_type, extension = ACCEPTED_FORMATS[image_format]
+    return CheckedImage(
+        filename=upload.filename,
+        data=upload.data,
+        content_type=content_type,
+        extension=extension,
+        width=width,
+        height=height,
+        sha256=hashlib.sha256(upload.data).hexdigest(),
+    )
+
+
+def _too_large(max_file_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"upload exceeds {max_file_bytes} bytes (IMAGE_SEARCH_MAX_BYTES)", limit=max_file_bytes
+    )
+
+
+def _clean_filename(name: str | None) -> str:
+    """Keep the client's name for display only: last path part, printable, bounded."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    printable = "".join(ch for ch in base if ch.isprintable())
+    return printable[:255] or "upload"
+
+
+def _limited_receive(
+    receive: Callable[[], Awaitable[dict[str, Any]]], budget: int, max_file_bytes: int
+) -> Callable[[], Awaitable[dict[str, Any]]]:
+    received = 0
+
+    async def limited() -> dict[str, Any]:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > budget:
+                raise _too_large(max_file_bytes)
+        return message
+
+    return limited

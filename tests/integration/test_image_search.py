@@ -1,0 +1,387 @@
+"""The image-search module over real HTTP through Serve: tiny CLIP, S3 on loopback."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import time
+import uuid
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+import ray
+from PIL import Image
+from ray import serve
+
+from tests.integration.conftest import SearchApp, wait_until_ready
+
+
+def make_image(seed: int, fmt: str = "PNG", size: tuple[int, int] = (48, 40)) -> bytes:
+    """A distinct noise image; the same seed gives the same bytes."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims a huge canvas (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def project() -> str:
+    return f"p-{uuid.uuid4().hex[:10]}"
+
+
+def upload(app: SearchApp, project_id: str, data: bytes, name: str = "a.png") -> httpx.Response:
+    return httpx.post(
+        f"{app.url}/v1/projects/{project_id}/images", files={"file": (name, data)}, timeout=60
+    )
+
+
+def search_by_image(app: SearchApp, project_id: str, data: bytes, limit: int = 10) -> list[dict]:
+    response = httpx.post(
+        f"{app.url}/v1/projects/{project_id}/images/search/by-image",
+        params={"limit": limit},
+        files={"file": ("q.png", data)},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def listed_ids(app: SearchApp, project_id: str) -> list[str]:
+    body = httpx.get(f"{app.url}/v1/projects/{project_id}/images", params={"limit": 200}).json()
+    return [item["id"] for item in body["items"]]
+
+
+def test_upload_stores_indexes_and_deduplicates(search_app: SearchApp) -> None:
+    pid = project()
+    data = make_image(1)
+    first = upload(search_app, pid, data, "poster.png")
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert (body["project_id"], body["filename"], body["content_type"]) == (pid, "poster.png", "image/png")
+    assert (body["width"], body["height"], body["size_bytes"]) == (48, 40, len(data))
+    assert body["duplicate"] is False
+    keys = search_app.object_keys(f"AI/SEARCH/{pid}/")
+    assert keys == {f"AI/SEARCH/{pid}/{body['id']}.png"}
+    stored = search_app.s3_client().get_object(Bucket=search_app.bucket, Key=keys.pop())
+    assert stored["Body"].read() == data
+
+    again = upload(search_app, pid, data, "copy.png")
+    assert again.status_code == 200
+    assert again.json()["id"] == body["id"] and again.json()["duplicate"] is True
+    assert len(search_app.object_keys(f"AI/SEARCH/{pid}/")) == 1
+    assert listed_ids(search_app, pid) == [body["id"]]
+
+
+def test_each_image_is_its_own_top_hit(search_app: SearchApp) -> None:
+    pid = project()
+    images = {seed: make_image(seed, "JPEG" if seed % 2 else "PNG") for seed in range(10, 16)}
+    ids = {seed: upload(search_app, pid, data).json()["id"] for seed, data in images.items()}
+    for seed, data in images.items():
+        results = search_by_image(search_app, pid, data, limit=3)
+        assert results[0]["id"] == ids[seed]
+        assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+        assert len(results) == 3
+
+
+def test_text_search_respects_limit_and_orders_by_score(search_app: SearchApp) -> None:
+    pid = project()
+    for seed in range(20, 25):
+        assert upload(search_app, pid, make_image(seed)).status_code == 201
+    for limit, expected in ((3, 3), (10, 5)):
+        response = httpx.post(
+            f"{search_app.url}/v1/projects/{pid}/images/search",
+            json={"query": "고양이", "limit": limit},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        assert len(results) == expected
+        scores = [hit["score"] for hit in results]
+        assert scores == sorted(scores, reverse=True)
+        assert all(hit["file_url"].endswith(f"/images/{hit['id']}/file") for hit in results)
+
+
+def test_list_is_newest_first_with_cursor_pagination(search_app: SearchApp) -> None:
+    pid = project()
+    uploaded = [upload(search_app, pid, make_image(seed)).json()["id"] for seed in range(30, 35)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{search_app.url}/v1/projects/{pid}/images", params=params).json()
+        assert page["total"] == 5
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(uploaded))
+
+
+def test_file_redirects_to_presigned_url(search_app: SearchApp) -> None:
+    pid = project()
+    data = make_image(40)
+    image_id = upload(search_app, pid, data).json()["id"]
+    response = httpx.get(f"{search_app.url}/v1/projects/{pid}/images/{image_id}/file")
+    assert response.status_code == 307
+    assert response.headers["location"].startswith(search_app.s3.endpoint)
+    assert httpx.get(response.headers["location"]).content == data
+
+
+def test_delete_removes_object_row_and_vector(search_app: SearchApp) -> None:
+    pid = project()
+    keep = upload(search_app, pid, make_image(50)).json()["id"]
+    gone_data = make_image(51)
+    gone = upload(search_app, pid, gone_data).json()["id"]
+    response = httpx.delete(f"{search_app.url}/v1/projects/{pid}/images/{gone}")
+    assert response.status_code == 200
+    assert response.json() == {"project_id": pid, "id": gone, "deleted": True}
+    assert listed_ids(search_app, pid) == [keep]
+    assert gone not in [hit["id"] for hit in search_by_image(search_app, pid, gone_data)]
+    assert search_app.object_keys(f"AI/SEARCH/{pid}/") == {f"AI/SEARCH/{pid}/{keep}.png"}
+    again = httpx.delete(f"{search_app.url}/v1/projects/{pid}/images/{gone}")
+    assert again.status_code == 404
+    assert again.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{search_app.url}/v1/projects/{pid}/images/{gone}/file").status_code == 404
+
+
+def test_batch_upload_embeds_together_and_reports_duplicates(search_app: SearchApp) -> None:
+    pid = project()
+    a, b = make_image(60), make_image(61)
+    files = [("files", ("a.png", a)), ("files", ("b.png", b)), ("files", ("a-again.png", a))]
+    response = httpx.post(f"{search_app.url}/v1/projects/{pid}/images/batch", files=files, timeout=60)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["created"], body["duplicates"]) == (2, 1)
+    assert body["items"][2]["id"] == body["items"][0]["id"]
+    assert len(search_app.object_keys(f"AI/SEARCH/{pid}/")) == 2
+
+
+def test_batch_with_one_bad_file_stores_nothing(search_app: SearchApp) -> None:
+    pid = project()
+    files = [("files", ("ok.png", make_image(62))), ("files", ("bad.png", b"not an image"))]
+    response = httpx.post(f"{search_app.url}/v1/projects/{pid}/images/batch", files=files)
+    assert response.status_code == 415
+    assert "bad.png" in response.json()["error"]["message"]
+    assert search_app.object_keys(f"AI/SEARCH/{pid}/") == set()
+    assert httpx.get(f"{search_app.url}/v1/projects/{pid}/images").status_code == 404
+
+
+def test_full_project_answers_409_and_leaves_nothing_behind(search_app: SearchApp) -> None:
+    pid = project()
+    for seed in range(70, 78):  # IMAGE_SEARCH_MAX_ELEMENTS=8 in this app
+        assert upload(search_app, pid, make_image(seed)).status_code == 201
+    before = search_app.object_keys(f"AI/SEARCH/{pid}/")
+    response = upload(search_app, pid, make_image(99))
+    assert response.status_code == 409
+    assert "IMAGE_SEARCH_MAX_ELEMENTS=8" in response.json()["error"]["message"]
+    # The original was stored before indexing failed; it must have been removed again.
+    assert search_app.object_keys(f"AI/SEARCH/{pid}/") == before
+    assert len(listed_ids(search_app, pid)) == 8
+
+
+def test_storage_outage_answers_503_and_leaves_no_row(search_app: SearchApp) -> None:
+    pid = project()
+    assert upload(search_app, pid, make_image(80)).status_code == 201
+    search_app.s3.stop()
+    try:
+        response = upload(search_app, pid, make_image(81))
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "storage_unavailable"
+        assert "testing-secret" not in response.text
+    finally:
+        search_app.s3.start()
+    assert len(listed_ids(search_app, pid)) == 1
+    assert upload(search_app, pid, make_image(81)).status_code == 201
+    assert len(listed_ids(search_app, pid)) == 2
+    assert len(search_app.object_keys(f"AI/SEARCH/{pid}/")) == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/projects/nope-{uid}/images", 404),
+        ("/v1/projects/..%2F..%2Fetc/images", (404, 422)),  # %2F splits the path: no route
+        ("/v1/projects/%2e%2e/images", 422),
+        ("/v1/projects/" + "x" * 65 + "/images", 422),
+        ("/v1/projects/bad%00id/images", 422),
+        ("/v1/projects/sp%20ace/images", 422),
+    ],
+)
+def test_bad_or_unknown_project_ids(
+    search_app: SearchApp, path: str, status: int | tuple[int, ...]
+) -> None:
+    response = httpx.get(search_app.url + path.format(uid=uuid.uuid4().hex[:8]))
+    assert response.status_code in (status if isinstance(status, tuple) else (status,))
+    assert response.json()["error"]["message"]
+
+
+def test_unknown_project_search_is_404(search_app: SearchApp) -> None:
+    response = httpx.post(
+        f"{search_app.url}/v1/projects/{project()}/images/search", json={"query": "cat"}
+    )
+    assert response.status_code == 404
+    assert "does not exist" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"just some text, not an image", 415, "unsupported_media_type"),
+        (make_image(90)[:200], 415, "unsupported_media_type"),  # truncated PNG
+        (b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', 415, "unsupported_media_type"),
+        (b"", 415, "unsupported_media_type"),
+        (bomb_png(), 413, "payload_too_large"),
+        (b"\x89PNG" + b"\x00" * (300 * 1024), 413, "payload_too_large"),  # over 256 KiB
+    ],
+)
+def test_bad_uploads(search_app: SearchApp, data: bytes, status: int, code: str) -> None:
+    pid = project()
+    response = upload(search_app, pid, data)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert search_app.object_keys(f"AI/SEARCH/{pid}/") == set()
+
+
+def test_huge_declared_content_length_is_refused_before_reading(search_app: SearchApp) -> None:
+    """A client announcing 1 GB gets 413 after sending a few bytes, not after a gigabyte."""
+    url = httpx.URL(search_app.url)
+    head = (
+        f"POST {url.path}/v1/projects/{project()}/images HTTP/1.1\r\n"
+        f"Host: {url.host}:{url.port}\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {1024**3}\r\n\r\n--x\r\n"
+    ).encode()
+    with socket.create_connection((url.host, url.port), timeout=20) as sock:
+        sock.sendall(head)
+        answer = ""
+        while "}}" not in answer:  # the end of the JSON error body
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk.decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+    assert "payload_too_large" in answer
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"data": {"file": "not a file"}, "files": {"other": ("o.png", b"x")}}, 422),
+        ({"files": {"other": ("o.png", b"x")}}, 422),  # no 'file' part
+        ({"data": {"file": "urlencoded"}}, 415),
+        ({"content": b"raw", "headers": {"content-type": "image/png"}}, 415),
+        ({"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400),
+    ],
+)
+def test_malformed_multipart(search_app: SearchApp, kwargs: dict, status: int) -> None:
+    response = httpx.post(f"{search_app.url}/v1/projects/{project()}/images", **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body", [{"query": ""}, {"query": "x" * 1001}, {"query": "cat", "limit": 0},
+             {"query": "cat", "limit": 1000}, {"limit": 3}],
+)
+def test_bad_search_bodies(search_app: SearchApp, body: dict) -> None:
+    pid = project()
+    assert upload(search_app, pid, make_image(95)).status_code == 201
+    response = httpx.post(f"{search_app.url}/v1/projects/{pid}/images/search", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"]
+
+
+def test_bad_image_id_is_422(search_app: SearchApp) -> None:
+    pid = project()
+    assert upload(search_app, pid, make_image(96)).status_code == 201
+    response = httpx.delete(f"{search_app.url}/v1/projects/{pid}/images/bad.id")
+    assert response.status_code == 422
+
+
+def _replica_names(app_name: str, deployment: str) -> set[str]:
+    prefix = f"SERVE_REPLICA::{app_name}#{deployment}#"
+    return {
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(prefix)
+    }
+
+
+def restart_vector_index(app: SearchApp, timeout_s: float = 120) -> None:
+    """Kill the VectorIndex replica (ray.kill), then wait until Serve's replacement answers."""
+    deployment = "VectorIndex"
+    (old,) = _replica_names(app.app_name, deployment)
+    ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _replica_names(app.app_name, deployment) - {old}:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"no new {deployment} replica after {timeout_s}s")
+    handle = serve.get_deployment_handle(deployment, app_name=app.app_name)
+    while time.monotonic() < deadline:
+        try:  # only the new replica can answer
+            handle.stats.remote().result(timeout_s=10)
+            break
+        except Exception:  # noqa: BLE001 - still starting
+            time.sleep(0.5)
+    wait_until_ready(app.url)
+
+
+def test_restart_of_vector_index_loses_nothing(search_app: SearchApp) -> None:
+    pid = project()
+    images = [make_image(seed) for seed in range(100, 104)]
+    ids = [upload(search_app, pid, data).json()["id"] for data in images]
+    restart_vector_index(search_app)
+    assert sorted(listed_ids(search_app, pid)) == sorted(ids)
+    for image_id, data in zip(ids, images):
+        assert search_by_image(search_app, pid, data, limit=1)[0]["id"] == image_id
+
+
+def test_snapshot_restored_on_an_empty_disk_gives_back_every_upload(search_app: SearchApp) -> None:
+    pid = project()
+    images = [make_image(seed) for seed in range(110, 114)]
+    ids = [upload(search_app, pid, data).json()["id"] for data in images]
+    index = serve.get_deployment_handle("VectorIndex", app_name=search_app.app_name)
+    key = index.backup_now.remote().result(timeout_s=60)
+    assert key.startswith("backups/image_search/")
+    assert key in search_app.object_keys("backups/")
+    everything_before = {
+        project_id: count for project_id, count in index.stats.remote().result(timeout_s=30).items()
+    }
+    for suffix in ("", "-wal", "-shm"):
+        search_app.db_path.with_name(search_app.db_path.name + suffix).unlink(missing_ok=True)
+    restart_vector_index(search_app)
+    assert search_app.db_path.exists()
+    assert index.stats.remote().result(timeout_s=30) == everything_before
+    for image_id, data in zip(ids, images):
+        assert search_by_image(search_app, pid, data, limit=1)[0]["id"] == image_id
+
+
+def test_objects_and_rows_match(search_app: SearchApp) -> None:
+    """Whatever ran before: every object has its row and every row its object."""
+    index = serve.get_deployment_handle("VectorIndex", app_name=search_app.app_name)
+    rows: set[str] = set()
+    for project_id in index.stats.remote().result(timeout_s=30):
+        cursor = None
+        while True:
+            page = index.list.remote(project_id, 200, cursor).result(timeout_s=30)
+            rows |= {record.object_key for record in page.items}
+            cursor = page.next_cursor
+            if not cursor:
+                break
+    assert rows == search_app.object_keys("AI/SEARCH/")
