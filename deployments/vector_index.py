@@ -30,7 +30,7 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment(
     num_replicas=1,  # the single writer: never scale this out
     max_ongoing_requests=32,  # sync methods run in Serve's thread pool; the catalog locks
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": 0.1},
 )
 class VectorIndex:
     """Per-project nearest-neighbour search over CLIP vectors, backed by SQLite."""

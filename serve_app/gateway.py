@@ -16,7 +16,7 @@ from serve_app.storage import make_object_store
 
 @serve.deployment(
     max_ongoing_requests=64,
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": 0.1},
 )
 @serve.ingress()
 class Gateway:

@@ -8,6 +8,7 @@ way a user points it at R2, so the stored variant and a storage outage can be ch
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -91,6 +92,8 @@ def test_readyz_reports_ready_with_s3(offline_server: str) -> None:
     body = httpx.get(f"{offline_server}/readyz").json()
     assert body["ready"] is True
     assert body["modules"]["image"]["state"] == "ready"
+    assert body["modules"]["image_search"]["state"] == "ready"
+    assert body["modules"]["voice"]["state"] == "disabled"
     assert body["storage"] == {
         "state": "ready", "enabled_by": "R2_ENABLED", "reason": None, "backend": "s3",
         "deployments": {},
@@ -147,3 +150,34 @@ def test_storage_outage_answers_503_and_recovers(offline_server: str, s3: Restar
     recovered = httpx.post(f"{offline_server}/v1/r2/images/generate", json=SEED_BODY, timeout=120)
     assert recovered.status_code == 200, recovered.text
     assert httpx.get(f"{offline_server}/readyz", timeout=30).status_code == 200
+
+
+def curl(*args: str) -> str:
+    done = subprocess.run(["curl", "-sf", *args], check=True, timeout=120, capture_output=True)
+    return done.stdout.decode()
+
+
+def test_seed_search_curls(offline_server: str, s3: RestartableS3, tmp_path: Path) -> None:
+    """The seed's section 5.2 curls, as written, against the offline profile on S3."""
+    image = tmp_path / "test.jpg"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image, format="JPEG")
+    project = f"my_project_{time.monotonic_ns()}"
+    base = f"{offline_server}/v1/projects/{project}/images"
+
+    uploaded = json.loads(curl("-F", f"file=@{image}", base))
+    assert uploaded["filename"] == "test.jpg" and uploaded["content_type"] == "image/jpeg"
+    key = f"AI/SEARCH/{project}/{uploaded['id']}.jpg"
+    assert r2_style_client(s3.endpoint).head_object(Bucket=BUCKET, Key=key)["ContentLength"] > 0
+
+    listing = json.loads(curl(base))
+    assert [item["id"] for item in listing["items"]] == [uploaded["id"]]
+    found = json.loads(curl("-X", "POST", f"{base}/search", "-H", "Content-Type: application/json",
+                            "-d", '{"query": "고양이", "limit": 5}'))
+    assert [hit["id"] for hit in found["results"]] == [uploaded["id"]]
+
+    down = tmp_path / "down.jpg"
+    curl("-L", f"{base}/{uploaded['id']}/file", "--output", str(down))
+    assert down.read_bytes() == image.read_bytes()
+
+    curl("-X", "DELETE", f"{base}/{uploaded['id']}")
+    assert json.loads(curl(base))["total"] == 0
