@@ -21,6 +21,7 @@ from deployments.configs import (
     VectorIndexConfig,
 )
 from deployments.types import ImageParams
+from serve_app.auth import digest
 from serve_app.gateway import Gateway
 from serve_app.services import GatewayConfig
 from serve_app.settings import Settings, SettingsError, load_settings
@@ -61,7 +62,7 @@ def build_graph(settings: Settings) -> Application:
         num_gpus, device = gpu_placement(settings.image_num_gpus, settings.image_device, settings)
         handles["image_generator"] = ImageGenerator.options(
             max_queued_requests=settings.image_max_queued_requests,
-            ray_actor_options={"num_cpus": settings.image_num_cpus, "num_gpus": num_gpus},
+            ray_actor_options=model_actor_options(settings, settings.image_num_cpus, num_gpus),
         ).bind(
             ImageGeneratorConfig(
                 model=settings.image_model,
@@ -77,7 +78,7 @@ def build_graph(settings: Settings) -> Application:
         num_gpus, device = gpu_placement(settings.clip_num_gpus, settings.clip_device, settings)
         handles["clip_embedder"] = ClipEmbedder.options(
             max_queued_requests=settings.clip_max_queued_requests,
-            ray_actor_options={"num_cpus": settings.clip_num_cpus, "num_gpus": num_gpus},
+            ray_actor_options=model_actor_options(settings, settings.clip_num_cpus, num_gpus),
         ).bind(
             ClipEmbedderConfig(
                 model=settings.clip_model,
@@ -116,6 +117,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         image_search_max_pixels=settings.image_search_max_pixels,
         image_search_max_batch_files=settings.image_search_max_batch_files,
         request_timeout_s=settings.request_timeout_seconds,
+        api_key_digests=tuple(digest(key) for key in settings.api_key_list()),
     )
 
 
@@ -168,6 +170,14 @@ def prompt_optimizer_config(settings: Settings) -> PromptOptimizerConfig:
         timeout_s=settings.openai_timeout_seconds,
         max_retries=settings.openai_max_retries,
     )
+
+
+def model_actor_options(settings: Settings, num_cpus: float, num_gpus: float) -> dict[str, Any]:
+    """Ray actor options of a model replica: its CPUs, GPUs and the model-node resource."""
+    options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+    if settings.model_node_resource:
+        options["resources"] = {settings.model_node_resource: 0.01}
+    return options
 
 
 def gpu_placement(requested_gpus: float, device: str, settings: Settings) -> tuple[float, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from serve_app.auth import ApiKeyMiddleware
 from serve_app.http_errors import install_error_handlers
 from serve_app.routes import files, health, images, projects
 from serve_app.services import Services
@@ -20,6 +21,8 @@ def create_http_app(services: Services) -> FastAPI:
         description="Image generation, semantic image search and voice cloning on Ray Serve.",
     )
     app.state.services = services
+    if services.config.api_key_digests:
+        app.add_middleware(ApiKeyMiddleware, key_digests=services.config.api_key_digests)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(images.router)

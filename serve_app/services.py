@@ -29,6 +29,9 @@ class GatewayConfig(BaseModel):
     image_search_max_pixels: int = Field(ge=1)
     image_search_max_batch_files: int = Field(ge=1)
     request_timeout_s: float = Field(gt=0)
+    api_key_digests: tuple[str, ...] = Field(
+        default=(), description="SHA-256 digests of the API keys; empty means no auth", repr=False
+    )
 
     @property
     def public_prefixes(self) -> tuple[str, ...]:

@@ -111,9 +111,18 @@ class Settings(BaseSettings):
 
     # --- gateway --------------------------------------------------------------------------
     request_timeout_seconds: float = Field(default=300.0, gt=0)
+    # Comma-separated bearer keys and/or a file of keys (one per line). Unset: no auth.
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
+
+    # --- cluster placement ----------------------------------------------------------------
+    # A custom Ray resource the model deployments require (e.g. "gpu_node"), so that they
+    # land on the nodes that declare it (`ray start --resources '{"gpu_node": 1}'`).
+    model_node_resource: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
     @field_validator("clip_pretrained", "openai_base_url", "r2_endpoint_url", "r2_account_id",
-                     "storage_public_base_url", mode="before")
+                     "storage_public_base_url", "api_keys", "api_keys_file",
+                     "model_node_resource", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -136,6 +145,21 @@ class Settings(BaseSettings):
         if missing:
             raise ValueError(f"R2_ENABLED=1 needs {', '.join(missing)}")
         return self
+
+    @model_validator(mode="after")
+    def _check_api_keys_file(self) -> Settings:
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"API_KEYS_FILE={str(self.api_keys_file)!r} is not a readable file")
+        return self
+
+    def api_key_list(self) -> list[str]:
+        """Every configured API key (API_KEYS and API_KEYS_FILE together)."""
+        from serve_app.auth import read_key_file
+
+        keys = [] if self.api_keys is None else self.api_keys.get_secret_value().split(",")
+        if self.api_keys_file is not None:
+            keys += read_key_file(self.api_keys_file)
+        return [key.strip() for key in keys if key.strip()]
 
     @property
     def s3_endpoint_url(self) -> str | None:
