@@ -8,6 +8,7 @@ from deployments.configs import ImageGeneratorConfig
 from deployments.diffusion_model import DiffusionImageModel
 from deployments.types import GeneratedImage, ImageParams
 from serve_app.errors import InvalidInput, ModelFailed
+from serve_app.metrics import image_generation_seconds
 
 
 @serve.deployment(
@@ -21,15 +22,18 @@ class ImageGenerator:
 
     def __init__(self, config: ImageGeneratorConfig):
         self._model = DiffusionImageModel(config)
+        self._device = self._model.describe().get("device", "unknown")
 
     def generate(self, prompt: str, params: ImageParams | None = None) -> GeneratedImage:
         """Generate one image; the same prompt, params and seed give the same pixels."""
         try:
-            return self._model.generate(prompt, params or ImageParams())
+            image = self._model.generate(prompt, params or ImageParams())
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a model failure must not look like a bug in the caller
             raise ModelFailed(f"image generation failed: {type(exc).__name__}: {exc}"[:500]) from None
+        image_generation_seconds().observe(image.elapsed_ms / 1000, tags={"device": self._device})
+        return image
 
     def describe(self) -> dict[str, str]:
         """Which model is loaded, on which device and dtype."""

@@ -7,6 +7,7 @@ from ray import serve
 from deployments.configs import PromptOptimizerConfig
 from deployments.prompt_writer import PromptWriter
 from deployments.types import OptimizedPrompt
+from serve_app.metrics import prompt_fallbacks, reason_category
 
 
 @serve.deployment(
@@ -21,4 +22,7 @@ class PromptOptimizer:
 
     async def optimize(self, title: str, description: str = "") -> OptimizedPrompt:
         """Return a concise English prompt; `source` says whether OpenAI or the template wrote it."""
-        return await self._writer.optimize(title, description)
+        result = await self._writer.optimize(title, description)
+        if result.source == "fallback":
+            prompt_fallbacks().inc(1, tags={"reason": reason_category(result.fallback_reason)})
+        return result

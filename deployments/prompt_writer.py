@@ -19,7 +19,7 @@ import openai
 from deployments.configs import PromptOptimizerConfig
 from deployments.types import OptimizedPrompt
 
-logger = logging.getLogger("serve_app.prompt")
+logger = logging.getLogger("ray.serve.prompt")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PROMPT_MAX_CHARS = 600

@@ -22,6 +22,7 @@ from deployments.vector_store import (
     SearchHit,
     VectorCatalog,
 )
+from serve_app.metrics import index_images
 from serve_app.storage import make_object_store
 
 logger = logging.getLogger("ray.serve")
@@ -54,6 +55,7 @@ class VectorIndex:
             ef_construction=config.ef_construction,
             ef_search=config.ef_search,
         )
+        self._publish_sizes()
         self._stop = threading.Event()
         self._backup_thread: threading.Thread | None = None
         if config.backup_enabled:
@@ -92,11 +94,15 @@ class VectorIndex:
 
     def add(self, image: NewImage) -> ImageRecord:
         """Index one image (row and vector together); known bytes return the existing record."""
-        return self._catalog.add(image)
+        record = self._catalog.add(image)
+        self._publish_sizes()
+        return record
 
     def add_many(self, images: list[NewImage]) -> list[ImageRecord]:
         """Index a batch in one transaction; records come back in input order."""
-        return self._catalog.add_many(images)
+        records = self._catalog.add_many(images)
+        self._publish_sizes()
+        return records
 
     def begin_delete(self, project_id: str, image_id: str) -> ImageRecord | None:
         """Hide the image from list and search; returns it (None when unknown)."""
@@ -105,6 +111,11 @@ class VectorIndex:
     def finish_delete(self, project_id: str, image_id: str) -> None:
         """Remove the tombstoned row once its object is gone."""
         self._catalog.finish_delete(project_id, image_id)
+        self._publish_sizes()
+
+    def _publish_sizes(self) -> None:
+        for project_id, count in self._catalog.stats().items():
+            index_images().set(count, tags={"project": project_id})
 
     # --- backups ------------------------------------------------------------------------------
 

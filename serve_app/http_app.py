@@ -6,7 +6,9 @@ from fastapi import FastAPI
 
 from serve_app.auth import ApiKeyMiddleware
 from serve_app.http_errors import install_error_handlers
+from serve_app.metrics import RequestMetricsMiddleware
 from serve_app.routes import files, health, images, projects
+from serve_app.routes import openai_compat
 from serve_app.services import Services
 
 API_TITLE = "Common AI Server"
@@ -23,9 +25,11 @@ def create_http_app(services: Services) -> FastAPI:
     app.state.services = services
     if services.config.api_key_digests:
         app.add_middleware(ApiKeyMiddleware, key_digests=services.config.api_key_digests)
+    app.add_middleware(RequestMetricsMiddleware)  # outermost: 401s are counted too
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(images.router)
     app.include_router(projects.router)
     app.include_router(files.router)
+    app.include_router(openai_compat.router)
     return app

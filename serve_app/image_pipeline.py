@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deployments.prompt_writer import fallback_prompt
 from deployments.types import GeneratedImage, ImageParams, OptimizedPrompt
 from serve_app.errors import ApiError, InvalidInput
+from serve_app.metrics import prompt_fallbacks
 from serve_app.modules import IMAGE
 from serve_app.remote import await_deployment
 from serve_app.schemas import ImageGenerateRequest
-from serve_app.services import Services
+from serve_app.services import GatewayConfig, Services
+from serve_app.storage import join_key
 
 logger = logging.getLogger("ray.serve")
 
@@ -31,29 +35,65 @@ class RenderedImage:
     encode_ms: float
 
 
+def check_pixel_budget(
+    config: GatewayConfig,
+    params: ImageParams,
+    fields: Sequence[str] = ("width", "height"),
+    subject: str = "width x height",
+) -> None:
+    """422 naming `fields` (and `subject` in the message) when width x height is over
+    IMAGE_MAX_PIXELS."""
+    pixels = params.width * params.height
+    if pixels > config.image_max_pixels:
+        raise InvalidInput(
+            f"{subject} = {pixels} pixels exceeds the limit of "
+            f"{config.image_max_pixels} (IMAGE_MAX_PIXELS)",
+            fields=[{"field": field, "message": "too large"} for field in fields],
+        )
+
+
+async def generate_pixels(services: Services, prompt: str, params: ImageParams) -> GeneratedImage:
+    """One call to the ImageGenerator deployment, the prompt used as given.
+
+    The caller checks readiness (`board.require_ready(IMAGE)`) and the pixel budget first.
+    """
+    return await await_deployment(
+        services.image_generator.generate.remote(prompt, params),
+        what="image generation",
+        timeout_s=services.config.request_timeout_s,
+    )
+
+
+async def encode_png(image: GeneratedImage) -> bytes:
+    """Encode the pixels as PNG in a worker thread (off the event loop and the model replica)."""
+    return await asyncio.to_thread(image.to_png)
+
+
+async def store_png(services: Services, png: bytes) -> tuple[str, str]:
+    """Store a PNG under IMAGE_REMOTE_PREFIX{uuid}.png; answer (key, url).
+
+    The URL is the store's: public or presigned for S3/R2, this server's `/v1/storage/{key}`
+    route (a path, relative to the server) for the local store.
+    """
+    key = join_key(services.config.image_remote_prefix, f"{uuid.uuid4().hex}.png")
+    await asyncio.to_thread(services.store.put, key, png, "image/png")
+    url = await asyncio.to_thread(services.store.url, key)
+    return key, url
+
+
 async def render_image(services: Services, request: ImageGenerateRequest) -> RenderedImage:
     """Optimise the prompt, generate the image and encode it as PNG (off the model replica)."""
     await services.board.require_ready(IMAGE)
     params = request.image_params(services.config.image_defaults)
-    if params.width * params.height > services.config.image_max_pixels:
-        raise InvalidInput(
-            f"width x height = {params.width * params.height} pixels exceeds the limit of "
-            f"{services.config.image_max_pixels} (IMAGE_MAX_PIXELS)",
-            fields=[{"field": "width", "message": "too large"},
-                    {"field": "height", "message": "too large"}],
-        )
+    check_pixel_budget(services.config, params)
     timeout_s = services.config.request_timeout_s
 
     started = time.perf_counter()
     prompt = await _optimize(services, request.title, request.description, timeout_s)
     prompted = time.perf_counter()
-    image: GeneratedImage = await await_deployment(
-        services.image_generator.generate.remote(prompt.prompt, params),
-        what="image generation",
-        timeout_s=timeout_s,
-    )
+    image = await generate_pixels(services, prompt.prompt, params)
     generated = time.perf_counter()
-    png = await asyncio.to_thread(image.to_png)
+    png = await encode_png(image)
     encoded = time.perf_counter()
     return RenderedImage(
         png=png,
@@ -79,6 +119,7 @@ async def _optimize(
         )
     except ApiError as exc:
         logger.warning("prompt optimizer unavailable, using the template: %s", exc.message)
+        prompt_fallbacks().inc(1, tags={"reason": "optimizer_unavailable"})
         return OptimizedPrompt(
             prompt=fallback_prompt(title, description),
             source="fallback",

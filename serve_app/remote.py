@@ -10,6 +10,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from serve_app.errors import ApiError, ModelFailed, Overloaded, ServiceUnavailable
+from serve_app.metrics import queue_rejections
 
 logger = logging.getLogger("ray.serve")
 
@@ -33,6 +34,7 @@ async def await_deployment(response: Any, *, what: str, timeout_s: float) -> Any
         response.cancel()
         raise ServiceUnavailable(f"{what} timed out after {timeout_s:g}s") from None
     except BackPressureError:
+        queue_rejections().inc(1, tags={"call": what})
         raise Overloaded(
             f"{what} is at capacity; retry shortly", headers={"Retry-After": "1"}
         ) from None

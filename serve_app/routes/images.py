@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from serve_app.image_pipeline import render_image
+from serve_app.image_pipeline import render_image, store_png
 from serve_app.schemas import ERROR_RESPONSES, ImageGenerateRequest, StoredImageResponse, Timings
 from serve_app.services import Services, get_services
-from serve_app.storage import join_key
 
 router = APIRouter(tags=["images"], responses=ERROR_RESPONSES)
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -44,10 +41,8 @@ async def generate_and_store_image(
     """Generate an image, store the PNG under IMAGE_REMOTE_PREFIX and answer where it is."""
     started = time.perf_counter()
     rendered = await render_image(services, body)
-    key = join_key(services.config.image_remote_prefix, f"{uuid.uuid4().hex}.png")
     stored_at = time.perf_counter()
-    await asyncio.to_thread(services.store.put, key, rendered.png, "image/png")
-    url = await asyncio.to_thread(services.store.url, key)
+    key, url = await store_png(services, rendered.png)
     done = time.perf_counter()
     params = rendered.params
     return StoredImageResponse(

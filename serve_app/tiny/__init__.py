@@ -12,6 +12,7 @@ from pathlib import Path
 
 from serve_app.tiny.clip import build_tiny_clip
 from serve_app.tiny.diffusion import build_tiny_diffusion_pipeline
+from serve_app.tiny.voice import build_tiny_f5tts, build_tiny_vocos, build_tiny_whisper
 
 Builder = Callable[[Path, int], Path]
 
@@ -19,6 +20,9 @@ Builder = Callable[[Path, int], Path]
 BUILDERS: dict[str, Builder] = {
     "diffusion": build_tiny_diffusion_pipeline,
     "clip": build_tiny_clip,
+    "f5tts": build_tiny_f5tts,
+    "vocos": build_tiny_vocos,
+    "whisper": build_tiny_whisper,
 }
 
 
@@ -39,5 +43,8 @@ __all__ = [
     "Builder",
     "build_tiny_clip",
     "build_tiny_diffusion_pipeline",
+    "build_tiny_f5tts",
     "build_tiny_models",
+    "build_tiny_vocos",
+    "build_tiny_whisper",
 ]

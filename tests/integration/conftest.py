@@ -7,6 +7,7 @@ image-less app checks what a disabled module answers.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,23 +40,40 @@ def wait_until_ready(url: str, timeout_s: float = 180.0) -> httpx.Response:
     raise AssertionError(f"{url} not ready: {last.text if last is not None else 'no answer'}")
 
 
+@dataclass(frozen=True)
+class LocalRay:
+    serve_url: str
+    metrics_url: str
+
+
 @pytest.fixture(scope="session")
-def serve_url() -> Iterator[str]:
-    """Start Ray and Serve once per session; Serve's proxy listens on a free loopback port."""
-    port = free_port()
+def local_ray() -> Iterator[LocalRay]:
+    """Start Ray and Serve once per session; Serve's proxy and Ray's metrics endpoint listen on
+    free loopback ports. Metrics are reported every second instead of every ten."""
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # inherited by Ray's processes
+    http_port, metrics_port = free_port(), free_port()
     ray.init(
         address="local",
         num_cpus=4,
         include_dashboard=False,
         object_store_memory=256 * 1024**2,
         configure_logging=False,
+        _metrics_export_port=metrics_port,
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield LocalRay(
+            serve_url=f"http://127.0.0.1:{http_port}",
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        )
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_url(local_ray: LocalRay) -> str:
+    return local_ray.serve_url
 
 
 def offline_settings(models: Path, storage: Path, **extra: object) -> dict[str, object]:
@@ -76,6 +94,7 @@ def offline_settings(models: Path, storage: Path, **extra: object) -> dict[str, 
         "IMAGE_MAX_PIXELS": 256 * 256,
         "OPENAI_TIMEOUT_SECONDS": 2,
         "OPENAI_MAX_RETRIES": 1,
+        "IMAGE_MAX_QUEUED_REQUESTS": 2,
         **extra,
     }
 

@@ -242,7 +242,7 @@ def test_fallback_reason_and_logs_never_contain_the_key(
     assert result.source == "fallback"
     assert API_KEY not in result.fallback_reason
     assert API_KEY not in result.model_dump_json()
-    warnings = [r for r in caplog.records if r.name == "serve_app.prompt"]
+    warnings = [r for r in caplog.records if r.name == "ray.serve.prompt"]
     assert [r.levelno for r in warnings] == [logging.WARNING]
     assert result.fallback_reason in warnings[0].getMessage()
     assert API_KEY not in caplog.text

@@ -1,0 +1,121 @@
+"""The server's own Prometheus metrics, beside Serve's built-in ones.
+
+Exported through Ray's metrics endpoint with a `ray_` prefix (counters also get `_total`),
+labelled with application, deployment and replica by Serve. Each metric is created on first
+use inside the process that records it (a replica), never at import time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import cache
+from typing import Any
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+LATENCY_BOUNDARIES_S = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
+
+@cache
+def http_requests() -> Counter:
+    return Counter(
+        "ai_http_requests",
+        description="HTTP requests answered by the gateway, by route template and status.",
+        tag_keys=("route", "method", "status"),
+    )
+
+
+@cache
+def queue_rejections() -> Counter:
+    return Counter(
+        "ai_queue_rejections",
+        description="Calls refused because a model deployment's bounded queue was full.",
+        tag_keys=("call",),
+    )
+
+
+@cache
+def image_generation_seconds() -> Histogram:
+    return Histogram(
+        "ai_image_generation_seconds",
+        description="Time the image model spent generating one image.",
+        boundaries=LATENCY_BOUNDARIES_S,
+        tag_keys=("device",),
+    )
+
+
+@cache
+def prompt_fallbacks() -> Counter:
+    return Counter(
+        "ai_prompt_fallbacks",
+        description="Prompts written by the template instead of OpenAI, by reason.",
+        tag_keys=("reason",),
+    )
+
+
+@cache
+def index_images() -> Gauge:
+    return Gauge(
+        "ai_index_images",
+        description="Images in each project's search index.",
+        tag_keys=("project",),
+    )
+
+
+@cache
+def voice_synthesis_seconds() -> Histogram:
+    return Histogram(
+        "ai_voice_synthesis_seconds",
+        description="Time the voice model spent synthesising one request.",
+        boundaries=LATENCY_BOUNDARIES_S,
+        tag_keys=("device",),
+    )
+
+
+@cache
+def audio_seconds_produced() -> Counter:
+    return Counter(
+        "ai_audio_seconds_produced",
+        description="Seconds of speech synthesised.",
+        tag_keys=(),
+    )
+
+
+def reason_category(reason: str | None) -> str:
+    """A bounded label for a fallback reason ("openai HTTP 500" -> "openai_http")."""
+    text = (reason or "unknown").lower()
+    for needle, label in (("no openai_api_key", "no_key"), ("timeout", "timeout"),
+                          ("deadline", "timeout"), ("http", "openai_http"),
+                          ("connection", "connection"), ("empty", "empty_answer"),
+                          ("unavailable", "optimizer_unavailable")):
+        if needle in text:
+            return label
+    return "other"
+
+
+class RequestMetricsMiddleware:
+    """ASGI middleware counting responses by route template (not raw path), method, status."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_record(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            http_requests().inc(
+                1, tags={"route": template, "method": scope.get("method", ""), "status": str(status)}
+            )

@@ -1,0 +1,153 @@
+"""OpenAI-compatible routes, so the official `openai` client works with base_url=".../v1".
+
+- `POST /v1/images/generations`: the prompt as given (no prompt optimizer) through the same
+  ImageGenerator as the seed routes; PNGs inline (`b64_json`) or stored and linked (`url`).
+- `POST /v1/embeddings`: CLIP text embeddings (the image-search module's embedder), as floats
+  or as base64 of little-endian float32.
+
+Errors keep the project's shape, `{"error": {"code", "message", ...}}`, which the openai
+client reads: it raises `openai.APIStatusError` subclasses with our message and code.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated, Any
+from urllib.parse import urljoin, urlsplit
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+
+from serve_app.errors import InvalidInput
+from serve_app.image_pipeline import (
+    check_pixel_budget,
+    encode_png,
+    generate_pixels,
+    store_png,
+)
+from serve_app.modules import IMAGE, IMAGE_SEARCH
+from serve_app.openai_schemas import (
+    EmbeddingData,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbeddingUsage,
+    ImageData,
+    ImageGenerationRequest,
+    ImagesResponse,
+)
+from serve_app.remote import await_deployment
+from serve_app.schemas import ERROR_RESPONSES
+from serve_app.services import Services, get_services
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], responses=ERROR_RESPONSES)
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def absolute_url(request: Request, url: str) -> str:
+    """`url` as a link any client can fetch: a relative one (the local store's
+    `/v1/storage/{key}` route) is resolved against this app's base URL, which includes
+    Serve's route prefix (the ASGI root_path)."""
+    parts = urlsplit(url)
+    if parts.scheme:
+        return url
+    base = str(request.base_url)  # scheme://host[:port]{root_path}/
+    if parts.netloc:  # protocol-relative //host/path
+        return urljoin(base, url)
+    return urljoin(base, url.lstrip("/"))
+
+
+@router.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+)
+async def create_images(
+    body: ImageGenerationRequest, request: Request, services: ServicesDep
+) -> ImagesResponse:
+    """Generate `n` images from the prompt (used as given); image i uses seed + i."""
+    await services.board.require_ready(IMAGE)
+    params = body.image_params(services.config.image_defaults)
+    check_pixel_budget(
+        services.config, params, fields=("size",), subject=f"size {params.width}x{params.height}"
+    )
+    created = int(time.time())
+    generated: list[tuple[int, bytes]] = []
+    # One after another: the generator runs one request at a time behind a bounded queue,
+    # which n concurrent calls from one request could fill on their own.
+    for i in range(body.count):
+        seed = None if body.seed is None else body.seed + i
+        image = await generate_pixels(
+            services, body.prompt, params.model_copy(update={"seed": seed})
+        )
+        generated.append((image.seed, await encode_png(image)))
+
+    data: list[ImageData] = []
+    for seed, png in generated:
+        if body.format == "url":
+            _, url = await store_png(services, png)
+            data.append(
+                ImageData(url=absolute_url(request, url), revised_prompt=body.prompt, seed=seed)
+            )
+        else:
+            data.append(
+                ImageData(
+                    b64_json=base64.b64encode(png).decode("ascii"),
+                    revised_prompt=body.prompt,
+                    seed=seed,
+                )
+            )
+    return ImagesResponse(created=created, data=data)
+
+
+async def _embedder_info(request: Request, services: Services) -> dict[str, Any]:
+    """The embedder's model name and dimension, asked once per gateway replica."""
+    info = getattr(request.app.state, "openai_embedder_info", None)
+    if info is None:
+        info = await await_deployment(
+            services.clip_embedder.describe.remote(),
+            what="text embedding",
+            timeout_s=services.config.request_timeout_s,
+        )
+        request.app.state.openai_embedder_info = info
+    return info
+
+
+def count_tokens(texts: list[str]) -> int:
+    """Usage is approximate: whitespace-separated words, not the CLIP tokenizer's tokens."""
+    return sum(len(text.split()) for text in texts)
+
+
+@router.post("/embeddings", response_model=EmbeddingsResponse)
+async def create_embeddings(
+    body: EmbeddingsRequest, request: Request, services: ServicesDep
+) -> EmbeddingsResponse:
+    """CLIP text embeddings (unit norm), in input order; texts past the model's context
+    (77 tokens for CLIP) are truncated."""
+    await services.board.require_ready(IMAGE_SEARCH)
+    info = await _embedder_info(request, services)
+    dim = int(info["dim"])
+    if body.dimensions is not None and body.dimensions != dim:
+        raise InvalidInput(
+            f"dimensions={body.dimensions} is not supported: this model's embeddings have "
+            f"{dim} dimensions (omit dimensions or pass {dim})",
+            fields=[{"field": "dimensions", "message": f"must be {dim}"}],
+        )
+    vectors = await await_deployment(
+        services.clip_embedder.embed_text.remote(body.input),
+        what="text embedding",
+        timeout_s=services.config.request_timeout_s,
+    )
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if body.encoding_format == "base64":
+        encoded: list[Any] = [
+            base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii") for vector in vectors
+        ]
+    else:
+        encoded = vectors.tolist()
+    tokens = count_tokens(body.input)
+    return EmbeddingsResponse(
+        data=[EmbeddingData(index=i, embedding=value) for i, value in enumerate(encoded)],
+        model=body.model or str(info.get("model", "clip")),
+        usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )
