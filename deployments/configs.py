@@ -74,9 +74,54 @@ class VectorIndexConfig(_Config):
     max_elements: int = Field(ge=1, description="Images per project")
     hnsw_m: int = Field(default=32, ge=2)
     ef_construction: int = Field(default=200, ge=1)
-    ef_search: int = Field(default=256, ge=1)
+    ef_search: int = Field(default=128, ge=1)
     storage: StorageConfig = Field(description="Object store that receives the backups")
     backup_enabled: bool = True
     backup_interval_s: float = Field(default=1800, gt=0)
     backup_prefix: str = "backups/image_search/"
     backup_keep: int = Field(default=10, ge=1)
+
+
+class VoiceClonerConfig(_Config):
+    """Which F5-TTS model, vocoder and ASR model clone voices, and where they run.
+
+    The model architecture comes from an f5-tts model config: a name packaged under
+    `f5_tts/configs` (e.g. F5TTS_v1_Base), or the path of a yaml file in that format
+    (`model.backbone`, `model.arch`, `model.mel_spec`), which is how small or fine-tuned
+    models (the tiny test model's `model.yaml`) declare theirs.
+    """
+
+    model_config_name: str = Field(
+        default="F5TTS_v1_Base",
+        description="f5-tts config name (f5_tts/configs/<name>.yaml) or a path to such a yaml",
+    )
+    checkpoint: str = Field(
+        default="hf://SWivid/F5-TTS/F5TTS_v1_Base/model_1250000.safetensors",
+        description="Local .pt/.safetensors file, or hf://<owner>/<repo>/<path in repo>",
+    )
+    use_ema: bool = Field(
+        default=True,
+        description="Load EMA weights (.safetensors, or .pt with ema_model_state_dict); "
+        "False for a .pt holding only model_state_dict",
+    )
+    vocab: str | None = Field(
+        default=None,
+        description="Local vocab.txt or hf:// path; None uses the vocab shipped with f5-tts",
+    )
+    vocoder: str = Field(
+        default="charactr/vocos-mel-24khz",
+        description="Vocos hub id, or a local directory with config.yaml + pytorch_model.bin",
+    )
+    asr_model: str = Field(
+        default="openai/whisper-large-v3-turbo",
+        description="Speech-recognition model (hub id or local directory) for transcribe()",
+    )
+    device: Device = "auto"
+    dtype: TorchDType = "auto"
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
+    max_ref_seconds_used: float = Field(
+        default=12.0,
+        gt=0,
+        le=20.0,
+        description="The reference is trimmed to this many seconds (at silences when it can)",
+    )

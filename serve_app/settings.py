@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     image_search_max_batch_files: int = Field(default=32, ge=1, le=256)
     image_search_hnsw_m: int = Field(default=32, ge=2, le=256)
     image_search_hnsw_ef_construction: int = Field(default=200, ge=1)
-    image_search_hnsw_ef_search: int = Field(default=256, ge=1)
+    image_search_hnsw_ef_search: int = Field(default=128, ge=1)
     image_search_db_backup_prefix: str = "backups/image_search/"
     image_search_db_backup_keep: int = Field(default=10, ge=1)
 

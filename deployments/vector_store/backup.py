@@ -19,6 +19,7 @@ import re
 import sqlite3
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from deployments.vector_store.models import REQUIRED_TABLES
 from serve_app.errors import ObjectNotFound
 from serve_app.storage import ObjectStore, validate_key, validate_prefix
 
-__all__ = ["BackupManager", "snapshot_to_file", "verify_database"]
+__all__ = ["BackupManager", "RestoreReport", "snapshot_to_file", "verify_database"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,15 @@ def verify_database(path: Path, required_tables: Iterable[str] = REQUIRED_TABLES
         return f"unreadable: {exc}"
     finally:
         conn.close()
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What `BackupManager.restore` did: the snapshot restored (None when none was), and the
+    newer snapshots passed over on the way, each with the reason (newest first)."""
+
+    key: str | None = None
+    skipped: tuple[tuple[str, str], ...] = field(default=())
 
 
 class BackupManager:
@@ -146,17 +156,23 @@ class BackupManager:
 
         Does nothing and returns None when `db_path` already exists (an existing database is
         never overwritten) or when no snapshot is usable. A damaged snapshot is logged and the
-        next older one is tried.
+        next older one is tried. `restore` also says which snapshots were skipped and why.
         """
+        return self.restore(db_path).key
+
+    def restore(self, db_path: Path) -> RestoreReport:
+        """`restore_latest`, reporting the restored key and the snapshots skipped on the way."""
         db_path = Path(db_path)
+        skipped: list[tuple[str, str]] = []
         if db_path.exists():
-            return None
+            return RestoreReport()
         db_path.parent.mkdir(parents=True, exist_ok=True)
         for key in self.list_snapshots():
             try:
                 data = self.store.get(key)
             except ObjectNotFound:
                 log.warning("snapshot %s vanished while restoring; trying an older one", key)
+                skipped.append((key, "vanished while restoring"))
                 continue
             fd, tmp_name = tempfile.mkstemp(prefix=f".{db_path.name}.restore-", dir=db_path.parent)
             tmp = Path(tmp_name)
@@ -168,16 +184,17 @@ class BackupManager:
                 problem = verify_database(tmp, self.required_tables)
                 if problem is not None:
                     log.warning("snapshot %s is unusable (%s); trying an older one", key, problem)
+                    skipped.append((key, problem))
                     continue
                 _set_aside_stale_journals(db_path)
                 if not _move_into_place(tmp, db_path):
                     log.warning("a database appeared at %s meanwhile; not restoring", db_path)
-                    return None
+                    return RestoreReport(skipped=tuple(skipped))
                 log.info("restored database %s from snapshot %s", db_path, key)
-                return key
+                return RestoreReport(key=key, skipped=tuple(skipped))
             finally:
                 tmp.unlink(missing_ok=True)
-        return None
+        return RestoreReport(skipped=tuple(skipped))
 
 
 def _move_into_place(tmp: Path, db_path: Path) -> bool:
