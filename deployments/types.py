@@ -63,3 +63,26 @@ class GeneratedImage:
         buffer = io.BytesIO()
         Image.fromarray(self.pixels, mode="RGB").save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class SynthesizedSpeech:
+    """Float32 mono speech from the voice cloner; encoding happens off the model replica."""
+
+    samples: np.ndarray  # (n,) float32, roughly in [-1, 1]
+    sample_rate: int
+    seed: int
+    duration_s: float
+    elapsed_ms: float
+    chunks: int  # text chunks synthesized and cross-faded together
+
+
+class VoiceParams(BaseModel):
+    """Synthesis parameters; seed None means a random seed (reported back)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    nfe_steps: int = Field(default=32, ge=1, le=128, description="Flow-matching steps")
+    cfg_strength: float = Field(default=2.0, ge=0.0, le=10.0)
+    speed: float = Field(default=1.0, ge=0.3, le=3.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)

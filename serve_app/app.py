@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from deployments.configs import (
     ClipEmbedderConfig,
     ImageGeneratorConfig,
     PromptOptimizerConfig,
     VectorIndexConfig,
+    VoiceClonerConfig,
 )
 from deployments.types import ImageParams
 from serve_app.auth import digest
@@ -58,7 +59,9 @@ def build_graph(settings: Settings) -> Application:
         from deployments.image_generator import ImageGenerator
         from deployments.prompt_optimizer import PromptOptimizer
 
-        handles["prompt_optimizer"] = PromptOptimizer.bind(prompt_optimizer_config(settings))
+        handles["prompt_optimizer"] = on_head_node(PromptOptimizer, settings).bind(
+            prompt_optimizer_config(settings)
+        )
         num_gpus, device = gpu_placement(settings.image_num_gpus, settings.image_device, settings)
         handles["image_generator"] = ImageGenerator.options(
             max_queued_requests=settings.image_max_queued_requests,
@@ -90,8 +93,30 @@ def build_graph(settings: Settings) -> Application:
                 max_image_pixels=settings.image_search_max_pixels,
             )
         )
-        handles["vector_index"] = VectorIndex.bind(vector_index_config(settings))
-    return Gateway.bind(gateway_config(settings), **handles)
+        handles["vector_index"] = on_head_node(VectorIndex, settings).bind(
+            vector_index_config(settings)
+        )
+    if settings.voice_enabled:
+        from deployments.voice_cloner import VoiceCloner
+
+        num_gpus, device = gpu_placement(settings.voice_num_gpus, settings.voice_device, settings)
+        handles["voice_cloner"] = VoiceCloner.options(
+            max_queued_requests=settings.voice_max_queued_requests,
+            ray_actor_options=model_actor_options(settings, settings.voice_num_cpus, num_gpus),
+        ).bind(
+            VoiceClonerConfig(
+                model_config_name=settings.voice_model_config,
+                checkpoint=settings.voice_checkpoint,
+                vocab=settings.voice_vocab,
+                vocoder=settings.voice_vocoder,
+                asr_model=settings.voice_asr_model,
+                device=device,
+                dtype=settings.voice_dtype,
+                torch_threads=torch_threads(settings, settings.voice_num_cpus),
+                max_ref_seconds_used=settings.voice_ref_seconds_used,
+            )
+        )
+    return on_head_node(Gateway, settings).bind(gateway_config(settings), **handles)
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:
@@ -116,7 +141,17 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         image_search_max_bytes=settings.image_search_max_bytes,
         image_search_max_pixels=settings.image_search_max_pixels,
         image_search_max_batch_files=settings.image_search_max_batch_files,
+        voice_max_ref_bytes=settings.voice_max_ref_bytes,
+        voice_max_ref_seconds=settings.voice_max_ref_seconds,
+        voice_max_text_chars=settings.voice_max_text_chars,
+        voice_default_nfe_steps=settings.voice_default_nfe_steps,
+        voice_default_cfg_strength=settings.voice_default_cfg_strength,
         request_timeout_s=settings.request_timeout_seconds,
+        # ImageGenerator: one replica, one running request, the rest in its bounded queue
+        image_max_in_flight=(
+            settings.image_max_queued_requests + 1
+            if settings.image_max_queued_requests >= 0 else None
+        ),
         api_key_digests=tuple(digest(key) for key in settings.api_key_list()),
     )
 
@@ -178,6 +213,26 @@ def model_actor_options(settings: Settings, num_cpus: float, num_gpus: float) ->
     if settings.model_node_resource:
         options["resources"] = {settings.model_node_resource: 0.01}
     return options
+
+
+# Ray gives the head node this resource (1 unit) by itself; Ray's own libraries use it the
+# same way to keep their state actors on the head.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def on_head_node(deployment: Deployment, settings: Settings) -> Deployment:
+    """Pin a CPU deployment to the head node when the models have nodes of their own.
+
+    With MODEL_NODE_RESOURCE set, the cluster has dedicated (GPU) model nodes that may come
+    and go. Left to Serve's spreading scheduler, the gateway, the prompt optimizer or the
+    vector index could land on one and die with it; the vector index, the single writer of
+    a SQLite file on the head's disk, would even come back elsewhere without its data.
+    """
+    if not settings.model_node_resource:
+        return deployment
+    options = dict(deployment.ray_actor_options or {})
+    options["resources"] = {**(options.get("resources") or {}), HEAD_NODE_RESOURCE: 0.001}
+    return deployment.options(ray_actor_options=options)
 
 
 def gpu_placement(requested_gpus: float, device: str, settings: Settings) -> tuple[float, str]:

@@ -29,6 +29,7 @@ class Gateway:
         image_generator: DeploymentHandle | None = None,
         clip_embedder: DeploymentHandle | None = None,
         vector_index: DeploymentHandle | None = None,
+        voice_cloner: DeploymentHandle | None = None,
     ):
         app_name = serve.get_replica_context().app_name
         self._services = Services(
@@ -39,6 +40,7 @@ class Gateway:
             image_generator=image_generator,
             clip_embedder=clip_embedder,
             vector_index=vector_index,
+            voice_cloner=voice_cloner,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

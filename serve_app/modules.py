@@ -9,11 +9,14 @@ kept failing is "failed" with Serve's message as the reason.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 from serve_app.errors import ModelNotReady, ModuleDisabled
 from serve_app.schemas import ComponentStatus
+
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
@@ -28,8 +31,11 @@ class ModuleSpec:
 
 IMAGE = ModuleSpec("image", "IMAGE_ENABLED", ("PromptOptimizer", "ImageGenerator"))
 IMAGE_SEARCH = ModuleSpec("image_search", "IMAGE_SEARCH_ENABLED", ("ClipEmbedder", "VectorIndex"))
-VOICE = ModuleSpec("voice", "VOICE_ENABLED", ("VoiceCloner",), implemented=False)
+VOICE = ModuleSpec("voice", "VOICE_ENABLED", ("VoiceCloner",))
 MODULES: tuple[ModuleSpec, ...] = (IMAGE, IMAGE_SEARCH, VOICE)
+# Reading and deleting what the image index holds needs the VectorIndex only: it keeps
+# answering while the CLIP model is away (e.g. its GPU node was lost).
+IMAGE_CATALOG = ModuleSpec("image_search", "IMAGE_SEARCH_ENABLED", ("VectorIndex",))
 
 _READY = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
 _LOADING = {"UPDATING"}
@@ -74,6 +80,14 @@ def module_state(
     return ComponentStatus(state="ready", enabled_by=spec.enabled_by, deployments=shown)
 
 
+def _not_ready(spec: ModuleSpec, state: ComponentStatus) -> ModelNotReady:
+    return ModelNotReady(
+        f"the {spec.name} module is {state.state}: {state.reason}",
+        module=spec.name,
+        headers={"Retry-After": "5"} if state.state == "loading" else None,
+    )
+
+
 def _first_line(message: str, limit: int = 500) -> str:
     lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
     # Serve's failure messages end with the exception line, which names the cause.
@@ -89,6 +103,7 @@ class ModuleBoard:
         self._enabled = enabled
         self._ttl_s = ttl_s
         self._states: dict[str, ComponentStatus] = {}
+        self._deployment_states: dict[str, tuple[str, str]] = {}
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -97,6 +112,7 @@ class ModuleBoard:
         async with self._lock:
             if fresh or time.monotonic() - self._read_at > self._ttl_s:
                 deployment_states = await asyncio.to_thread(self._read_serve_status)
+                self._deployment_states = deployment_states
                 self._states = {
                     spec.name: module_state(
                         spec, self._enabled.get(spec.name, False), deployment_states
@@ -107,20 +123,38 @@ class ModuleBoard:
             return dict(self._states)
 
     async def require_ready(self, spec: ModuleSpec) -> None:
-        """Raise the right 503 unless the module is enabled and its models are loaded."""
+        """Raise the right 503 unless the module is enabled and the deployments `spec` names
+        (all of the module's, or a part such as IMAGE_CATALOG) are running."""
         if not self._enabled.get(spec.name, False):
             raise ModuleDisabled(
                 f"the {spec.name} module is disabled; set {spec.enabled_by}=1 to enable it",
                 module=spec.name,
                 enabled_by=spec.enabled_by,
             )
-        state = (await self.states())[spec.name]
+        await self.states()
+        state = module_state(spec, True, self._deployment_states)
         if state.state != "ready":
-            raise ModelNotReady(
-                f"the {spec.name} module is {state.state}: {state.reason}",
-                module=spec.name,
-                headers={"Retry-After": "5"} if state.state == "loading" else None,
-            )
+            raise _not_ready(spec, state)
+
+    async def watch(self, spec: ModuleSpec, poll_s: float = 1.0) -> None:
+        """Wait while `spec`'s deployments are up; raise its 503 once one of them has failed.
+
+        `await_deployment(..., watch=board.watch(MODULE))` races this against a model call.
+        When a replica is lost, Serve keeps the request waiting for a replacement, which does
+        not come while its node is gone (a lost GPU node): the call would wait out the whole
+        REQUEST_TIMEOUT_SECONDS. Only "failed" ends the wait, not "loading": during a rolling
+        update the old replicas still answer.
+        """
+        while True:
+            await asyncio.sleep(poll_s)
+            try:
+                await self.states()
+            except Exception as exc:  # noqa: BLE001 - the call's own timeout still holds
+                logger.warning("cannot read the Serve status of %s: %s", spec.name, exc)
+                continue
+            state = module_state(spec, True, self._deployment_states)
+            if state.state == "failed":
+                raise _not_ready(spec, state)
 
     def _read_serve_status(self) -> dict[str, tuple[str, str]]:
         from ray import serve

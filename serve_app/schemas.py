@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -76,6 +76,12 @@ class ComponentStatus(BaseModel):
     reason: str | None = None
     backend: str | None = Field(default=None, description="Storage backend: s3 or local")
     deployments: dict[str, str] = Field(default_factory=dict)
+    detail: dict[str, Any] | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,  # absent unless a module has something to say
+        description="Module notes, e.g. image_search: how the VectorIndex found its database "
+        "at start (existing, restored from which snapshot, damaged snapshots skipped)",
+    )
 
 
 class ReadinessResponse(BaseModel):
@@ -165,3 +171,48 @@ class DeleteResponse(BaseModel):
     project_id: str
     id: str
     deleted: bool = True
+
+
+# --- voice ----------------------------------------------------------------------------------
+
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$"
+AudioFormatName = Literal["mp3", "wav", "flac", "ogg"]
+RefTextSource = Literal["request", "stored", "cached", "asr"]
+
+
+class VoiceFromStorageRequest(_Strict):
+    """The seed's body ({"user_id", "text"}) plus optional synthesis parameters."""
+
+    user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID_PATTERN, examples=["user1"])
+    text: str = Field(min_length=1, max_length=100_000, examples=["반가워"])
+    format: AudioFormatName = "mp3"
+    speed: float | None = Field(default=None, ge=0.3, le=3.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    nfe_steps: int | None = Field(default=None, ge=1, le=128)
+
+
+class VoiceTimings(BaseModel):
+    reference_ms: float
+    transcribe_ms: float
+    synthesize_ms: float
+    encode_ms: float
+    store_ms: float | None = None
+    total_ms: float
+
+
+class StoredVoiceResponse(BaseModel):
+    """Answer of /v1/r2/voice/generate: where the audio was stored and how it was made."""
+
+    key: str
+    url: str
+    storage: Literal["s3", "local"]
+    user_id: str
+    format: AudioFormatName
+    content_type: str
+    bytes: int
+    duration_s: float
+    sample_rate: int
+    seed: int
+    ref_text: str
+    ref_text_source: RefTextSource
+    timings: VoiceTimings

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.types import ImageParams
+from serve_app.admission import InFlightLimit
 from serve_app.modules import ModuleBoard
 from serve_app.storage import ObjectStore, StorageConfig
 
@@ -28,7 +30,17 @@ class GatewayConfig(BaseModel):
     image_search_max_bytes: int = Field(ge=1)
     image_search_max_pixels: int = Field(ge=1)
     image_search_max_batch_files: int = Field(ge=1)
+    voice_max_ref_bytes: int = Field(ge=1)
+    voice_max_ref_seconds: float = Field(gt=0)
+    voice_max_text_chars: int = Field(ge=1)
+    voice_default_nfe_steps: int = Field(ge=1)
+    voice_default_cfg_strength: float = Field(ge=0)
     request_timeout_s: float = Field(gt=0)
+    image_max_in_flight: int | None = Field(
+        default=None, ge=1,
+        description="Generations one gateway replica lets in at once (the ImageGenerator's "
+        "running + queued); the excess is refused before the prompt step. None: no limit",
+    )
     api_key_digests: tuple[str, ...] = Field(
         default=(), description="SHA-256 digests of the API keys; empty means no auth", repr=False
     )
@@ -51,6 +63,13 @@ class Services:
     image_generator: Any | None = None
     clip_embedder: Any | None = None
     vector_index: Any | None = None
+    voice_cloner: Any | None = None
+
+
+    @cached_property
+    def image_admission(self) -> InFlightLimit:
+        """This replica's count of image generations in flight (see serve_app/admission.py)."""
+        return InFlightLimit(self.config.image_max_in_flight)
 
 
 def get_services(request: Request) -> Services:

@@ -102,6 +102,26 @@ class Settings(BaseSettings):
     image_search_db_backup_prefix: str = "backups/image_search/"
     image_search_db_backup_keep: int = Field(default=10, ge=1)
 
+    # --- voice cloning ----------------------------------------------------------------------
+    voice_model_config: str = Field(default="F5TTS_v1_Base", min_length=1)
+    voice_checkpoint: str = Field(
+        default="hf://SWivid/F5-TTS/F5TTS_v1_Base/model_1250000.safetensors", min_length=1
+    )
+    voice_vocab: str | None = None
+    voice_vocoder: str = Field(default="charactr/vocos-mel-24khz", min_length=1)
+    voice_asr_model: str = Field(default="openai/whisper-large-v3-turbo", min_length=1)
+    voice_device: Device = "auto"
+    voice_dtype: TorchDType = "auto"
+    voice_num_gpus: float = Field(default=1.0, ge=0)
+    voice_num_cpus: float = Field(default=1.0, gt=0)
+    voice_max_queued_requests: int = Field(default=8, ge=-1)
+    voice_max_ref_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    voice_max_ref_seconds: float = Field(default=60.0, gt=0, le=3600)
+    voice_ref_seconds_used: float = Field(default=12.0, gt=0, le=20)
+    voice_max_text_chars: int = Field(default=2000, ge=1, le=100_000)
+    voice_default_nfe_steps: int = Field(default=32, ge=1, le=128)
+    voice_default_cfg_strength: float = Field(default=2.0, ge=0, le=10)
+
     # --- placement and threads ------------------------------------------------------------
     # Deploy GPU deployments on the CPU when the Ray cluster has no GPU at all, instead of
     # leaving them pending forever. Turn off on autoscaling clusters whose GPU nodes start
@@ -121,7 +141,7 @@ class Settings(BaseSettings):
     model_node_resource: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
     @field_validator("clip_pretrained", "openai_base_url", "r2_endpoint_url", "r2_account_id",
-                     "storage_public_base_url", "api_keys", "api_keys_file",
+                     "storage_public_base_url", "api_keys", "api_keys_file", "voice_vocab",
                      "model_node_resource", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -20,6 +20,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from serve_app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serve_app.image_formats import trailing_bytes
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {
@@ -52,39 +53,78 @@ class CheckedImage:
     sha256: str
 
 
-async def read_multipart_files(
-    request: Request, *, field: str, max_file_bytes: int, max_files: int
-) -> list[UploadedFile]:
-    """The files sent under `field`; 413 past the byte budget, 415/400 for a bad body."""
+@dataclass(frozen=True)
+class MultipartBody:
+    """The parts of a multipart body: files by field name, and the text fields."""
+
+    files: dict[str, list[UploadedFile]]
+    fields: dict[str, str]
+
+    def files_named(self, field: str) -> list[UploadedFile]:
+        """The files sent under `field`; 422 when there are none."""
+        if field in self.fields:
+            raise InvalidInput(f"'{field}' must be a file", fields=[{"field": field}])
+        files = self.files.get(field, [])
+        if not files:
+            raise InvalidInput(f"the multipart body has no '{field}' file", fields=[{"field": field}])
+        return files
+
+
+async def read_multipart(
+    request: Request,
+    *,
+    max_file_bytes: int,
+    max_files: int,
+    what: str = "file",
+    limit_setting: str = "IMAGE_SEARCH_MAX_BYTES",
+) -> MultipartBody:
+    """Parse a multipart body within a byte budget: 413 past it, 415/400 for a bad body."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaType(
-            f"expected a multipart/form-data body with a '{field}' file field",
+            f"expected a multipart/form-data body with a '{what}' file field",
             content_type=content_type[:100],
         )
     budget = max_file_bytes * max_files + MULTIPART_OVERHEAD_BYTES
     declared = request.headers.get("content-length")
+    too_large = PayloadTooLarge(
+        f"upload exceeds {max_file_bytes} bytes ({limit_setting})", limit=max_file_bytes
+    )
     if declared is not None and declared.isdigit() and int(declared) > budget:
-        raise _too_large(max_file_bytes)
-    limited = Request(request.scope, _limited_receive(request.receive, budget, max_file_bytes))
+        raise too_large
+    limited = Request(request.scope, _limited_receive(request.receive, budget, too_large))
     try:
         form = await limited.form(max_files=max_files, max_fields=32)
     except MultiPartException as exc:
         raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    except UnicodeDecodeError:
+        raise BadRequest("a multipart text field is not valid UTF-8") from None
     try:
-        files = []
-        for value in form.getlist(field):
-            if not isinstance(value, UploadFile):
-                raise InvalidInput(f"'{field}' must be a file", fields=[{"field": field}])
-            data = await value.read(max_file_bytes + 1)
-            if len(data) > max_file_bytes:
-                raise _too_large(max_file_bytes)
-            files.append(UploadedFile(field=field, filename=_clean_filename(value.filename), data=data))
+        files: dict[str, list[UploadedFile]] = {}
+        fields: dict[str, str] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                data = await value.read(max_file_bytes + 1)
+                if len(data) > max_file_bytes:
+                    raise too_large
+                files.setdefault(name, []).append(
+                    UploadedFile(field=name, filename=_clean_filename(value.filename), data=data)
+                )
+            else:
+                fields[name] = value
     finally:
         await form.close()
-    if not files:
-        raise InvalidInput(f"the multipart body has no '{field}' file", fields=[{"field": field}])
-    return files
+    return MultipartBody(files=files, fields=fields)
+
+
+async def read_multipart_files(
+    request: Request, *, field: str, max_file_bytes: int, max_files: int
+) -> list[UploadedFile]:
+    """The files sent under `field` (see `read_multipart`)."""
+    body = await read_multipart(
+        request, max_file_bytes=max_file_bytes, max_files=max_files, what=field
+    )
+    return body.files_named(field)
 
 
 def check_image(upload: UploadedFile, *, max_pixels: int) -> CheckedImage:
@@ -113,6 +153,12 @@ def check_image(upload: UploadedFile, *, max_pixels: int) -> CheckedImage:
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError):
         raise UnsupportedMediaType(f"'{upload.filename}' is a corrupt or truncated image") from None
+    extra = trailing_bytes(upload.data, image_format)
+    if extra:
+        raise UnsupportedMediaType(
+            f"'{upload.filename}' has {extra} bytes after the end of its {image_format} image "
+            "(a polyglot or corrupt file)"
+        )
     content_type, extension = ACCEPTED_FORMATS[image_format]
     return CheckedImage(
         filename=upload.filename,
@@ -125,12 +171,6 @@ def check_image(upload: UploadedFile, *, max_pixels: int) -> CheckedImage:
     )
 
 
-def _too_large(max_file_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"upload exceeds {max_file_bytes} bytes (IMAGE_SEARCH_MAX_BYTES)", limit=max_file_bytes
-    )
-
-
 def _clean_filename(name: str | None) -> str:
     """Keep the client's name for display only: last path part, printable, bounded."""
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
@@ -139,7 +179,7 @@ def _clean_filename(name: str | None) -> str:
 
 
 def _limited_receive(
-    receive: Callable[[], Awaitable[dict[str, Any]]], budget: int, max_file_bytes: int
+    receive: Callable[[], Awaitable[dict[str, Any]]], budget: int, too_large: PayloadTooLarge
 ) -> Callable[[], Awaitable[dict[str, Any]]]:
     received = 0
 
@@ -149,7 +189,7 @@ def _limited_receive(
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > budget:
-                raise _too_large(max_file_bytes)
+                raise too_large
         return message
 
     return limited

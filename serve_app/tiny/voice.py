@@ -232,6 +232,9 @@ def _write_whisper(target: Path, seed: int) -> None:
     shutil.rmtree(scratch)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in WHISPER_SPECIALS}
     eot = ids[EOT]
+    # Random weights favour special tokens, which decode to nothing: suppress them (as the
+    # real models suppress some tokens) so the tiny model always "hears" some text.
+    specials = sorted(set(ids.values()) - {eot})
 
     torch.manual_seed(seed)
     config = WhisperConfig(
@@ -251,7 +254,7 @@ def _write_whisper(target: Path, seed: int) -> None:
         eos_token_id=eot,
         decoder_start_token_id=ids[SOT],
         begin_suppress_tokens=[eot],  # the defaults name ids of the real 51k vocabulary
-        suppress_tokens=[],
+        suppress_tokens=specials,
     )
     model = WhisperForConditionalGeneration(config)
     # Built directly: GenerationConfig.from_model_config drops lang_to_id etc. on reload.
@@ -268,7 +271,7 @@ def _write_whisper(target: Path, seed: int) -> None:
         task_to_id={"transcribe": ids[TRANSCRIBE], "translate": ids[TRANSLATE]},
         no_timestamps_token_id=ids[NO_TIMESTAMPS],
         begin_suppress_tokens=[eot],
-        suppress_tokens=[],
+        suppress_tokens=specials,
         forced_decoder_ids=None,
     )
     processor = WhisperProcessor(

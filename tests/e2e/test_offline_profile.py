@@ -93,7 +93,7 @@ def test_readyz_reports_ready_with_s3(offline_server: str) -> None:
     assert body["ready"] is True
     assert body["modules"]["image"]["state"] == "ready"
     assert body["modules"]["image_search"]["state"] == "ready"
-    assert body["modules"]["voice"]["state"] == "disabled"
+    assert body["modules"]["voice"]["state"] == "ready"
     assert body["storage"] == {
         "state": "ready", "enabled_by": "R2_ENABLED", "reason": None, "backend": "s3",
         "deployments": {},
@@ -181,3 +181,26 @@ def test_seed_search_curls(offline_server: str, s3: RestartableS3, tmp_path: Pat
 
     curl("-X", "DELETE", f"{base}/{uploaded['id']}")
     assert json.loads(curl(base))["total"] == 0
+
+
+def test_seed_voice_curls(offline_server: str, s3: RestartableS3, tmp_path: Path) -> None:
+    """The seed's section 5.3 curls, as written, against the offline profile on S3."""
+    import soundfile as sf
+
+    from tests.integration.test_voice_routes import reference_audio
+
+    ref = tmp_path / "ref.mp3"
+    ref.write_bytes(reference_audio())
+    out = tmp_path / "voice.mp3"
+    curl("-F", f"ref_audio=@{ref}", "-F", "ref_text=안녕", "-F", "text=반가워",
+         f"{offline_server}/v1/voice/generate", "--output", str(out))
+    info = sf.info(str(out))
+    assert info.format == "MP3" and info.samplerate == 24_000 and info.duration > 0
+
+    r2_style_client(s3.endpoint).put_object(Bucket=BUCKET, Key="AI/VOICE/user1.mp3",
+                                            Body=ref.read_bytes())
+    body = json.loads(curl("-X", "POST", f"{offline_server}/v1/r2/voice/generate",
+                           "-H", "Content-Type: application/json",
+                           "-d", '{"user_id": "user1", "text": "반가워"}'))
+    head = r2_style_client(s3.endpoint).head_object(Bucket=BUCKET, Key=body["key"])
+    assert head["ContentLength"] == body["bytes"] and body["duration_s"] > 0

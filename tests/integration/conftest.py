@@ -67,8 +67,11 @@ def local_ray() -> Iterator[LocalRay]:
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        # test_zz_cluster.py shuts this Ray down for a cluster of its own; with no Ray left,
+        # serve.shutdown() would ray.init() again and attach to any Ray on the machine.
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -222,3 +225,57 @@ def search_app(
     url = f"{serve_url}/search"
     wait_until_ready(url)
     return SearchApp(url=url, app_name="search", bucket=bucket, s3=search_s3, db_path=db_path)
+
+
+@dataclass(frozen=True)
+class VoiceApp:
+    url: str
+    bucket: str
+    s3_endpoint: str
+
+    def s3_client(self):  # -> boto3 S3 client
+        return r2_style_client(self.s3_endpoint)
+
+
+def voice_settings(models: Path) -> dict[str, object]:
+    """The voice module with the tiny F5-TTS, vocos and Whisper checkpoints, on the CPU."""
+    return {
+        "VOICE_ENABLED": True,
+        "VOICE_MODEL_CONFIG": str(models / "f5tts" / "model.yaml"),
+        "VOICE_CHECKPOINT": str(models / "f5tts" / "model.safetensors"),
+        "VOICE_VOCAB": str(models / "f5tts" / "vocab.txt"),
+        "VOICE_VOCODER": str(models / "vocos"),
+        "VOICE_ASR_MODEL": str(models / "whisper"),
+        "VOICE_DEVICE": "cpu",
+        "VOICE_NUM_CPUS": 0.5,
+        "VOICE_DEFAULT_NFE_STEPS": 4,
+        "VOICE_MAX_REF_BYTES": 2 * 1024 * 1024,
+        "VOICE_MAX_REF_SECONDS": 30,
+        "VOICE_MAX_TEXT_CHARS": 500,
+    }
+
+
+@pytest.fixture(scope="session")
+def voice_app(serve_url: str, tiny_models_dir: Path, moto_server: str) -> VoiceApp:
+    """The voice module alone, under /voice, with tiny models and S3 on loopback."""
+    bucket = "voice-it"
+    r2_style_client(moto_server).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "auto"}
+    )
+    settings = {
+        "IMAGE_ENABLED": False,
+        "IMAGE_SEARCH_ENABLED": False,
+        "R2_ENABLED": True,
+        "R2_ENDPOINT_URL": moto_server,
+        "R2_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+        "R2_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+        "R2_BUCKET_NAME": bucket,
+        "TORCH_CPU_THREADS": 1,
+        **voice_settings(tiny_models_dir),
+    }
+    serve.run(
+        build_app({"env_files": [], "settings": settings}), name="voice", route_prefix="/voice"
+    )
+    url = f"{serve_url}/voice"
+    wait_until_ready(url)
+    return VoiceApp(url=url, bucket=bucket, s3_endpoint=moto_server)

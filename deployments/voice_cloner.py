@@ -1,0 +1,77 @@
+"""VoiceCloner deployment: F5-TTS zero-shot voice cloning (+ ASR for missing transcripts)."""
+
+from __future__ import annotations
+
+import numpy as np
+from ray import serve
+
+from deployments.configs import VoiceClonerConfig
+from deployments.types import SynthesizedSpeech, VoiceParams
+from deployments.voice_model import VoiceModel
+from serve_app.errors import InvalidInput, ModelFailed
+from serve_app.metrics import audio_seconds_produced, voice_synthesis_seconds
+
+
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=1,  # the model owns its device; requests wait in the bounded queue
+    max_queued_requests=8,
+    ray_actor_options={"num_cpus": 1},
+)
+class VoiceCloner:
+    """Speech in the voice of a reference clip. The model loads in the constructor."""
+
+    def __init__(self, config: VoiceClonerConfig):
+        self._model = VoiceModel(config)
+        self._device = self._model.describe().get("device", "unknown")
+
+    def synthesize(
+        self,
+        ref_audio: np.ndarray,
+        ref_sr: int,
+        ref_text: str,
+        text: str,
+        params: VoiceParams | None = None,
+    ) -> SynthesizedSpeech:
+        """Speak `text` in the voice of `ref_audio` (float32 mono) whose words are `ref_text`.
+
+        The same inputs and seed give the same samples; long texts are chunked as f5-tts does.
+        """
+        params = params or VoiceParams()
+        try:
+            speech = self._model.synthesize(
+                ref_audio,
+                ref_sr,
+                ref_text,
+                text,
+                nfe_steps=params.nfe_steps,
+                cfg_strength=params.cfg_strength,
+                speed=params.speed,
+                seed=params.seed,
+            )
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a model failure must not look like a bug in the caller
+            raise ModelFailed(f"voice synthesis failed: {type(exc).__name__}: {exc}"[:500]) from None
+        voice_synthesis_seconds().observe(speech.elapsed_ms / 1000, tags={"device": self._device})
+        audio_seconds_produced().inc(speech.duration_s, tags={})
+        return speech
+
+    def transcribe(self, audio: np.ndarray, sr: int) -> str:
+        """The words spoken in `audio`, trimmed first exactly as the synthesizer trims it, so
+        that the transcript matches the part of the reference the model hears."""
+        try:
+            reference = self._model.prepare_reference(audio, sr)
+            return self._model.transcribe(reference, self._model.sample_rate)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            raise ModelFailed(f"transcription failed: {type(exc).__name__}: {exc}"[:500]) from None
+
+    @property
+    def sample_rate(self) -> int:
+        return self._model.sample_rate
+
+    def describe(self) -> dict[str, str]:
+        """Which models are loaded, on which device and dtype."""
+        return self._model.describe()

@@ -1,0 +1,425 @@
+"""Plain-Python voice cloner over F5-TTS, a Vocos vocoder and a Whisper-style ASR (no Ray).
+
+Owns loading the models named by a `VoiceClonerConfig` through f5-tts's own loaders
+(`load_model`, `load_vocoder`) from local paths or the hub, and turning a reference clip,
+its transcript and a text into seeded, reproducible speech (`synthesize`), or audio into
+text (`transcribe`). Text is chunked and synthesized the way f5-tts's `infer_process` does
+(`chunk_text` sized from the reference's speaking rate, `infer_batch_process` per chunk,
+cross-faded), but without temporary files and one chunk at a time so that a seed fixes
+every chunk's noise. The ASR pipeline loads lazily on the first `transcribe`. The Ray
+deployment is a thin shell around `VoiceModel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import secrets
+import threading
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deployments.configs import VoiceClonerConfig
+from deployments.model_loading import (
+    pick_device,
+    pick_dtype,
+    quiet_progress_bars,
+    resolve_model_ref,
+    set_torch_threads,
+)
+from deployments.types import SynthesizedSpeech
+
+logger = logging.getLogger(__name__)
+
+HF_PREFIX = "hf://"
+ASR_SAMPLE_RATE = 16_000
+ASR_WINDOW_SECONDS = 30
+BACKBONES = ("DiT", "UNetT", "MMDiT")
+MIN_REF_SECONDS = 0.5
+MIN_REF_RMS = 1e-4  # about -80 dBFS: quieter than this is silence
+# Sampling constants f5-tts's infer_process uses by default.
+SWAY_SAMPLING_COEF = -1.0
+CROSS_FADE_SECONDS = 0.15
+_CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class VoiceModel:
+    """A loaded F5-TTS voice cloner; `synthesize` / `transcribe` are safe from several threads."""
+
+    def __init__(self, config: VoiceClonerConfig) -> None:
+        from f5_tts.infer import utils_infer
+
+        self.config = config
+        set_torch_threads(config.torch_threads)
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        self._utils = utils_infer
+
+        model_cls, arch, self.model_config_path = _load_model_config(config.model_config_name)
+        self.checkpoint_path, self.checkpoint_source = _resolve_file(
+            config.checkpoint, "checkpoint"
+        )
+        if config.vocab is None:  # the vocabulary f5-tts's own load_model defaults to
+            self.vocab_path = str(files("f5_tts").joinpath("infer/examples/vocab.txt"))
+            self.vocab_source = "package"
+        else:
+            self.vocab_path, self.vocab_source = _resolve_file(config.vocab, "vocab")
+        self.vocoder_path, self.vocoder_source = _resolve_vocoder(config.vocoder)
+        # Resolved now so a missing local ASR directory fails at start, not on first use.
+        self.asr_path, asr_is_local = resolve_model_ref(config.asr_model)
+        self.asr_source = "local" if asr_is_local else "hub"
+
+        with _captured_stdout("loading F5-TTS"):  # f5-tts prints while loading
+            # Loaded in float32 on the CPU, then moved: on CUDA load_model would pick fp16
+            # itself, before the weights are read, whatever dtype the config asks for.
+            model = utils_infer.load_model(
+                model_cls,
+                arch,
+                self.checkpoint_path,
+                mel_spec_type="vocos",
+                vocab_file=self.vocab_path,
+                use_ema=config.use_ema,
+                device="cpu",
+            )
+            vocoder = utils_infer.load_vocoder(
+                "vocos", is_local=True, local_path=self.vocoder_path, device=str(self.device)
+            )
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.vocoder = vocoder.eval()  # float32: f5-tts casts the mel to float32 before it
+        self._asr: Any = None
+        # One model, one device: one synthesis or transcription at a time.
+        self._lock = threading.Lock()
+
+    @property
+    def sample_rate(self) -> int:
+        """Output sample rate (24 kHz for the vocos mel front end)."""
+        return int(self._utils.target_sample_rate)
+
+    def synthesize(
+        self,
+        ref_audio: np.ndarray,
+        ref_sr: int,
+        ref_text: str,
+        text: str,
+        *,
+        nfe_steps: int = 32,
+        cfg_strength: float = 2.0,
+        speed: float = 1.0,
+        seed: int | None = None,
+    ) -> SynthesizedSpeech:
+        """Speak `text` in the voice of `ref_audio` (whose transcript is `ref_text`).
+
+        The same inputs and seed give identical samples. Empty text or ref_text, a silent or
+        too short reference, or bad parameters raise ValueError.
+        """
+        if not text or not text.strip():
+            raise ValueError("text must not be empty")
+        if not ref_text or not ref_text.strip():
+            raise ValueError("ref_text must not be empty (transcribe the reference first)")
+        if nfe_steps < 1:
+            raise ValueError(f"nfe_steps must be >= 1, got {nfe_steps}")
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        if not cfg_strength >= 0:
+            raise ValueError(f"cfg_strength must be >= 0, got {cfg_strength}")
+        if seed is None:
+            seed = secrets.randbits(63)
+        elif not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+
+        sr = self.sample_rate
+        reference = self.prepare_reference(ref_audio, ref_sr)
+        ref_text = _normalize_ref_text(ref_text)
+        ref_seconds = reference.shape[-1] / sr
+        # infer_process's chunk size: the reference's bytes per second times the ~22 s budget.
+        max_chars = int(len(ref_text.encode("utf-8")) / ref_seconds * (22 - ref_seconds) * speed)
+        chunks = self._utils.chunk_text(text.strip(), max_chars=max(max_chars, 1))
+        if not chunks:
+            raise ValueError("text has nothing to synthesize")
+
+        ref_tensor = torch.from_numpy(reference).unsqueeze(0)
+        fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
+            start = time.perf_counter()
+            waves = []
+            for index, chunk in enumerate(chunks):
+                # f5-tts draws the initial noise from torch's global RNG; seed it per chunk.
+                torch.manual_seed((seed + index) % 2**64)
+                wave, _, _ = next(
+                    self._utils.infer_batch_process(
+                        (ref_tensor, sr),
+                        ref_text,
+                        [chunk],
+                        self.model,
+                        self.vocoder,
+                        mel_spec_type="vocos",
+                        progress=None,
+                        cross_fade_duration=CROSS_FADE_SECONDS,
+                        nfe_step=nfe_steps,
+                        cfg_strength=cfg_strength,
+                        sway_sampling_coef=SWAY_SAMPLING_COEF,
+                        speed=speed,
+                        device=str(self.device),
+                    )
+                )
+                waves.append(np.asarray(wave, dtype=np.float32).reshape(-1))
+            samples = _cross_fade(waves, int(CROSS_FADE_SECONDS * sr))
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+        return SynthesizedSpeech(
+            samples=np.ascontiguousarray(samples, dtype=np.float32),
+            sample_rate=sr,
+            seed=seed,
+            duration_s=samples.shape[0] / sr,
+            elapsed_ms=elapsed_ms,
+            chunks=len(chunks),
+        )
+
+    def transcribe(self, audio: np.ndarray, sr: int) -> str:
+        """Transcribe mono audio at `sr` with the ASR model (loaded on first use)."""
+        samples = _mono_float32(audio, "audio")
+        if sr <= 0:
+            raise ValueError(f"sample rate must be positive, got {sr}")
+        samples = _resample(samples, sr, ASR_SAMPLE_RATE)
+        kwargs: dict[str, Any] = {"generate_kwargs": {"task": "transcribe"}}
+        if samples.shape[0] > ASR_WINDOW_SECONDS * ASR_SAMPLE_RATE:
+            # Longer than Whisper's window: the pipeline's 30 s chunking, as f5-tts uses.
+            kwargs.update(chunk_length_s=ASR_WINDOW_SECONDS, batch_size=8, ignore_warning=True)
+        with self._lock:
+            pipe = self._asr_pipeline()
+            with torch.inference_mode():
+                result = pipe({"raw": samples, "sampling_rate": ASR_SAMPLE_RATE}, **kwargs)
+        return str(result["text"]).strip()
+
+    def describe(self) -> dict[str, str]:
+        """Model references, where they came from, device and dtype, for health and info routes."""
+        return {
+            "model_config": self.config.model_config_name,
+            "checkpoint": self.config.checkpoint,
+            "checkpoint_source": self.checkpoint_source,
+            "vocab": self.config.vocab or "f5-tts default",
+            "vocab_source": self.vocab_source,
+            "vocoder": self.config.vocoder,
+            "vocoder_source": self.vocoder_source,
+            "asr_model": self.config.asr_model,
+            "asr_source": self.asr_source,
+            "asr_loaded": str(self._asr is not None).lower(),
+            "sample_rate": str(self.sample_rate),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def _asr_pipeline(self) -> Any:
+        """The ASR pipeline, created on first call (the caller holds the lock)."""
+        if self._asr is None:
+            from transformers import pipeline
+
+            # Whisper in half precision on CUDA, float32 on the CPU, as f5-tts does.
+            dtype = self.dtype if self.device.type == "cuda" else torch.float32
+            with quiet_progress_bars():
+                self._asr = pipeline(
+                    "automatic-speech-recognition",
+                    model=self.asr_path,
+                    dtype=dtype,
+                    device=self.device,
+                )
+        return self._asr
+
+    def prepare_reference(self, ref_audio: np.ndarray, ref_sr: int) -> np.ndarray:
+        """Mono float32 at the model rate, trimmed as f5-tts's preprocess_ref_audio_text does."""
+        samples = _mono_float32(ref_audio, "ref_audio")
+        if ref_sr <= 0:
+            raise ValueError(f"ref_sr must be positive, got {ref_sr}")
+        sr = self.sample_rate
+        samples = _resample(samples, ref_sr, sr)
+        trimmed = _trim_reference(samples, sr, self.config.max_ref_seconds_used)
+        if trimmed.shape[0] < MIN_REF_SECONDS * sr:  # silence trimming ate it: hard cut instead
+            trimmed = samples[: int(self.config.max_ref_seconds_used * sr)]
+        if trimmed.shape[0] < MIN_REF_SECONDS * sr:
+            raise ValueError(f"reference audio is shorter than {MIN_REF_SECONDS} s")
+        if float(np.sqrt(np.mean(np.square(trimmed, dtype=np.float64)))) < MIN_REF_RMS:
+            raise ValueError("reference audio is silent")
+        return np.ascontiguousarray(trimmed, dtype=np.float32)
+
+
+def _load_model_config(name: str) -> tuple[type, dict[str, Any], str]:
+    """(backbone class, arch kwargs, yaml path) from an f5-tts config name or yaml path."""
+    import f5_tts.model
+    from f5_tts.infer import utils_infer
+    from omegaconf import OmegaConf
+
+    if name.endswith((".yaml", ".yml")) or "/" in name or name.startswith("~"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model config {name!r} ({path.absolute()}) does not exist")
+    else:
+        configs = files("f5_tts") / "configs"
+        path = Path(str(configs / f"{name}.yaml"))
+        if not _CONFIG_NAME_RE.match(name) or not path.is_file():
+            known = sorted(
+                p.name.removesuffix(".yaml") for p in configs.iterdir() if p.name.endswith(".yaml")
+            )
+            raise ValueError(f"unknown f5-tts model config {name!r}; known: {known} or a yaml path")
+    cfg = OmegaConf.load(path)
+    backbone = str(cfg.model.backbone)
+    if backbone not in BACKBONES:
+        raise ValueError(
+            f"model config {name!r}: unknown backbone {backbone!r}; one of {BACKBONES}"
+        )
+    mel = cfg.model.mel_spec
+    expected = {
+        "target_sample_rate": utils_infer.target_sample_rate,
+        "n_mel_channels": utils_infer.n_mel_channels,
+        "hop_length": utils_infer.hop_length,
+        "win_length": utils_infer.win_length,
+        "n_fft": utils_infer.n_fft,
+        "mel_spec_type": "vocos",
+    }
+    mismatched = {key: mel.get(key) for key, value in expected.items() if mel.get(key) != value}
+    if mismatched:
+        raise ValueError(
+            f"model config {name!r}: mel settings {mismatched} differ from the vocos front end "
+            f"f5-tts's loader uses ({expected})"
+        )
+    arch = OmegaConf.to_container(cfg.model.arch, resolve=True)
+    return getattr(f5_tts.model, backbone), dict(arch), str(path.absolute())
+
+
+def _split_hf_path(ref: str) -> tuple[str, str]:
+    """hf://owner/repo/path/in/repo -> ("owner/repo", "path/in/repo")."""
+    parts = ref.removeprefix(HF_PREFIX).strip("/").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"{ref!r} is not an hf://<owner>/<repo>/<file> path")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def _resolve_file(ref: str, what: str) -> tuple[str, str]:
+    """(local file path, "local" | "hub") for a local file or an hf:// path (downloaded)."""
+    if ref.startswith(HF_PREFIX):
+        from huggingface_hub import hf_hub_download
+
+        repo_id, filename = _split_hf_path(ref)
+        return hf_hub_download(repo_id=repo_id, filename=filename), "hub"
+    path, is_local = resolve_model_ref(ref)
+    if not is_local or not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{what} {ref!r} is not an existing file; give a local path or an "
+            "hf://<owner>/<repo>/<file> path"
+        )
+    return path, "local"
+
+
+def _resolve_vocoder(ref: str) -> tuple[str, str]:
+    """(local directory holding config.yaml + pytorch_model.bin, source) for a Vocos ref."""
+    path, is_local = resolve_model_ref(ref)
+    if is_local:
+        missing = [
+            n for n in ("config.yaml", "pytorch_model.bin") if not (Path(path) / n).is_file()
+        ]
+        if missing:
+            raise FileNotFoundError(f"vocoder directory {path} lacks {missing}")
+        return path, "local"
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download(repo_id=path, filename="pytorch_model.bin")
+    return str(Path(hf_hub_download(repo_id=path, filename="config.yaml")).parent), "hub"
+
+
+@contextlib.contextmanager
+def _captured_stdout(what: str):  # type: ignore[no-untyped-def]
+    """Send library prints to the debug log instead of the process's stdout."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        if buffer.getvalue().strip():
+            logger.debug("%s: %s", what, buffer.getvalue().strip())
+
+
+def _mono_float32(audio: np.ndarray, name: str) -> np.ndarray:
+    """Finite, non-empty float32 mono samples; (n, c) input with c <= 8 channels is averaged."""
+    samples = np.asarray(audio, dtype=np.float32)
+    if samples.ndim == 2 and samples.shape[1] <= 8:
+        samples = samples.mean(axis=1)
+    if samples.ndim != 1:
+        raise ValueError(f"{name} must be mono samples of shape (n,), got {samples.shape}")
+    if samples.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.isfinite(samples).all():
+        raise ValueError(f"{name} contains NaN or infinite samples")
+    return samples
+
+
+def _resample(samples: np.ndarray, source_sr: int, target_sr: int) -> np.ndarray:
+    """Resample mono float32 samples with torchaudio (a no-op at equal rates)."""
+    if source_sr == target_sr:
+        return samples
+    import torchaudio.functional as AF
+
+    tensor = torch.from_numpy(np.ascontiguousarray(samples))
+    return AF.resample(tensor, source_sr, target_sr).numpy().astype(np.float32, copy=False)
+
+
+def _trim_reference(samples: np.ndarray, sr: int, max_seconds: float) -> np.ndarray:
+    """Clip to `max_seconds` at silences when possible, strip edge silence, add 50 ms.
+
+    The steps and thresholds of f5-tts's `preprocess_ref_audio_text`, on samples in memory.
+    """
+    from f5_tts.infer.utils_infer import remove_silence_edges
+    from pydub import AudioSegment, silence
+
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    audio = AudioSegment(pcm.tobytes(), frame_rate=sr, sample_width=2, channels=1)
+    limit_ms = int(max_seconds * 1000)
+
+    def clip_on_silence(min_silence_len: int, silence_thresh: int) -> AudioSegment:
+        kept = AudioSegment.silent(duration=0, frame_rate=sr)
+        segments = silence.split_on_silence(
+            audio,
+            min_silence_len=min_silence_len,
+            silence_thresh=silence_thresh,
+            keep_silence=1000,
+            seek_step=10,
+        )
+        for segment in segments:
+            if len(kept) > limit_ms // 2 and len(kept + segment) > limit_ms:
+                break
+            kept += segment
+        return kept
+
+    clipped = clip_on_silence(1000, -50)  # long silences first
+    if len(clipped) > limit_ms:
+        clipped = clip_on_silence(100, -40)  # then short ones
+    if len(clipped) > limit_ms:
+        clipped = clipped[:limit_ms]  # no usable silence: hard cut
+    clipped = remove_silence_edges(clipped) + AudioSegment.silent(duration=50, frame_rate=sr)
+    out = np.array(clipped.get_array_of_samples(), dtype=np.float32) / 32768.0
+    return out
+
+
+def _normalize_ref_text(ref_text: str) -> str:
+    """End the reference transcript with sentence punctuation, as f5-tts does."""
+    ref_text = ref_text.strip()
+    if ref_text.endswith("。"):
+        return ref_text
+    return ref_text + " " if ref_text.endswith(".") else ref_text + ". "
+
+
+def _cross_fade(waves: list[np.ndarray], fade_samples: int) -> np.ndarray:
+    """Join chunk waves with linear cross-fades (f5-tts's infer_batch_process joining)."""
+    final = waves[0]
+    for wave in waves[1:]:
+        n = min(fade_samples, len(final), len(wave))
+        if n <= 0:
+            final = np.concatenate([final, wave])
+            continue
+        overlap = final[-n:] * np.linspace(1, 0, n) + wave[:n] * np.linspace(0, 1, n)
+        final = np.concatenate([final[:-n], overlap.astype(np.float32), wave[n:]])
+    return final.astype(np.float32, copy=False)

@@ -1,0 +1,174 @@
+"""Voice routes of the seed: clone from an uploaded reference (audio back), or from the
+user's stored reference (stored result, JSON back)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import Field, ValidationError
+
+from deployments.types import VoiceParams
+from serve_app.errors import InvalidInput
+from serve_app.modules import VOICE
+from serve_app.schemas import (
+    ERROR_RESPONSES,
+    AudioFormatName,
+    ErrorResponse,
+    StoredVoiceResponse,
+    VoiceFromStorageRequest,
+    VoiceTimings,
+    _Strict,
+)
+from serve_app.services import Services, get_services
+from serve_app.storage import join_key
+from serve_app.uploads import read_multipart
+from serve_app.voice import checked_text, load_stored_reference, speak
+
+router = APIRouter(tags=["voice"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+VOICE_RESPONSES: dict[int | str, dict] = {
+    **ERROR_RESPONSES,
+    404: {"model": ErrorResponse, "description": "No reference voice stored for the user"},
+    413: {"model": ErrorResponse, "description": "Reference over VOICE_MAX_REF_BYTES/SECONDS"},
+    415: {"model": ErrorResponse, "description": "The reference is not audio"},
+}
+
+
+class VoiceFormFields(_Strict):
+    """The text fields of the multipart voice route."""
+
+    text: str = Field(min_length=1, max_length=100_000)
+    ref_text: str | None = Field(default=None, max_length=2000)
+    format: AudioFormatName = "mp3"
+    speed: float | None = Field(default=None, ge=0.3, le=3.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    nfe_steps: int | None = Field(default=None, ge=1, le=128)
+
+
+def _params(services: Services, speed: float | None, seed: int | None, nfe: int | None) -> VoiceParams:
+    config = services.config
+    return VoiceParams(
+        nfe_steps=nfe or config.voice_default_nfe_steps,
+        cfg_strength=config.voice_default_cfg_strength,
+        speed=speed or 1.0,
+        seed=seed,
+    )
+
+
+@router.post(
+    "/v1/voice/generate",
+    response_class=Response,
+    responses={200: {"content": {"audio/mpeg": {}}, "description": "The speech"},
+               **VOICE_RESPONSES},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["ref_audio", "text"],
+                "properties": {
+                    "ref_audio": {"type": "string", "format": "binary"},
+                    "ref_text": {"type": "string"},
+                    "text": {"type": "string"},
+                    "format": {"type": "string", "enum": ["mp3", "wav", "flac", "ogg"]},
+                    "speed": {"type": "number"},
+                    "seed": {"type": "integer"},
+                    "nfe_steps": {"type": "integer"},
+                },
+            }}},
+        }
+    },
+)
+async def generate_voice(request: Request, services: ServicesDep) -> Response:
+    """Speak `text` in the voice of the uploaded `ref_audio` (mp3/wav/ogg/flac/m4a)."""
+    await services.board.require_ready(VOICE)
+    body = await read_multipart(
+        request,
+        max_file_bytes=services.config.voice_max_ref_bytes,
+        max_files=1,
+        what="ref_audio",
+        limit_setting="VOICE_MAX_REF_BYTES",
+    )
+    (reference,) = body.files_named("ref_audio")
+    try:
+        fields = VoiceFormFields.model_validate(body.fields)
+    except ValidationError as exc:
+        problems = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        names = ", ".join(sorted({p["field"] for p in problems}))
+        raise InvalidInput(f"invalid request: {names}", fields=problems) from None
+    spoken = await speak(
+        services,
+        reference=reference.data,
+        ref_text=fields.ref_text,
+        text=fields.text,
+        fmt=fields.format,
+        params=_params(services, fields.speed, fields.seed, fields.nfe_steps),
+    )
+    return Response(
+        content=spoken.data,
+        media_type=spoken.content_type,
+        headers={
+            "X-Audio-Duration": f"{spoken.speech.duration_s:.3f}",
+            "X-Sample-Rate": str(spoken.speech.sample_rate),
+            "X-Seed": str(spoken.speech.seed),
+            "X-Ref-Text-Source": spoken.ref_text_source,
+        },
+    )
+
+
+@router.post("/v1/r2/voice/generate", response_model=StoredVoiceResponse, responses=VOICE_RESPONSES)
+async def generate_voice_from_storage(
+    body: VoiceFromStorageRequest, services: ServicesDep
+) -> StoredVoiceResponse:
+    """Speak `text` in the voice stored at `{VOICE_REMOTE_PREFIX}{user_id}.mp3`; the result is
+    stored under `{VOICE_REMOTE_PREFIX}generated/{user_id}/`."""
+    await services.board.require_ready(VOICE)
+    checked_text(services, body.text)  # before any storage call
+    started = time.perf_counter()
+    reference = await load_stored_reference(services, body.user_id)
+    spoken = await speak(
+        services,
+        reference=reference,
+        ref_text=None,
+        text=body.text,
+        fmt=body.format,
+        params=_params(services, body.speed, body.seed, body.nfe_steps),
+        user_id=body.user_id,
+    )
+    key = join_key(
+        services.config.voice_remote_prefix, "generated", body.user_id,
+        f"{uuid.uuid4().hex}.{body.format}",
+    )
+    stored_at = time.perf_counter()
+    await asyncio.to_thread(services.store.put, key, spoken.data, spoken.content_type)
+    url = await asyncio.to_thread(services.store.url, key)
+    done = time.perf_counter()
+    speech = spoken.speech
+    return StoredVoiceResponse(
+        key=key,
+        url=url,
+        storage=services.store.kind,  # type: ignore[arg-type]
+        user_id=body.user_id,
+        format=body.format,
+        content_type=spoken.content_type,
+        bytes=len(spoken.data),
+        duration_s=speech.duration_s,
+        sample_rate=speech.sample_rate,
+        seed=speech.seed,
+        ref_text=spoken.ref_text,
+        ref_text_source=spoken.ref_text_source,  # type: ignore[arg-type]
+        timings=VoiceTimings(
+            reference_ms=spoken.reference_ms,
+            transcribe_ms=spoken.transcribe_ms,
+            synthesize_ms=spoken.synthesize_ms,
+            encode_ms=spoken.encode_ms,
+            store_ms=(done - stored_at) * 1000,
+            total_ms=(done - started) * 1000,
+        ),
+    )

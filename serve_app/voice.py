@@ -1,0 +1,166 @@
+"""The voice flow shared by the routes: reference -> transcript -> speech -> encoded audio.
+
+Reference decoding, transcript caching, encoding and storage happen here, on the gateway;
+the VoiceCloner replica only runs models. A missing reference transcript is looked up
+beside the reference in storage (`{VOICE_REMOTE_PREFIX}{user_id}.txt`), then in the
+transcript cache (`{VOICE_REMOTE_PREFIX}transcripts/{sha256 of the audio}.txt`), and only
+then transcribed once with the ASR model, whose answer is cached there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+
+from deployments.types import SynthesizedSpeech, VoiceParams
+from serve_app.audio import DecodedAudio, decode_audio, encode_audio
+from serve_app.errors import InvalidInput, ObjectNotFound, PayloadTooLarge
+from serve_app.modules import VOICE
+from serve_app.remote import await_deployment
+from serve_app.services import Services
+from serve_app.storage import join_key
+
+MODEL_SAMPLE_RATE = 24_000  # F5-TTS's vocos front end; decoding straight to it saves a resample
+
+
+@dataclass(frozen=True)
+class SpokenAudio:
+    """Encoded speech, how it was made, and step timings (ms)."""
+
+    data: bytes
+    content_type: str
+    speech: SynthesizedSpeech
+    ref_text: str
+    ref_text_source: str
+    reference_ms: float
+    transcribe_ms: float
+    synthesize_ms: float
+    encode_ms: float
+
+
+def reference_key(services: Services, user_id: str) -> str:
+    """Where a user's reference voice lives: `{VOICE_REMOTE_PREFIX}{user_id}.mp3`."""
+    return join_key(services.config.voice_remote_prefix, f"{user_id}.mp3")
+
+
+async def load_stored_reference(services: Services, user_id: str) -> bytes:
+    """The user's reference audio from storage; 404 naming the key, 413 when too large."""
+    key = reference_key(services, user_id)
+    info = await asyncio.to_thread(services.store.head, key)
+    if info is None:
+        raise ObjectNotFound(f"no reference voice for '{user_id}': {key} does not exist", key=key)
+    if info.size > services.config.voice_max_ref_bytes:
+        raise PayloadTooLarge(
+            f"{key} is {info.size} bytes; the limit is VOICE_MAX_REF_BYTES="
+            f"{services.config.voice_max_ref_bytes}"
+        )
+    return await asyncio.to_thread(services.store.get, key)
+
+
+def checked_text(services: Services, text: str) -> str:
+    """The text to speak, stripped; 422 when empty or over VOICE_MAX_TEXT_CHARS."""
+    text = text.strip()
+    if not text:
+        raise InvalidInput("text must not be empty", fields=[{"field": "text", "message": "empty"}])
+    limit = services.config.voice_max_text_chars
+    if len(text) > limit:
+        raise InvalidInput(
+            f"text is {len(text)} characters; the limit is VOICE_MAX_TEXT_CHARS={limit}",
+            fields=[{"field": "text", "message": "too long"}],
+        )
+    return text
+
+
+async def speak(
+    services: Services,
+    *,
+    reference: bytes,
+    ref_text: str | None,
+    text: str,
+    fmt: str,
+    params: VoiceParams,
+    user_id: str | None = None,
+) -> SpokenAudio:
+    """Clone the reference voice saying `text`, encoded as `fmt`."""
+    await services.board.require_ready(VOICE)
+    config = services.config
+    text = checked_text(services, text)
+    started = time.perf_counter()
+    decoded = await asyncio.to_thread(
+        decode_audio,
+        reference,
+        target_sr=MODEL_SAMPLE_RATE,
+        max_seconds=config.voice_max_ref_seconds,
+        max_bytes=config.voice_max_ref_bytes,
+    )
+    decoded_at = time.perf_counter()
+    used_text, source = await _reference_text(services, decoded, reference, ref_text, user_id)
+    transcribed_at = time.perf_counter()
+    speech: SynthesizedSpeech = await await_deployment(
+        services.voice_cloner.synthesize.remote(
+            decoded.samples, decoded.sample_rate, used_text, text, params
+        ),
+        what="voice synthesis",
+        timeout_s=config.request_timeout_s,
+    )
+    synthesized_at = time.perf_counter()
+    data, content_type = await asyncio.to_thread(
+        encode_audio, speech.samples, speech.sample_rate, fmt
+    )
+    encoded_at = time.perf_counter()
+    return SpokenAudio(
+        data=data,
+        content_type=content_type,
+        speech=speech,
+        ref_text=used_text,
+        ref_text_source=source,
+        reference_ms=(decoded_at - started) * 1000,
+        transcribe_ms=(transcribed_at - decoded_at) * 1000,
+        synthesize_ms=(synthesized_at - transcribed_at) * 1000,
+        encode_ms=(encoded_at - synthesized_at) * 1000,
+    )
+
+
+async def _reference_text(
+    services: Services,
+    decoded: DecodedAudio,
+    reference: bytes,
+    given: str | None,
+    user_id: str | None,
+) -> tuple[str, str]:
+    if given and given.strip():
+        return given.strip(), "request"
+    prefix = services.config.voice_remote_prefix
+    if user_id is not None:
+        stored = await _get_text(services, join_key(prefix, f"{user_id}.txt"))
+        if stored:
+            return stored, "stored"
+    cache_key = join_key(prefix, "transcripts", f"{hashlib.sha256(reference).hexdigest()}.txt")
+    cached = await _get_text(services, cache_key)
+    if cached:
+        return cached, "cached"
+    transcript: str = await await_deployment(
+        services.voice_cloner.transcribe.remote(decoded.samples, decoded.sample_rate),
+        what="reference transcription",
+        timeout_s=services.config.request_timeout_s,
+    )
+    transcript = transcript.strip()
+    if not transcript:
+        raise InvalidInput(
+            "no speech was recognised in the reference audio; send its transcript as ref_text",
+            fields=[{"field": "ref_text", "message": "needed"}],
+        )
+    await asyncio.to_thread(
+        services.store.put, cache_key, transcript.encode("utf-8"), "text/plain; charset=utf-8"
+    )
+    return transcript, "asr"
+
+
+async def _get_text(services: Services, key: str) -> str | None:
+    try:
+        data = await asyncio.to_thread(services.store.get, key)
+    except ObjectNotFound:
+        return None
+    return data.decode("utf-8", errors="replace").strip() or None

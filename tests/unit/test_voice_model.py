@@ -1,0 +1,142 @@
+"""VoiceModel over the tiny F5-TTS, Vocos and Whisper models: loading, seeding, chunking, ASR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deployments.configs import VoiceClonerConfig
+from deployments.types import SynthesizedSpeech
+from deployments.voice_model import VoiceModel
+
+SR = 24_000
+NFE = 4  # tiny model, few steps: the tests check plumbing, not quality
+REF_TEXT = "Some call me nature, others call me mother."  # ~15 bytes/s over 3 s, like speech
+
+
+def reference(seconds: float = 3.0, sr: int = SR) -> np.ndarray:
+    """A voiced-sounding test signal: a 220 Hz tone with a 3 Hz amplitude wobble."""
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(
+        np.float32
+    )
+
+
+def tiny_config(root: Path) -> VoiceClonerConfig:
+    return VoiceClonerConfig(
+        model_config_name=str(root / "f5tts" / "model.yaml"),
+        checkpoint=str(root / "f5tts" / "model.safetensors"),
+        vocab=str(root / "f5tts" / "vocab.txt"),
+        vocoder=str(root / "vocos"),
+        asr_model=str(root / "whisper"),
+        device="cpu",
+        torch_threads=2,
+    )
+
+
+@pytest.fixture(scope="module")
+def voice_model(tiny_models_dir: Path) -> VoiceModel:
+    return VoiceModel(tiny_config(tiny_models_dir))
+
+
+def synth(
+    model: VoiceModel, text: str = "Nice to meet you.", **kwargs: object
+) -> SynthesizedSpeech:
+    kwargs.setdefault("nfe_steps", NFE)
+    return model.synthesize(reference(), SR, REF_TEXT, text, **kwargs)  # type: ignore[arg-type]
+
+
+def test_loads_from_local_paths(voice_model: VoiceModel) -> None:
+    info = voice_model.describe()
+    assert info["checkpoint_source"] == "local"
+    assert info["vocoder_source"] == "local"
+    assert info["asr_source"] == "local"
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    assert voice_model.sample_rate == SR
+
+
+def test_synthesize_returns_float32_mono_24k(voice_model: VoiceModel) -> None:
+    speech = synth(voice_model, seed=1)
+    assert speech.samples.dtype == np.float32 and speech.samples.ndim == 1
+    assert speech.sample_rate == SR
+    assert speech.duration_s > 0
+    assert speech.duration_s == pytest.approx(speech.samples.size / SR)
+    assert speech.seed == 1 and speech.chunks == 1 and speech.elapsed_ms > 0
+    assert np.isfinite(speech.samples).all()
+
+
+def test_same_seed_same_samples_other_seed_differs(voice_model: VoiceModel) -> None:
+    first = synth(voice_model, seed=7)
+    again = synth(voice_model, seed=7)
+    other = synth(voice_model, seed=8)
+    np.testing.assert_array_equal(first.samples, again.samples)
+    assert first.samples.shape == other.samples.shape
+    assert not np.array_equal(first.samples, other.samples)
+
+
+def test_random_seed_is_reported(voice_model: VoiceModel) -> None:
+    speech = synth(voice_model)
+    assert 0 <= speech.seed < 2**63
+
+
+def test_long_text_is_chunked(voice_model: VoiceModel) -> None:
+    sentence = "The quick brown fox jumps over the lazy dog, and then it rests. "
+    text = (sentence * 10)[:600]
+    speech = synth(voice_model, text=text, seed=3)
+    assert speech.chunks > 1
+    assert speech.duration_s > 10  # about 15 bytes/s of reference speech rate
+
+
+def test_korean_text(voice_model: VoiceModel) -> None:
+    assert all(char in voice_model.model.vocab_char_map for char in "반가워안녕")
+    speech = voice_model.synthesize(
+        reference(), SR, "안녕하세요, 만나서 반갑습니다.", "반가워! 안녕.", nfe_steps=NFE, seed=5
+    )
+    assert speech.duration_s > 0
+    assert np.isfinite(speech.samples).all()
+
+
+def test_reference_is_resampled_and_trimmed(voice_model: VoiceModel) -> None:
+    prepared = voice_model.prepare_reference(reference(20.0, sr=16_000), 16_000)
+    assert prepared.dtype == np.float32
+    assert prepared.size / SR <= voice_model.config.max_ref_seconds_used + 0.06
+
+
+def test_transcribe_returns_text_offline(voice_model: VoiceModel) -> None:
+    text = voice_model.transcribe(reference(2.0), SR)
+    assert isinstance(text, str)
+    assert text == text.strip()
+    assert voice_model.describe()["asr_loaded"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("ref_text", "text"), [(REF_TEXT, ""), (REF_TEXT, "   "), ("", "Hello."), (" ", "Hello.")]
+)
+def test_empty_text_raises(voice_model: VoiceModel, ref_text: str, text: str) -> None:
+    with pytest.raises(ValueError, match="must not be empty"):
+        voice_model.synthesize(reference(), SR, ref_text, text, nfe_steps=NFE)
+
+
+def test_silent_or_empty_reference_raises(voice_model: VoiceModel) -> None:
+    with pytest.raises(ValueError, match="silent"):
+        voice_model.synthesize(np.zeros(3 * SR, np.float32), SR, REF_TEXT, "Hello.", nfe_steps=NFE)
+    with pytest.raises(ValueError, match="empty"):
+        voice_model.synthesize(np.zeros(0, np.float32), SR, REF_TEXT, "Hello.", nfe_steps=NFE)
+
+
+def test_missing_local_checkpoint_fails_at_load(tiny_models_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_models_dir).model_copy(update={"checkpoint": str(tmp_path / "x.pt")})
+    with pytest.raises(FileNotFoundError):
+        VoiceModel(config)
+
+
+def test_builders_are_idempotent(tiny_models_dir: Path) -> None:
+    from serve_app.tiny import BUILDERS
+
+    for name in ("f5tts", "vocos", "whisper"):
+        before = {p.name: p.stat().st_mtime_ns for p in (tiny_models_dir / name).iterdir()}
+        assert BUILDERS[name](tiny_models_dir / name, 0) == tiny_models_dir / name
+        after = {p.name: p.stat().st_mtime_ns for p in (tiny_models_dir / name).iterdir()}
+        assert before == after
