@@ -239,3 +239,19 @@ class EmbeddingsResponse(BaseModel):
     data: list[EmbeddingData]
     model: str
     usage: EmbeddingUsage
+
+
+class SpeechRequest(_OpenAIBody):
+    """`POST /v1/audio/speech`: `voice` names a saved reference voice (PUT /v1/voices/{id})."""
+
+    input: str = Field(min_length=1, max_length=100_000, description="Text to speak")
+    voice: str = Field(
+        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$",
+        description="A saved voice id",
+    )
+    model: str | None = Field(default=None, max_length=256, description="Accepted and ignored")
+    response_format: Literal["mp3", "wav", "flac", "opus"] | None = Field(default="mp3")
+    speed: float | None = Field(default=None, ge=0.3, le=3.0)
+    instructions: str | None = Field(default=None, max_length=4000, description="Ignored")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Extension")
+    nfe_steps: int | None = Field(default=None, ge=1, le=128, description="Extension")

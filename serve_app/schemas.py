@@ -216,3 +216,14 @@ class StoredVoiceResponse(BaseModel):
     ref_text: str
     ref_text_source: RefTextSource
     timings: VoiceTimings
+
+
+class SavedVoice(BaseModel):
+    """A reference voice stored under VOICE_REMOTE_PREFIX, usable by id."""
+
+    voice_id: str
+    key: str = Field(description="The reference audio: {VOICE_REMOTE_PREFIX}{voice_id}.mp3")
+    bytes: int
+    duration_s: float | None = None
+    transcript: str | None = Field(default=None, description="Stored beside it, if any")
+    created: bool | None = Field(default=None, description="PUT: true when new, false when replaced")

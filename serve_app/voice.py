@@ -59,6 +59,19 @@ async def load_stored_reference(services: Services, user_id: str) -> bytes:
     return await asyncio.to_thread(services.store.get, key)
 
 
+def voice_params(
+    services: Services, speed: float | None, seed: int | None, nfe_steps: int | None
+) -> VoiceParams:
+    """Request options over the server's defaults."""
+    config = services.config
+    return VoiceParams(
+        nfe_steps=nfe_steps or config.voice_default_nfe_steps,
+        cfg_strength=config.voice_default_cfg_strength,
+        speed=speed or 1.0,
+        seed=seed,
+    )
+
+
 def checked_text(services: Services, text: str) -> str:
     """The text to speak, stripped; 422 when empty or over VOICE_MAX_TEXT_CHARS."""
     text = text.strip()

@@ -2,6 +2,8 @@
 
 - `POST /v1/images/generations`: the prompt as given (no prompt optimizer) through the same
   ImageGenerator as the seed routes; PNGs inline (`b64_json`) or stored and linked (`url`).
+- `POST /v1/audio/speech`: the voice module speaking `input` in a saved voice (`voice` is a
+  voice id stored with `PUT /v1/voices/{voice_id}`).
 - `POST /v1/embeddings`: CLIP text embeddings (the image-search module's embedder), as floats
   or as base64 of little-endian float32.
 
@@ -18,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 
 from serve_app.errors import InvalidInput
 from serve_app.image_pipeline import (
@@ -26,7 +29,7 @@ from serve_app.image_pipeline import (
     generate_pixels,
     store_png,
 )
-from serve_app.modules import IMAGE, IMAGE_SEARCH
+from serve_app.modules import IMAGE, IMAGE_SEARCH, VOICE
 from serve_app.openai_schemas import (
     EmbeddingData,
     EmbeddingsRequest,
@@ -35,10 +38,12 @@ from serve_app.openai_schemas import (
     ImageData,
     ImageGenerationRequest,
     ImagesResponse,
+    SpeechRequest,
 )
 from serve_app.remote import await_deployment
 from serve_app.schemas import ERROR_RESPONSES
 from serve_app.services import Services, get_services
+from serve_app.voice import checked_text, load_stored_reference, speak, voice_params
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], responses=ERROR_RESPONSES)
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -108,6 +113,7 @@ async def _embedder_info(request: Request, services: Services) -> dict[str, Any]
             services.clip_embedder.describe.remote(),
             what="text embedding",
             timeout_s=services.config.request_timeout_s,
+            watch=services.board.watch(IMAGE_SEARCH),
         )
         request.app.state.openai_embedder_info = info
     return info
@@ -137,6 +143,7 @@ async def create_embeddings(
         services.clip_embedder.embed_text.remote(body.input),
         what="text embedding",
         timeout_s=services.config.request_timeout_s,
+        watch=services.board.watch(IMAGE_SEARCH),
     )
     vectors = np.asarray(vectors, dtype=np.float32)
     if body.encoding_format == "base64":
@@ -151,3 +158,27 @@ async def create_embeddings(
         model=body.model or str(info.get("model", "clip")),
         usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
     )
+
+
+@router.post(
+    "/audio/speech",
+    response_class=Response,
+    responses={200: {"content": {"audio/mpeg": {}}, "description": "The speech"},
+               404: {"description": "No saved voice with that id"}},
+)
+async def create_speech(body: SpeechRequest, services: ServicesDep) -> Response:
+    """OpenAI's text-to-speech, in a saved voice (its transcript is reused or made once)."""
+    await services.board.require_ready(VOICE)
+    checked_text(services, body.input)
+    reference = await load_stored_reference(services, body.voice)
+    spoken = await speak(
+        services,
+        reference=reference,
+        ref_text=None,
+        text=body.input,
+        fmt=body.response_format or "mp3",
+        params=voice_params(services, body.speed, body.seed, body.nfe_steps),
+        user_id=body.voice,
+    )
+    return Response(content=spoken.data, media_type=spoken.content_type,
+                    headers={"X-Seed": str(spoken.speech.seed)})

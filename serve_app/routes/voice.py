@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import Field, ValidationError
 
-from deployments.types import VoiceParams
 from serve_app.errors import InvalidInput
 from serve_app.modules import VOICE
 from serve_app.schemas import (
@@ -27,7 +26,7 @@ from serve_app.schemas import (
 from serve_app.services import Services, get_services
 from serve_app.storage import join_key
 from serve_app.uploads import read_multipart
-from serve_app.voice import checked_text, load_stored_reference, speak
+from serve_app.voice import checked_text, load_stored_reference, speak, voice_params
 
 router = APIRouter(tags=["voice"])
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -49,16 +48,6 @@ class VoiceFormFields(_Strict):
     speed: float | None = Field(default=None, ge=0.3, le=3.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     nfe_steps: int | None = Field(default=None, ge=1, le=128)
-
-
-def _params(services: Services, speed: float | None, seed: int | None, nfe: int | None) -> VoiceParams:
-    config = services.config
-    return VoiceParams(
-        nfe_steps=nfe or config.voice_default_nfe_steps,
-        cfg_strength=config.voice_default_cfg_strength,
-        speed=speed or 1.0,
-        seed=seed,
-    )
 
 
 @router.post(
@@ -108,7 +97,7 @@ async def generate_voice(request: Request, services: ServicesDep) -> Response:
         ref_text=fields.ref_text,
         text=fields.text,
         fmt=fields.format,
-        params=_params(services, fields.speed, fields.seed, fields.nfe_steps),
+        params=voice_params(services, fields.speed, fields.seed, fields.nfe_steps),
     )
     return Response(
         content=spoken.data,
@@ -138,7 +127,7 @@ async def generate_voice_from_storage(
         ref_text=None,
         text=body.text,
         fmt=body.format,
-        params=_params(services, body.speed, body.seed, body.nfe_steps),
+        params=voice_params(services, body.speed, body.seed, body.nfe_steps),
         user_id=body.user_id,
     )
     key = join_key(

@@ -1,0 +1,114 @@
+"""Saved voices: `PUT/GET/DELETE /v1/voices/{voice_id}`.
+
+A saved voice is the reference the stored-reference routes read: MP3 audio at
+`{VOICE_REMOTE_PREFIX}{voice_id}.mp3` (other formats are converted on upload) and, when
+given, its transcript beside it at `{VOICE_REMOTE_PREFIX}{voice_id}.txt`. So
+`/v1/r2/voice/generate {"user_id": voice_id}` and `/v1/audio/speech {"voice": voice_id}` use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+
+from serve_app.audio import decode_audio, encode_audio
+from serve_app.errors import InvalidInput, ObjectNotFound
+from serve_app.modules import VOICE
+from serve_app.schemas import ERROR_RESPONSES, USER_ID_PATTERN, ErrorResponse, SavedVoice
+from serve_app.services import Services, get_services
+from serve_app.storage import join_key
+from serve_app.uploads import read_multipart
+from serve_app.voice import MODEL_SAMPLE_RATE, reference_key
+
+router = APIRouter(prefix="/v1/voices", tags=["voice"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+VoiceId = Annotated[str, Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)]
+MAX_TRANSCRIPT_CHARS = 2000
+
+RESPONSES: dict[int | str, dict] = {
+    **ERROR_RESPONSES,
+    404: {"model": ErrorResponse, "description": "No saved voice with that id"},
+    413: {"model": ErrorResponse, "description": "Over VOICE_MAX_REF_BYTES/SECONDS"},
+    415: {"model": ErrorResponse, "description": "Not audio"},
+}
+
+
+def _transcript_key(services: Services, voice_id: str) -> str:
+    return join_key(services.config.voice_remote_prefix, f"{voice_id}.txt")
+
+
+@router.put(
+    "/{voice_id}",
+    response_model=SavedVoice,
+    responses={201: {"model": SavedVoice, "description": "Created"}, **RESPONSES},
+    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["audio"], "properties": {
+            "audio": {"type": "string", "format": "binary"},
+            "transcript": {"type": "string"},
+        }}}}}},
+)
+async def put_voice(voice_id: VoiceId, request: Request, services: ServicesDep) -> JSONResponse:
+    """Store (or replace) a reference voice: multipart `audio` and optional `transcript`."""
+    await services.board.require_ready(VOICE)
+    config = services.config
+    body = await read_multipart(
+        request, max_file_bytes=config.voice_max_ref_bytes, max_files=1, what="audio",
+        limit_setting="VOICE_MAX_REF_BYTES",
+    )
+    (upload,) = body.files_named("audio")
+    transcript = (body.fields.get("transcript") or "").strip()
+    if len(transcript) > MAX_TRANSCRIPT_CHARS:
+        raise InvalidInput(f"transcript is over {MAX_TRANSCRIPT_CHARS} characters",
+                           fields=[{"field": "transcript", "message": "too long"}])
+    decoded = await asyncio.to_thread(
+        decode_audio, upload.data, target_sr=MODEL_SAMPLE_RATE,
+        max_seconds=config.voice_max_ref_seconds, max_bytes=config.voice_max_ref_bytes,
+    )
+    audio = upload.data
+    if decoded.source_format != "mp3":  # the stored reference is MP3 by convention
+        audio, _ = await asyncio.to_thread(
+            encode_audio, decoded.samples, decoded.sample_rate, "mp3"
+        )
+    key = reference_key(services, voice_id)
+    existed = await asyncio.to_thread(services.store.head, key) is not None
+    transcript_key = _transcript_key(services, voice_id)
+    # The transcript first: a reader never pairs new audio with an old transcript.
+    if transcript:
+        await asyncio.to_thread(
+            services.store.put, transcript_key, transcript.encode(), "text/plain; charset=utf-8"
+        )
+    else:
+        await asyncio.to_thread(services.store.delete, transcript_key)
+    await asyncio.to_thread(services.store.put, key, audio, "audio/mpeg")
+    saved = SavedVoice(voice_id=voice_id, key=key, bytes=len(audio),
+                       duration_s=round(decoded.duration_s, 3),
+                       transcript=transcript or None, created=not existed)
+    return JSONResponse(saved.model_dump(mode="json"), status_code=200 if existed else 201)
+
+
+@router.get("/{voice_id}", response_model=SavedVoice, responses=RESPONSES)
+async def get_voice(voice_id: VoiceId, services: ServicesDep) -> SavedVoice:
+    """What is stored for the voice: its key, size and transcript."""
+    key = reference_key(services, voice_id)
+    info = await asyncio.to_thread(services.store.head, key)
+    if info is None:
+        raise ObjectNotFound(f"no saved voice '{voice_id}' ({key} does not exist)", key=key)
+    try:
+        raw = await asyncio.to_thread(services.store.get, _transcript_key(services, voice_id))
+        transcript: str | None = raw.decode("utf-8", errors="replace")
+    except ObjectNotFound:
+        transcript = None
+    return SavedVoice(voice_id=voice_id, key=key, bytes=info.size, transcript=transcript)
+
+
+@router.delete("/{voice_id}", responses=RESPONSES)
+async def delete_voice(voice_id: VoiceId, services: ServicesDep) -> dict[str, object]:
+    """Remove the voice and its transcript; 404 when there is none (a second delete too)."""
+    key = reference_key(services, voice_id)
+    if not await asyncio.to_thread(services.store.delete, key):
+        raise ObjectNotFound(f"no saved voice '{voice_id}' ({key} does not exist)", key=key)
+    await asyncio.to_thread(services.store.delete, _transcript_key(services, voice_id))
+    return {"voice_id": voice_id, "deleted": True}
