@@ -1,0 +1,165 @@
+"""The Python handle API in one import: deployment names, request/response types, errors.
+
+Other Ray applications (and driver scripts connected to the cluster) call the model
+deployments directly, with no HTTP::
+
+    from ray import serve
+    from deployments.api import IMAGE_GENERATOR, ImageParams
+
+    gen = serve.get_deployment_handle(IMAGE_GENERATOR, app_name="ai")
+    image = gen.generate.remote("a red fox", ImageParams(seed=7)).result()   # sync caller
+    image = await gen.generate.remote("a red fox", ImageParams(seed=7))      # async caller
+
+`app_name` is the Serve application the module runs in: "ai" in the shipped profiles
+(`serve_config.yaml`, `configs/offline-cpu.yaml`), where every enabled module shares one
+application. A deployment exists only when its module is enabled (IMAGE_ENABLED,
+IMAGE_SEARCH_ENABLED, VOICE_ENABLED). Arguments and results cross Ray by pickle: the caller
+needs this package importable (numpy arrays, pydantic models and dataclasses below).
+
+Deployments and their methods (the handle API)
+----------------------------------------------
+
+PROMPT_OPTIMIZER = "PromptOptimizer"  (module: image)
+    optimize(title: str, description: str = "") -> OptimizedPrompt
+        English text-to-image prompt from a title/description in any language; never fails
+        on OpenAI trouble (``source="fallback"`` with ``fallback_reason``).
+
+IMAGE_GENERATOR = "ImageGenerator"  (module: image; one request at a time, bounded queue)
+    generate(prompt: str, params: ImageParams | None = None) -> GeneratedImage
+        Raw RGB pixels (H, W, 3) uint8 + the seed used; ``GeneratedImage.to_png()`` encodes.
+        Same prompt, params and seed -> same pixels. Empty prompt -> InvalidInput.
+    describe() -> dict[str, str]          model, device, dtype
+
+CLIP_EMBEDDER = "ClipEmbedder"  (module: image_search; one request at a time, bounded queue)
+    embed_text(texts: list[str]) -> np.ndarray         float32 (n, dim), unit-norm rows
+        An empty text, or a bare str instead of a list -> InvalidInput.
+    embed_images(images: list[bytes]) -> np.ndarray    encoded JPEG/PNG/WEBP/GIF bytes;
+        float32 (n, dim), unit-norm rows. Undecodable bytes -> UnsupportedMediaType.
+    describe() -> dict[str, str]          model, source, path, device, dtype, dim
+
+VECTOR_INDEX = "VectorIndex"  (module: image_search; exactly one replica, the catalog's writer)
+    search(project_id: str, vector: np.ndarray, limit: int) -> list[SearchHit]
+        Cosine similarity against the project's images, best first ([] for an unknown
+        project). ``vector`` is a (dim,) float32, e.g. a row of ClipEmbedder's output.
+    get(project_id: str, image_id: str) -> ImageRecord | None
+    list(project_id: str, limit: int, cursor: str | None = None) -> ImagePage  (newest first)
+    project_exists(project_id: str) -> bool
+    find_duplicate(project_id: str, sha256: str) -> ImageRecord | None
+    stats() -> dict[str, int]             live images per project
+    add(image: NewImage) -> ImageRecord; add_many(images: list[NewImage]) -> list[ImageRecord]
+        Index only: the HTTP upload route also stores the original in object storage.
+        Indexing through a handle without storing the object leaves a row whose file
+        route answers 404; prefer uploading over HTTP.
+    begin_delete / finish_delete, backup_now() -> str, list_backups() -> list[str]
+
+VOICE_CLONER = "VoiceCloner"  (module: voice; one request at a time, bounded queue)
+    synthesize(ref_audio: np.ndarray, ref_sr: int, ref_text: str, text: str,
+               params: VoiceParams | None = None) -> SynthesizedSpeech
+        ``text`` spoken in the voice of ``ref_audio`` (float32 mono at ``ref_sr``, at least
+        0.5 s, not silent) whose words are ``ref_text``. 24 kHz float32 samples, the seed,
+        duration; same inputs and seed -> same samples. Empty text/ref_text -> InvalidInput.
+    transcribe(audio: np.ndarray, sr: int) -> str   the reference's words (ASR), trimmed as
+        synthesize trims it
+    describe() -> dict[str, str]
+
+GATEWAY = "Gateway" is the HTTP ingress (``serve.get_app_handle("ai")`` returns it); it has
+no model methods. Use the HTTP API for what it adds: storage, PNG/audio encoding, uploads.
+
+Errors across Ray
+-----------------
+
+A deployment raises the project's errors (``serve_app.errors``, re-exported here): bad input
+is ``InvalidInput`` (422, code "invalid_request"), undecodable images
+``UnsupportedMediaType`` (415), a model failure ``ModelFailed`` (503, "model_error").
+The caller gets Ray's ``RayTaskError`` whose class also derives from the raised error's
+class (``RayTaskError(InvalidInput)``), so ``except InvalidInput`` / ``except ApiError`` work
+directly and ``exc.cause`` is the original error with its ``code``, ``status_code``,
+``message`` and details. The same holds when the error went through an intermediate
+deployment that let it propagate. ``api_error(exc)`` returns that original error (or None).
+Ray's own failures are not ``ApiError``s: a full queue raises
+``ray.serve.exceptions.BackPressureError``, a dead replica ``ray.exceptions.RayActorError``,
+an unknown deployment or app name in ``get_deployment_handle`` a ``KeyError`` ("Deployment(
+name=..., app=...) does not exist.") on the first call, an unknown app in
+``serve.get_app_handle`` ``ray.serve.exceptions.RayServeException`` at once.
+"""
+
+from __future__ import annotations
+
+from deployments.types import (
+    GeneratedImage,
+    ImageParams,
+    OptimizedPrompt,
+    SynthesizedSpeech,
+    VoiceParams,
+)
+from deployments.vector_store.models import ImagePage, ImageRecord, NewImage, SearchHit
+from serve_app.errors import (
+    ApiError,
+    InvalidInput,
+    ModelFailed,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+
+__all__ = [
+    "APP_NAME",
+    "CLIP_EMBEDDER",
+    "DEPLOYMENTS",
+    "GATEWAY",
+    "IMAGE_GENERATOR",
+    "PROMPT_OPTIMIZER",
+    "VECTOR_INDEX",
+    "VOICE_CLONER",
+    "ApiError",
+    "GeneratedImage",
+    "ImagePage",
+    "ImageParams",
+    "ImageRecord",
+    "InvalidInput",
+    "ModelFailed",
+    "NewImage",
+    "OptimizedPrompt",
+    "SearchHit",
+    "ServiceUnavailable",
+    "SynthesizedSpeech",
+    "UnsupportedMediaType",
+    "VoiceParams",
+    "api_error",
+]
+
+APP_NAME = "ai"
+"""The application name of the shipped Serve configs (every module in one app)."""
+
+GATEWAY = "Gateway"
+PROMPT_OPTIMIZER = "PromptOptimizer"
+IMAGE_GENERATOR = "ImageGenerator"
+CLIP_EMBEDDER = "ClipEmbedder"
+VECTOR_INDEX = "VectorIndex"
+VOICE_CLONER = "VoiceCloner"
+
+DEPLOYMENTS: dict[str, tuple[str, ...]] = {
+    "image": (PROMPT_OPTIMIZER, IMAGE_GENERATOR),
+    "image_search": (CLIP_EMBEDDER, VECTOR_INDEX),
+    "voice": (VOICE_CLONER,),
+}
+"""The model deployments of each module (each exists only when its module is enabled)."""
+
+
+def api_error(exc: BaseException) -> ApiError | None:
+    """The project's error behind an exception a handle call raised, or None.
+
+    Follows Ray's ``RayTaskError.cause`` and ``__cause__``/``__context__``, so the error
+    with its ``code``, ``status_code``, ``message`` and details comes back, not Ray's wrapper.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException) and cause is not current:
+            current = cause
+            continue
+        if isinstance(current, ApiError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
