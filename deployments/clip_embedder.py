@@ -7,12 +7,16 @@ from ray import serve
 
 from deployments.clip_model import ClipModel
 from deployments.configs import ClipEmbedderConfig
+from deployments.serial import ModelQueue
 from serve_app.errors import InvalidInput, ModelFailed, UnsupportedMediaType
 
 
 @serve.deployment(
     num_replicas=1,
-    max_ongoing_requests=1,  # the model owns its device; requests wait in the bounded queue
+    # The model runs one request at a time (ModelQueue, FIFO); the builder sets how many the
+    # replica holds (MODEL_MAX_ONGOING_REQUESTS, default 1 + the queue bound) so that the
+    # next one starts the moment the model is free instead of backing off in Serve's router.
+    max_ongoing_requests=1,
     max_queued_requests=16,
     ray_actor_options={"num_cpus": 1},
 )
@@ -21,21 +25,24 @@ class ClipEmbedder:
 
     def __init__(self, config: ClipEmbedderConfig):
         self._model = ClipModel(config)
+        self._queue = ModelQueue("clip-embedder")
+        if config.warm_up:  # before the replica reports ready: the first request is not slower
+            self._queue.call(self._model.warm_up)
 
-    def embed_images(self, images: list[bytes]) -> np.ndarray:
+    async def embed_images(self, images: list[bytes]) -> np.ndarray:
         """Embed encoded images: float32 (n, dim) unit vectors; bad images answer 415."""
         try:
-            return self._model.embed_images(images)
+            return await self._queue.run(self._model.embed_images, images)
         except ValueError as exc:
             raise UnsupportedMediaType(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a model failure is not the caller's fault
             message = f"image embedding failed: {type(exc).__name__}: {exc}"
             raise ModelFailed(message[:500]) from None
 
-    def embed_text(self, texts: list[str]) -> np.ndarray:
+    async def embed_text(self, texts: list[str]) -> np.ndarray:
         """Embed texts: float32 (n, dim) unit vectors; empty texts answer 422."""
         try:
-            return self._model.embed_texts(texts)
+            return await self._queue.run(self._model.embed_texts, texts)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a model failure is not the caller's fault

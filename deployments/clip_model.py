@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,17 @@ class ClipModel:
         self._lock = threading.Lock()
         with self._lock, torch.inference_mode():
             self._dim = int(self._encode_texts(["a"]).shape[1])
+
+    def warm_up(self) -> float:
+        """Embed one small image and one text through the normal paths (decode, preprocess,
+        forward), so that the first request does not pay for lazy initialisation; returns
+        its milliseconds."""
+        start = time.perf_counter()
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), (128, 96, 64)).save(buffer, format="PNG")
+        self.embed_images([buffer.getvalue()])
+        self.embed_texts(["warm-up"])
+        return (time.perf_counter() - start) * 1000.0
 
     @property
     def dim(self) -> int:

@@ -38,6 +38,13 @@ class ImageGeneratorConfig(_Config):
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
+    warm_up: bool = Field(
+        default=True,
+        description="Run one tiny request in the constructor, so that the first real request "
+        "does not pay for lazy initialisation (the replica reports ready after it)",
+    )
+    warm_up_width: int = Field(default=64, ge=64, le=2048, multiple_of=8)
+    warm_up_height: int = Field(default=64, ge=64, le=2048, multiple_of=8)
 
 
 class ClipEmbedderConfig(_Config):
@@ -64,6 +71,11 @@ class ClipEmbedderConfig(_Config):
     max_image_pixels: int = Field(
         default=40_000_000, ge=1, description="reject images with more pixels (decompression bombs)"
     )
+    warm_up: bool = Field(
+        default=True,
+        description="Run one tiny request in the constructor, so that the first real request "
+        "does not pay for lazy initialisation (the replica reports ready after it)",
+    )
 
 
 class VectorIndexConfig(_Config):
@@ -80,6 +92,17 @@ class VectorIndexConfig(_Config):
     backup_interval_s: float = Field(default=1800, gt=0)
     backup_prefix: str = "backups/image_search/"
     backup_keep: int = Field(default=10, ge=1)
+    persist_index: bool = Field(
+        default=True,
+        description="Save each project's HNSW index beside the database and load it at start "
+        "when it matches SQLite (else rebuild from the rows)",
+    )
+    index_save_interval_s: float = Field(
+        default=60, gt=0, description="Seconds between saves of changed indexes"
+    )
+    index_save_after_changes: int = Field(
+        default=10_000, ge=1, description="Save sooner once this many changes are unsaved"
+    )
 
 
 class VoiceClonerConfig(_Config):
@@ -124,4 +147,9 @@ class VoiceClonerConfig(_Config):
         gt=0,
         le=20.0,
         description="The reference is trimmed to this many seconds (at silences when it can)",
+    )
+    warm_up: bool = Field(
+        default=True,
+        description="Run one tiny request in the constructor, so that the first real request "
+        "does not pay for lazy initialisation (the replica reports ready after it)",
     )

@@ -79,6 +79,16 @@ class DiffusionImageModel:
             elapsed_ms=elapsed_ms,
         )
 
+    def warm_up(self) -> float:
+        """One 1-step generation at the warm-up size, so that the first request does not pay
+        for lazy initialisation (kernels, allocator, scheduler); returns its milliseconds."""
+        start = time.perf_counter()
+        params = ImageParams(
+            width=self.config.warm_up_width, height=self.config.warm_up_height, steps=1, seed=0
+        )
+        self.generate("warm-up", params)
+        return (time.perf_counter() - start) * 1000.0
+
     def describe(self) -> dict[str, str]:
         """Model reference, where it came from, device and dtype, for health and info routes."""
         return {

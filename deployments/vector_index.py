@@ -1,14 +1,19 @@
 """VectorIndex deployment: the single writer of the image-search catalog, and its backups.
 
 Exactly one replica. On start it restores the newest snapshot from object storage when the
-local database is missing, then rebuilds the per-project HNSW indexes from SQLite. While it
-runs, a background thread uploads a consistent snapshot every interval.
+local database is missing, then opens the per-project HNSW indexes: each is loaded from the
+file saved beside the database when that file matches SQLite, else rebuilt from the rows.
+While it runs, one background thread uploads a consistent snapshot every interval and another
+saves changed indexes every `index_save_interval_s` (sooner after `index_save_after_changes`
+changes); they are saved once more when the replica shuts down.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -43,10 +48,23 @@ class VectorIndex:
         )
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.restored_from: str | None = None
+        self._startup: dict[str, Any] = {"database": "existing", "restored_from": None,
+                                         "skipped_snapshots": []}
         if not config.db_path.exists():
-            self.restored_from = self._backups.restore_latest(config.db_path)
+            report = self._backups.restore(config.db_path)
+            self.restored_from = report.key
+            self._startup = {
+                "database": "restored" if report.key else "new",
+                "restored_from": report.key,
+                "skipped_snapshots": [{"key": k, "reason": r} for k, r in report.skipped],
+            }
+            for key, reason in report.skipped:
+                logger.warning("skipped database snapshot %s: %s", key, reason)
             if self.restored_from:
                 logger.info("restored %s from %s", config.db_path, self.restored_from)
+            elif report.skipped:
+                logger.error("no usable database snapshot: starting with an empty catalog")
+        opened = time.perf_counter()
         self._catalog = VectorCatalog(
             config.db_path,
             dim=config.dim,
@@ -54,9 +72,26 @@ class VectorIndex:
             hnsw_m=config.hnsw_m,
             ef_construction=config.ef_construction,
             ef_search=config.ef_search,
+            persist_indexes=config.persist_index,
+            save_after_changes=config.index_save_after_changes,
         )
+        sources = list(self._catalog.open_report.values())
+        self._startup["indexes"] = {
+            "loaded": sum(source == "loaded" for source in sources),
+            "rebuilt": sum(source != "loaded" for source in sources),
+            "open_s": round(time.perf_counter() - opened, 3),
+        }
         self._publish_sizes()
         self._stop = threading.Event()
+        # Ray drops a gauge series that is not set again within about two metric report
+        # intervals: republish the index sizes every interval, not only on writes.
+        threading.Thread(target=self._metrics_loop, name="index-size-metrics", daemon=True).start()
+        self._saver_thread: threading.Thread | None = None
+        if config.persist_index:
+            self._saver_thread = threading.Thread(
+                target=self._index_save_loop, name="image-search-index-saver", daemon=True
+            )
+            self._saver_thread.start()
         self._backup_thread: threading.Thread | None = None
         if config.backup_enabled:
             self._backup_thread = threading.Thread(
@@ -90,6 +125,15 @@ class VectorIndex:
         """Live images per project."""
         return self._catalog.stats()
 
+    def startup_report(self) -> dict[str, Any]:
+        """How this replica found its database: "existing", "restored" (from which snapshot)
+        or "new", and the damaged snapshots it skipped with the reasons. Cheap: no I/O."""
+        return {**self._startup, "skipped_snapshots": list(self._startup["skipped_snapshots"])}
+
+    def save_indexes(self) -> list[str]:
+        """Save the changed project indexes now; returns the projects saved."""
+        return self._catalog.save_indexes()
+
     # --- writes -------------------------------------------------------------------------------
 
     def add(self, image: NewImage) -> ImageRecord:
@@ -117,6 +161,13 @@ class VectorIndex:
         for project_id, count in self._catalog.stats().items():
             index_images().set(count, tags={"project": project_id})
 
+    def _metrics_loop(self) -> None:
+        while not self._stop.wait(_metrics_report_interval_s()):
+            try:
+                self._publish_sizes()
+            except Exception:  # noqa: BLE001 - metrics must never take the index down
+                logger.debug("could not publish the index sizes", exc_info=True)
+
     # --- backups ------------------------------------------------------------------------------
 
     def backup_now(self) -> str:
@@ -135,8 +186,33 @@ class VectorIndex:
                 logger.exception("database backup failed; retrying in %ss",
                                  self._config.backup_interval_s)
 
+    def _index_save_loop(self) -> None:
+        catalog = self._catalog
+        while not self._stop.is_set():
+            catalog.save_due.wait(self._config.index_save_interval_s)
+            if self._stop.is_set():
+                return
+            try:
+                catalog.save_indexes()
+            except Exception:  # noqa: BLE001 - the rows are safe in SQLite; retried next time
+                logger.exception("saving the search indexes failed")
+
     def __del__(self) -> None:
-        self._stop.set()
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
         catalog = getattr(self, "_catalog", None)
         if catalog is not None:
-            catalog.close()
+            catalog.save_due.set()  # wake the saver so that it sees the stop
+            catalog.close()  # saves the changed indexes once more
+
+
+def _metrics_report_interval_s() -> float:
+    """Ray's metric report interval (RAY_metrics_report_interval_ms, 10 s by default)."""
+    try:
+        import ray
+
+        interval_ms = ray._config.metrics_report_interval_ms()
+    except Exception:  # noqa: BLE001 - a private API: fall back to Ray's default
+        interval_ms = 10_000
+    return max(1.0, interval_ms / 1000)

@@ -6,6 +6,7 @@ import numpy as np
 from ray import serve
 
 from deployments.configs import VoiceClonerConfig
+from deployments.serial import ModelQueue
 from deployments.types import SynthesizedSpeech, VoiceParams
 from deployments.voice_model import VoiceModel
 from serve_app.errors import InvalidInput, ModelFailed
@@ -14,7 +15,10 @@ from serve_app.metrics import audio_seconds_produced, voice_synthesis_seconds
 
 @serve.deployment(
     num_replicas=1,
-    max_ongoing_requests=1,  # the model owns its device; requests wait in the bounded queue
+    # The model runs one request at a time (ModelQueue, FIFO); the builder sets how many the
+    # replica holds (MODEL_MAX_ONGOING_REQUESTS, default 1 + the queue bound) so that the
+    # next one starts the moment the model is free instead of backing off in Serve's router.
+    max_ongoing_requests=1,
     max_queued_requests=8,
     ray_actor_options={"num_cpus": 1},
 )
@@ -24,8 +28,11 @@ class VoiceCloner:
     def __init__(self, config: VoiceClonerConfig):
         self._model = VoiceModel(config)
         self._device = self._model.describe().get("device", "unknown")
+        self._queue = ModelQueue("voice-cloner")
+        if config.warm_up:  # before the replica reports ready: the first request is not slower
+            self._queue.call(self._model.warm_up)
 
-    def synthesize(
+    async def synthesize(
         self,
         ref_audio: np.ndarray,
         ref_sr: int,
@@ -39,7 +46,8 @@ class VoiceCloner:
         """
         params = params or VoiceParams()
         try:
-            speech = self._model.synthesize(
+            speech = await self._queue.run(
+                self._model.synthesize,
                 ref_audio,
                 ref_sr,
                 ref_text,
@@ -57,16 +65,19 @@ class VoiceCloner:
         audio_seconds_produced().inc(speech.duration_s, tags={})
         return speech
 
-    def transcribe(self, audio: np.ndarray, sr: int) -> str:
+    async def transcribe(self, audio: np.ndarray, sr: int) -> str:
         """The words spoken in `audio`, trimmed first exactly as the synthesizer trims it, so
         that the transcript matches the part of the reference the model hears."""
         try:
-            reference = self._model.prepare_reference(audio, sr)
-            return self._model.transcribe(reference, self._model.sample_rate)
+            return await self._queue.run(self._transcribe, audio, sr)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         except Exception as exc:  # noqa: BLE001
             raise ModelFailed(f"transcription failed: {type(exc).__name__}: {exc}"[:500]) from None
+
+    def _transcribe(self, audio: np.ndarray, sr: int) -> str:
+        reference = self._model.prepare_reference(audio, sr)
+        return self._model.transcribe(reference, self._model.sample_rate)
 
     @property
     def sample_rate(self) -> int:

@@ -64,6 +64,7 @@ def build_graph(settings: Settings) -> Application:
         )
         num_gpus, device = gpu_placement(settings.image_num_gpus, settings.image_device, settings)
         handles["image_generator"] = ImageGenerator.options(
+            max_ongoing_requests=model_max_ongoing(settings, settings.image_max_queued_requests),
             max_queued_requests=settings.image_max_queued_requests,
             ray_actor_options=model_actor_options(settings, settings.image_num_cpus, num_gpus),
         ).bind(
@@ -72,6 +73,9 @@ def build_graph(settings: Settings) -> Application:
                 device=device,
                 dtype=settings.image_dtype,
                 torch_threads=torch_threads(settings, settings.image_num_cpus),
+                warm_up=settings.model_warm_up,
+                warm_up_width=settings.image_default_width,
+                warm_up_height=settings.image_default_height,
             )
         )
     if settings.image_search_enabled:
@@ -80,6 +84,7 @@ def build_graph(settings: Settings) -> Application:
 
         num_gpus, device = gpu_placement(settings.clip_num_gpus, settings.clip_device, settings)
         handles["clip_embedder"] = ClipEmbedder.options(
+            max_ongoing_requests=model_max_ongoing(settings, settings.clip_max_queued_requests),
             max_queued_requests=settings.clip_max_queued_requests,
             ray_actor_options=model_actor_options(settings, settings.clip_num_cpus, num_gpus),
         ).bind(
@@ -91,6 +96,7 @@ def build_graph(settings: Settings) -> Application:
                 torch_threads=torch_threads(settings, settings.clip_num_cpus),
                 max_batch_size=settings.clip_max_batch_size,
                 max_image_pixels=settings.image_search_max_pixels,
+                warm_up=settings.model_warm_up,
             )
         )
         handles["vector_index"] = on_head_node(VectorIndex, settings).bind(
@@ -101,6 +107,7 @@ def build_graph(settings: Settings) -> Application:
 
         num_gpus, device = gpu_placement(settings.voice_num_gpus, settings.voice_device, settings)
         handles["voice_cloner"] = VoiceCloner.options(
+            max_ongoing_requests=model_max_ongoing(settings, settings.voice_max_queued_requests),
             max_queued_requests=settings.voice_max_queued_requests,
             ray_actor_options=model_actor_options(settings, settings.voice_num_cpus, num_gpus),
         ).bind(
@@ -114,6 +121,7 @@ def build_graph(settings: Settings) -> Application:
                 dtype=settings.voice_dtype,
                 torch_threads=torch_threads(settings, settings.voice_num_cpus),
                 max_ref_seconds_used=settings.voice_ref_seconds_used,
+                warm_up=settings.model_warm_up,
             )
         )
     return on_head_node(Gateway, settings).bind(gateway_config(settings), **handles)
@@ -147,9 +155,11 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         voice_default_nfe_steps=settings.voice_default_nfe_steps,
         voice_default_cfg_strength=settings.voice_default_cfg_strength,
         request_timeout_s=settings.request_timeout_seconds,
-        # ImageGenerator: one replica, one running request, the rest in its bounded queue
+        # ImageGenerator: one replica, one running request and IMAGE_MAX_QUEUED_REQUESTS
+        # waiting (in the replica by default, see model_max_ongoing, else in Serve's queue)
         image_max_in_flight=(
-            settings.image_max_queued_requests + 1
+            max(model_max_ongoing(settings, settings.image_max_queued_requests),
+                settings.image_max_queued_requests + 1)
             if settings.image_max_queued_requests >= 0 else None
         ),
         api_key_digests=tuple(digest(key) for key in settings.api_key_list()),
@@ -259,6 +269,17 @@ def cluster_gpu_count() -> float | None:
     if not ray.is_initialized():
         return None
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+def model_max_ongoing(settings: Settings, max_queued: int) -> int:
+    """Requests a model replica holds: MODEL_MAX_ONGOING_REQUESTS, else 1 + its queue bound.
+
+    Only one runs (the deployment's ModelQueue); the others wait in the replica in arrival
+    order, so the model never idles while Serve's router backs off between retries.
+    """
+    if settings.model_max_ongoing_requests is not None:
+        return settings.model_max_ongoing_requests
+    return 1 + max_queued if max_queued >= 0 else 64
 
 
 def torch_threads(settings: Settings, num_cpus: float) -> int:

@@ -61,6 +61,7 @@ async def generate_pixels(services: Services, prompt: str, params: ImageParams) 
         services.image_generator.generate.remote(prompt, params),
         what="image generation",
         timeout_s=services.config.request_timeout_s,
+        watch=services.board.watch(IMAGE),
     )
 
 
@@ -88,11 +89,13 @@ async def render_image(services: Services, request: ImageGenerateRequest) -> Ren
     check_pixel_budget(services.config, params)
     timeout_s = services.config.request_timeout_s
 
-    started = time.perf_counter()
-    prompt = await _optimize(services, request.title, request.description, timeout_s)
-    prompted = time.perf_counter()
-    image = await generate_pixels(services, prompt.prompt, params)
-    generated = time.perf_counter()
+    # A full generator refuses here, before the prompt step spends an OpenAI call on it.
+    with services.image_admission.admit("image generation"):
+        started = time.perf_counter()
+        prompt = await _optimize(services, request.title, request.description, timeout_s)
+        prompted = time.perf_counter()
+        image = await generate_pixels(services, prompt.prompt, params)
+        generated = time.perf_counter()
     png = await encode_png(image)
     encoded = time.perf_counter()
     return RenderedImage(

@@ -18,7 +18,7 @@ import numpy as np
 
 from deployments.vector_store.models import ImageRecord, NewImage, SearchHit
 from serve_app.errors import ApiError, NotFound
-from serve_app.modules import IMAGE_SEARCH
+from serve_app.modules import IMAGE_CATALOG, IMAGE_SEARCH
 from serve_app.remote import await_deployment
 from serve_app.schemas import ImageOut, SearchResult
 from serve_app.services import Services
@@ -91,6 +91,7 @@ async def upload_images(
         vectors: np.ndarray = await await_deployment(
             services.clip_embedder.embed_images.remote([images[i].data for i in fresh]),
             what="image embedding", timeout_s=timeout_s,
+            watch=services.board.watch(IMAGE_SEARCH),
         )
         new_images = [
             _new_image(services, project_id, images[i], vectors[row]) for row, i in enumerate(fresh)
@@ -100,8 +101,8 @@ async def upload_images(
             added: list[ImageRecord] = await await_deployment(
                 index.add_many.remote(new_images), what="the image index", timeout_s=timeout_s
             )
-        except BaseException:
-            await _delete_objects(services, stored)
+        except BaseException as exc:
+            await _undo_stored(services, new_images, stored, exc)
             raise
         # A concurrent upload of the same bytes may have won: drop our now unused copies.
         unused = [new.object_key for new, rec in zip(new_images, added) if rec.object_key != new.object_key]
@@ -125,8 +126,12 @@ async def search_by_vector(
 
 
 async def require_project(services: Services, project_id: str) -> None:
-    """404 unless the project exists (it is created by its first upload)."""
-    await services.board.require_ready(IMAGE_SEARCH)
+    """404 unless the project exists (it is created by its first upload).
+
+    Needs the index only, not the CLIP model: listing, reading and deleting keep working
+    while the embedder is away. Routes that embed check the whole module themselves.
+    """
+    await services.board.require_ready(IMAGE_CATALOG)
     exists = await await_deployment(
         services.vector_index.project_exists.remote(project_id),
         what="the image index", timeout_s=services.config.request_timeout_s,
@@ -199,6 +204,36 @@ async def _store_objects(
         await _delete_objects(services, stored)
         raise
     return stored
+
+
+async def _undo_stored(
+    services: Services, new: Sequence[NewImage], stored: Sequence[str], exc: BaseException
+) -> None:
+    """Remove the originals of an upload whose indexing failed, without breaking a row.
+
+    A refusal from the index (4xx: a full project, a conflict) rolled everything back. Any
+    other failure (the replica died or timed out mid-call) leaves the outcome unknown: the
+    rows may have committed just before. The index is asked (the call waits for a restarted
+    replica) and the objects of rows that exist are kept; when it cannot tell, every object
+    is kept: an orphan object is invisible, a row whose object is gone is a broken image.
+    """
+    if isinstance(exc, ApiError) and exc.status_code < 500:
+        await _delete_objects(services, stored)
+        return
+    indexed: set[str] = set()
+    try:
+        for image in new:
+            record = await await_deployment(
+                services.vector_index.get.remote(image.project_id, image.id),
+                what="the image index", timeout_s=services.config.request_timeout_s,
+            )
+            if record is not None and record.object_key == image.object_key:
+                indexed.add(image.object_key)
+    except ApiError as check:
+        logger.error("indexing failed and the index cannot tell what it holds (%s); keeping "
+                     "the objects %s", check.message, list(stored))
+        return
+    await _delete_objects(services, [key for key in stored if key not in indexed])
 
 
 async def _delete_objects(services: Services, keys: Sequence[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from ray.exceptions import RayActorError, RayTaskError
@@ -23,13 +24,17 @@ def unwrap_remote_error(exc: BaseException) -> BaseException:
     return exc
 
 
-async def await_deployment(response: Any, *, what: str, timeout_s: float) -> Any:
+async def await_deployment(
+    response: Any, *, what: str, timeout_s: float, watch: Awaitable[None] | None = None
+) -> Any:
     """Await a DeploymentResponse; raise an ApiError (503 family) on any Ray-level failure.
 
-    `what` names the call in messages, e.g. "image generation".
+    `what` names the call in messages, e.g. "image generation". `watch`
+    (`board.watch(MODULE)`) ends the wait with the module's 503 as soon as Serve reports one
+    of its deployments failed, instead of waiting out `timeout_s` for a replica that is gone.
     """
     try:
-        return await asyncio.wait_for(_resolve(response), timeout=timeout_s)
+        return await asyncio.wait_for(_resolve(response, watch), timeout=timeout_s)
     except TimeoutError:
         response.cancel()
         raise ServiceUnavailable(f"{what} timed out after {timeout_s:g}s") from None
@@ -52,5 +57,24 @@ async def await_deployment(response: Any, *, what: str, timeout_s: float) -> Any
         raise ModelFailed(f"{what} failed ({type(cause).__name__})") from None
 
 
-async def _resolve(response: Any) -> Any:
-    return await response
+async def _resolve(response: Any, watch: Awaitable[None] | None = None) -> Any:
+    if watch is None:
+        return await response
+    guard = asyncio.ensure_future(watch)
+    call = asyncio.ensure_future(_resolve(response))
+    try:
+        await asyncio.wait((call, guard), return_when=asyncio.FIRST_COMPLETED)
+        failed = None if call.done() else guard.exception()
+        if failed is not None:  # the module failed first: give the call up with its 503
+            response.cancel()
+            raise failed
+        return await call
+    finally:
+        guard.cancel()
+        call.cancel()
+        call.add_done_callback(_retrieve)  # a call given up ends in RequestCancelledError
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()

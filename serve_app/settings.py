@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     # on demand.
     cpu_fallback: bool = True
     torch_cpu_threads: int | None = Field(default=None, ge=1)
+    # One tiny request per model replica before it reports ready (see docs/benchmarks.md).
+    model_warm_up: bool = True
+    # Requests a model replica holds at once: one runs, the others wait inside the replica
+    # in arrival order and start the moment the model is free (with 1, a request finding the
+    # replica busy backs off in Serve's router, 25 ms doubling to 0.5 s, while the model may
+    # idle). Unset: 1 + the module's *_MAX_QUEUED_REQUESTS (64 when that is -1, no limit).
+    model_max_ongoing_requests: int | None = Field(default=None, ge=1, le=1024)
 
     # --- gateway --------------------------------------------------------------------------
     request_timeout_seconds: float = Field(default=300.0, gt=0)

@@ -117,6 +117,7 @@ async def speak(
         ),
         what="voice synthesis",
         timeout_s=config.request_timeout_s,
+        watch=services.board.watch(VOICE),
     )
     synthesized_at = time.perf_counter()
     data, content_type = await asyncio.to_thread(
@@ -158,6 +159,7 @@ async def _reference_text(
         services.voice_cloner.transcribe.remote(decoded.samples, decoded.sample_rate),
         what="reference transcription",
         timeout_s=services.config.request_timeout_s,
+        watch=services.board.watch(VOICE),
     )
     transcript = transcript.strip()
     if not transcript:

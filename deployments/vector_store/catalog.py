@@ -1,8 +1,19 @@
 """`VectorCatalog`: per-project hnswlib indexes backed by one SQLite file (the source of truth).
 
 SQLite (WAL, synchronous=NORMAL) keeps every image row together with its float32 vector; each
-project's hnswlib index ('ip' space on L2-normalised vectors, so score = cosine) is a cache that
-is rebuilt from SQLite when the catalog opens, so a restart loses nothing that was committed.
+project's hnswlib index ('ip' space on L2-normalised vectors, so score = cosine) is a cache of
+it, so a restart loses nothing that was committed.
+
+Persistence: rebuilding a 50k-vector index from SQLite takes minutes on a small CPU, so each
+project's index is also saved beside the database (`<db>.hnsw/<sha256(project)[:40]>.hnsw`):
+`save_index` to a temporary file, fsync, rename, fsync the directory, then the file's sha256,
+size and the state it holds are recorded in SQLite (`index_state`). Every change to a
+project's rows bumps its `generation` in the same transaction, so at open a saved file is
+loaded only when its recorded generation, row count, live count, largest label, index
+parameters, size and checksum all match SQLite; any mismatch (a crash after the last save, a
+damaged or foreign file) rebuilds that project from the rows, as before. Saving is explicit
+(`save_indexes`, which the VectorIndex deployment runs on a schedule and after
+`save_after_changes` changes) and happens at `close()`.
 
 Writes are all-or-nothing: a row is inserted and flushed, its vector is added to hnswlib, then
 the transaction commits; if any step fails the transaction is rolled back and the label is
@@ -30,9 +41,12 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import hashlib
 import logging
 import math
+import os
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,7 +57,19 @@ from typing import Any, cast
 
 import hnswlib
 import numpy as np
-from sqlalchemy import Connection, Engine, Table, bindparam, event, false, func, or_, true
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    case,
+    event,
+    false,
+    func,
+    or_,
+    true,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import Session, SQLModel, col, create_engine, select
@@ -52,6 +78,7 @@ from deployments.vector_store.models import (
     ImagePage,
     ImageRecord,
     ImageRow,
+    IndexState,
     NewImage,
     Project,
     SearchHit,
@@ -80,6 +107,8 @@ class _ProjectIndex:
     index: hnswlib.Index
     next_label: int
     live: int = 0
+    generation: int = 0  # the project's generation in SQLite (bumped with every change)
+    saved_generation: int | None = None  # the generation of the file on disk, if it matches
 
     @property
     def capacity(self) -> int:
@@ -169,6 +198,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 _IMAGE: Table = SQLModel.metadata.tables[ImageRow.__tablename__]
 _PROJECT: Table = SQLModel.metadata.tables[Project.__tablename__]
+_INDEX_STATE: Table = SQLModel.metadata.tables[IndexState.__tablename__]
 _NO_VECTOR = defer(cast("QueryableAttribute[bytes]", ImageRow.vector))  # rows without the blob
 _RECORD_COLUMNS = [column for column in _IMAGE.c if column.name != "vector"]
 _LIVE = (_IMAGE.c.project_id == bindparam("project_id")) & (_IMAGE.c.deleting == false())
@@ -196,6 +226,12 @@ _PAGE_AFTER = (
     .order_by(*_NEWEST_FIRST)
     .limit(bindparam("limit"))
 )
+# (rows, live rows, largest label) of a project: what a saved index file must still match.
+_COUNTS = select(
+    func.count(),
+    func.coalesce(func.sum(case((_IMAGE.c.deleting == false(), 1), else_=0)), 0),
+    func.max(_IMAGE.c.label),
+).where(_IMAGE.c.project_id == bindparam("project_id"))
 _TOMBSTONED = (
     select(*_RECORD_COLUMNS)
     .where(_IMAGE.c.deleting == true())
@@ -227,6 +263,8 @@ class VectorCatalog:
         hnsw_m: int = 32,
         ef_construction: int = 200,
         ef_search: int = 128,
+        persist_indexes: bool = True,
+        save_after_changes: int = 10_000,
     ) -> None:
         if dim <= 0 or max_elements <= 0:
             raise ValueError("dim and max_elements must be positive")
@@ -239,6 +277,15 @@ class VectorCatalog:
         self._lock = threading.RLock()
         self._indexes: dict[str, _ProjectIndex] = {}
         self._closed = False
+        self.persist_indexes = persist_indexes
+        self.index_dir = self.db_path.with_name(self.db_path.name + ".hnsw")
+        self.save_after_changes = max(1, save_after_changes)
+        # Set once `save_after_changes` changes are unsaved; the owner's saver thread waits on it.
+        self.save_due = threading.Event()
+        self._save_lock = threading.Lock()  # one save at a time; always taken before _lock
+        self._unsaved_changes = 0
+        # project -> "loaded" or "rebuilt (<why the saved file was not used>)", from the open
+        self.open_report: dict[str, str] = {}
 
         if sqlite3.sqlite_version_info < _WAL_RESET_FIX:
             # The race needs two connections writing/checkpointing at once: here every write
@@ -250,13 +297,16 @@ class VectorCatalog:
             connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
         )
         event.listen(self._engine, "connect", _set_sqlite_pragmas)
-        SQLModel.metadata.create_all(self._engine, tables=[_PROJECT, _IMAGE])
-        self._rebuild_all()
+        SQLModel.metadata.create_all(self._engine, tables=[_PROJECT, _IMAGE, _INDEX_STATE])
+        self._open_all()
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Drop the in-memory indexes and close the SQLite connections (idempotent)."""
+    def close(self, save: bool = True) -> None:
+        """Save changed indexes (unless `save` is False), drop the in-memory indexes and close
+        the SQLite connections (idempotent)."""
+        if save:
+            self.save_indexes()
         with self._lock:
             if self._closed:
                 return
@@ -270,21 +320,213 @@ class VectorCatalog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _rebuild_all(self) -> None:
-        """Build every project's index from the live rows in SQLite."""
+    def _open_all(self) -> None:
+        """Load every project's saved index when it matches SQLite; else build it from the rows."""
         with self._lock, Session(self._engine) as session:
             project_ids = session.exec(select(Project.id)).all()
+            markers = {m.project_id: m for m in session.exec(select(IndexState)).all()}
             for project_id in project_ids:
-                self._indexes[project_id] = self._build_project(session, project_id)
+                self._indexes[project_id] = self._open_project(
+                    session, project_id, markers.get(project_id)
+                )
         log.info(
             "vector catalog opened: %s",
-            {project: state.live for project, state in self._indexes.items()},
+            {
+                project: f"{state.live} live, {self.open_report.get(project)}"
+                for project, state in self._indexes.items()
+            },
         )
 
-    def _build_project(self, session: Session, project_id: str) -> _ProjectIndex:
-        max_label = session.exec(
-            select(func.max(ImageRow.label)).where(ImageRow.project_id == project_id)
+    def _open_project(
+        self, session: Session, project_id: str, marker: IndexState | None
+    ) -> _ProjectIndex:
+        rows, live, max_label = session.connection().execute(
+            _COUNTS, {"project_id": project_id}
         ).one()
+        rows, live = int(rows), int(live)
+        state: _ProjectIndex | None = None
+        reason = "persistence off"
+        if self.persist_indexes:
+            reason = self._saved_index_problem(project_id, marker, rows, live, max_label)
+            if reason is None:
+                assert marker is not None
+                try:
+                    state = self._load_saved(project_id, live, max_label)
+                except Exception as exc:  # noqa: BLE001 - any failure: rebuild from the rows
+                    reason = f"load failed: {type(exc).__name__}: {exc}"[:300]
+        if state is not None:
+            assert marker is not None
+            state.saved_generation = marker.saved_generation
+            self.open_report[project_id] = "loaded"
+        else:
+            state = self._build_project(session, project_id, max_label)
+            self.open_report[project_id] = f"rebuilt ({reason})"
+            if self.persist_indexes:
+                log.info("project %s: index rebuilt from SQLite: %s", project_id, reason)
+        state.generation = marker.generation if marker is not None else 0
+        return state
+
+    def _params(self) -> str:
+        return f"ip dim={self.dim} M={self.hnsw_m} ef_construction={self.ef_construction}"
+
+    def index_path(self, project_id: str) -> Path:
+        """Where the project's saved index lives (its name does not depend on the id's text)."""
+        digest = hashlib.sha256(project_id.encode("utf-8")).hexdigest()[:40]
+        return self.index_dir / f"{digest}.hnsw"
+
+    def _saved_index_problem(
+        self,
+        project_id: str,
+        marker: IndexState | None,
+        rows: int,
+        live: int,
+        max_label: int | None,
+    ) -> str | None:
+        """None when the saved file may be loaded; else why not."""
+        if marker is None or marker.saved_generation is None or marker.saved_sha256 is None:
+            return "no saved index"
+        if marker.saved_generation != marker.generation:
+            return f"stale: saved at generation {marker.saved_generation}, database at " \
+                   f"{marker.generation}"
+        if (marker.saved_rows, marker.saved_live, marker.saved_max_label) != (
+            rows, live, max_label
+        ):
+            return "stale: the rows differ from the saved index's"
+        if marker.saved_params != self._params():
+            return f"saved with other parameters ({marker.saved_params})"
+        path = self.index_path(project_id)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return "index file missing"
+        if size != marker.saved_bytes:
+            return f"index file is {size} bytes, {marker.saved_bytes} were saved"
+        with path.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        if digest != marker.saved_sha256:
+            return "index file checksum mismatch"
+        return None
+
+    def _load_saved(self, project_id: str, live: int, max_label: int | None) -> _ProjectIndex:
+        index = hnswlib.Index(space="ip", dim=self.dim)
+        index.load_index(str(self.index_path(project_id)), allow_replace_deleted=True)
+        if index.element_count < live:
+            raise ValueError(f"{index.element_count} elements for {live} live rows")
+        index.set_ef(self.ef_search)  # ef is not saved with the index
+        # Labels once used (deleted ones included) stay taken: never hand them out again.
+        ids = index.get_ids_list()
+        next_label = max(
+            (max_label + 1) if max_label is not None else 0, (max(ids) + 1) if ids else 0
+        )
+        return _ProjectIndex(index=index, next_label=int(next_label), live=live)
+
+    # --- persistence ----------------------------------------------------------------------
+
+    def unsaved_changes(self) -> int:
+        """Changes committed since the last `save_indexes`."""
+        return self._unsaved_changes
+
+    def save_indexes(self) -> builtins.list[str]:
+        """Save the index of every project changed since its last save; returns their ids.
+
+        Each file is written under the lock (hnswlib must not change meanwhile), then
+        fsynced, hashed and renamed into place without it, then recorded in SQLite. A
+        failure is logged and leaves the previous file and marker (the next open then
+        rebuilds or loads whichever still matches).
+        """
+        if not self.persist_indexes:
+            return []
+        saved: builtins.list[str] = []
+        with self._save_lock:
+            with self._lock:
+                if self._closed:
+                    return []
+                # Generation 0 with nothing live: a project whose first write rolled back (no
+                # row in SQLite) or a legacy one without images; nothing worth a file.
+                dirty = [
+                    (project_id, state)
+                    for project_id, state in self._indexes.items()
+                    if state.saved_generation != state.generation
+                    and (state.generation > 0 or state.live > 0)
+                ]
+                self._unsaved_changes = 0
+                self.save_due.clear()
+            for project_id, state in dirty:
+                try:
+                    if self._save_project(project_id, state):
+                        saved.append(project_id)
+                except Exception:  # noqa: BLE001 - the rows are safe in SQLite; retried later
+                    log.exception("could not save the index of project %s", project_id)
+        return saved
+
+    def _save_project(self, project_id: str, state: _ProjectIndex) -> bool:
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        path = self.index_path(project_id)
+        fd, tmp_name = tempfile.mkstemp(dir=self.index_dir, prefix=path.name + ".", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            with self._lock:
+                if self._closed:
+                    return False
+                generation = state.generation
+                with self._engine.connect() as conn:
+                    rows, live, max_label = conn.execute(
+                        _COUNTS, {"project_id": project_id}
+                    ).one()
+                state.index.save_index(tmp_name)
+            with tmp.open("rb") as file:
+                os.fsync(file.fileno())
+                digest = hashlib.file_digest(file, "sha256").hexdigest()
+            size = tmp.stat().st_size
+            os.replace(tmp, path)
+            _fsync_dir(self.index_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+        marker = {
+            "saved_generation": generation,
+            "saved_sha256": digest,
+            "saved_bytes": size,
+            "saved_rows": int(rows),
+            "saved_live": int(live),
+            "saved_max_label": max_label,
+            "saved_params": self._params(),
+        }
+        with self._lock:
+            if self._closed:
+                return False
+            with self._engine.begin() as conn:
+                conn.execute(
+                    sqlite_insert(_INDEX_STATE)
+                    .values(project_id=project_id, generation=generation, **marker)
+                    .on_conflict_do_update(index_elements=[_INDEX_STATE.c.project_id], set_=marker)
+                )
+            state.saved_generation = generation
+        return True
+
+    def _bump_generation(self, session: Session, project_id: str) -> int:
+        """Count one change of the project in the session's transaction; the new generation."""
+        statement = (
+            sqlite_insert(_INDEX_STATE)
+            .values(project_id=project_id, generation=1)
+            .on_conflict_do_update(
+                index_elements=[_INDEX_STATE.c.project_id],
+                set_={"generation": _INDEX_STATE.c.generation + 1},
+            )
+            .returning(_INDEX_STATE.c.generation)
+        )
+        return int(session.connection().execute(statement).scalar_one())
+
+    def _changed(self, state: _ProjectIndex, generation: int) -> None:
+        """After a commit: the project is at `generation`; wake the saver after enough changes."""
+        state.generation = generation
+        self._unsaved_changes += 1
+        if self._unsaved_changes >= self.save_after_changes:
+            self.save_due.set()
+
+    def _build_project(
+        self, session: Session, project_id: str, max_label: int | None
+    ) -> _ProjectIndex:
         rows = session.exec(
             select(ImageRow.label, ImageRow.vector).where(
                 ImageRow.project_id == project_id,
@@ -565,6 +807,7 @@ class VectorCatalog:
                 session.flush()  # no ORM relationship orders the inserts: the project first
             session.add_all(rows)
             session.flush()
+            generation = self._bump_generation(session, project_id)
             state.reserve(len(rows), self.max_elements)
             vectors_added = True  # from here on, a failure may have left labels in the index
             state.add(vectors, labels)
@@ -582,6 +825,7 @@ class VectorCatalog:
                 raise ServiceUnavailable("the vector index could not store the image") from exc
             raise
         state.live += len(rows)
+        self._changed(state, generation)
 
     def begin_delete(self, project_id: str, image_id: str) -> ImageRecord | None:
         """Tombstone the image and hide its vector; None when no such row exists.
@@ -600,10 +844,12 @@ class VectorCatalog:
             if not row.deleting:
                 row.deleting = True
                 session.add(row)
+                generation = self._bump_generation(session, project_id)
                 session.commit()
                 if state is not None:
                     state.mark_deleted([row.label])
                     state.live -= 1
+                    self._changed(state, generation)
             elif state is not None:
                 state.mark_deleted([row.label])  # harmless if already hidden
             return ImageRecord.from_row(row)
@@ -621,9 +867,25 @@ class VectorCatalog:
             was_live = not row.deleting
             label = row.label
             session.delete(row)
+            generation = self._bump_generation(session, project_id)
             session.commit()
             state = self._indexes.get(project_id)
             if state is not None:
                 state.mark_deleted([label])
                 if was_live:
                     state.live -= 1
+                self._changed(state, generation)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -30,6 +30,7 @@ __all__ = [
     "ImagePage",
     "ImageRecord",
     "ImageRow",
+    "IndexState",
     "NewImage",
     "Project",
     "REQUIRED_TABLES",
@@ -105,6 +106,31 @@ class ImageRow(SQLModel, table=True):
     label: int
     vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     deleting: bool = Field(default=False, nullable=False)
+
+
+class IndexState(SQLModel, table=True):
+    """Per project: a change counter, and which saved hnswlib file matches which state.
+
+    `generation` is bumped in the same transaction as every change to the project's rows, so
+    it names the state of SQLite. The `saved_*` columns describe the index file last written
+    beside the database (`VectorCatalog` persistence): the generation it was saved at, its
+    sha256 and size, the project's row count, live count and largest label at that moment,
+    and the index parameters (`saved_params`). A file is loaded at start only when all of
+    them still match; else the index is rebuilt from the rows. Databases from before this
+    table get it on open (no rows yet: the first start rebuilds, as before).
+    """
+
+    __tablename__ = "index_state"
+
+    project_id: str = Field(primary_key=True, foreign_key="project.id", max_length=200)
+    generation: int = Field(default=0, nullable=False)
+    saved_generation: int | None = None
+    saved_sha256: str | None = Field(default=None, max_length=64)
+    saved_bytes: int | None = None
+    saved_rows: int | None = None
+    saved_live: int | None = None
+    saved_max_label: int | None = None
+    saved_params: str | None = Field(default=None, max_length=200)
 
 
 REQUIRED_TABLES: frozenset[str] = frozenset({"project", "image"})

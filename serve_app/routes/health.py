@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from serve_app.errors import ApiError
+from serve_app.remote import await_deployment
 from serve_app.schemas import ComponentStatus, ReadinessResponse
 from serve_app.services import Services, get_services
 
 router = APIRouter(tags=["health"])
 ServicesDep = Annotated[Services, Depends(get_services)]
+STARTUP_REPORT_TIMEOUT_S = 2.0
 
 
 @router.get("/healthz")
@@ -31,6 +33,11 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     """200 when every enabled module is ready and storage answers; 503 otherwise."""
     modules = await services.board.states(fresh=True)
     storage = await _storage_status(services)
+    search = modules.get("image_search")
+    if search is not None and search.deployments.get("VectorIndex") == "HEALTHY":
+        report = await _index_startup_report(services)
+        if report is not None:
+            modules["image_search"] = search.model_copy(update={"detail": {"vector_index": report}})
     ready = storage.state == "ready" and all(
         state.state in ("ready", "disabled") for state in modules.values()
     )
@@ -49,3 +56,17 @@ async def _storage_status(services: Services) -> ComponentStatus:
     else:
         return ComponentStatus(state="ready", enabled_by="R2_ENABLED", backend=backend)
     return ComponentStatus(state="failed", enabled_by="R2_ENABLED", backend=backend, reason=reason)
+
+
+async def _index_startup_report(services: Services) -> dict[str, Any] | None:
+    """How the VectorIndex replica found its database at start (restored from a snapshot,
+    damaged snapshots skipped); None when it does not answer within a second or two."""
+    if services.vector_index is None:
+        return None
+    try:
+        return await await_deployment(
+            services.vector_index.startup_report.remote(),
+            what="the image index", timeout_s=STARTUP_REPORT_TIMEOUT_S,
+        )
+    except ApiError:
+        return None

@@ -150,11 +150,13 @@ async def search_images(
     project_id: ProjectId, body: SearchRequest, services: ServicesDep
 ) -> SearchResponse:
     """Text-to-image search: the `limit` closest images, best first."""
+    await services.board.require_ready(IMAGE_SEARCH)
     await require_project(services, project_id)
     vectors = await await_deployment(
         services.clip_embedder.embed_text.remote([body.query]),
         what="text embedding",
         timeout_s=services.config.request_timeout_s,
+        watch=services.board.watch(IMAGE_SEARCH),
     )
     hits = await search_by_vector(services, project_id, vectors[0], body.limit)
     return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
@@ -173,12 +175,14 @@ async def search_images_by_image(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> SearchResponse:
     """Image-to-image search with an uploaded query image (multipart field `file`)."""
+    await services.board.require_ready(IMAGE_SEARCH)
     await require_project(services, project_id)
     (image,) = await _checked_uploads(request, services, field="file", max_files=1)
     vectors = await await_deployment(
         services.clip_embedder.embed_images.remote([image.data]),
         what="image embedding",
         timeout_s=services.config.request_timeout_s,
+        watch=services.board.watch(IMAGE_SEARCH),
     )
     hits = await search_by_vector(services, project_id, vectors[0], limit)
     return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])

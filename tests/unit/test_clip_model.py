@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -296,12 +297,13 @@ def test_deployment_maps_errors(clip_dir: Path, images: list[bytes]) -> None:
     from serve_app.errors import InvalidInput, UnsupportedMediaType
 
     embedder = ClipEmbedder.func_or_class(ClipEmbedderConfig(model=str(clip_dir), device="cpu"))
-    assert embedder.embed_images(images[:2]).shape == (2, 32)
-    assert embedder.embed_text(["a"]).shape == (1, 32)
+    # the model methods are coroutines (they wait their turn in the replica's ModelQueue)
+    assert asyncio.run(embedder.embed_images(images[:2])).shape == (2, 32)
+    assert asyncio.run(embedder.embed_text(["a"])).shape == (1, 32)
     assert embedder.describe()["dim"] == "32"
     with pytest.raises(UnsupportedMediaType, match="image 0") as excinfo:
-        embedder.embed_images([b"junk"])
+        asyncio.run(embedder.embed_images([b"junk"]))
     assert excinfo.value.status_code == 415
     with pytest.raises(InvalidInput, match="text 0") as excinfo2:
-        embedder.embed_text([" "])
+        asyncio.run(embedder.embed_text([" "]))
     assert excinfo2.value.status_code == 422

@@ -1,0 +1,138 @@
+"""Run the benchmarks and write docs/benchmarks.md.
+
+    python -m bench                       # all five, full size (index: 50k and 200k vectors)
+    python -m bench --index-sizes 50000   # the 200k index alone takes tens of minutes here
+    python -m bench --quick               # shorter runs, smaller index, fewer starts
+    python -m bench --only serving,mixed  # some of: coldstart, index, serving, embedding, mixed
+
+Tiny models are built into a temporary directory (or `--models DIR`); apps are deployed on
+a Ray of this process's own (`address="local"`) on loopback ports, and everything is shut
+down at the end. Raw figures go to `--json` (default .data/benchmarks.json, git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import REPO, Context, Section, git_revision, machine_info
+
+BENCHMARKS = ("coldstart", "index", "serving", "embedding", "mixed")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="shorter runs, smaller sizes")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds per comparison (default 3, quick 1)")
+    parser.add_argument("--index-sizes", default=None,
+                        help="comma-separated vector counts (default 50000,200000; quick 20000)")
+    parser.add_argument("--index-data", default="lowrank",
+                        help="comma-separated: lowrank (CLIP-like), uniform (worst case)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="raw results (default: .data/benchmarks.json, not committed)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="tiny models already built (python -m serve_app.tiny --out DIR)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch directory")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.only) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.index_sizes is None:
+        args.index_sizes = "20000" if args.quick else "50000,200000"
+    args.index_sizes = [int(v) for v in args.index_sizes.split(",") if v.strip()]
+    args.index_data = [v.strip() for v in args.index_data.split(",") if v.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else
+                                   " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    began = time.perf_counter()
+    started_at = datetime.now(UTC)
+    machine = machine_info()
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=args.work) as tmp:
+        work = Path(tmp)
+        models = args.models
+        if models is None:
+            from bench.common import build_models
+
+            print("building the tiny models ...", flush=True)
+            models = build_models(work / "models")
+        ctx = Context(work=work, models=models, quick=args.quick, rounds=args.rounds)
+        sections: dict[str, Section] = {}
+        failures: dict[str, str] = {}
+        try:
+            for name in BENCHMARKS:
+                if name not in args.only:
+                    continue
+                print(f"running {name} ...", flush=True)
+                t0 = time.perf_counter()
+                try:
+                    sections[name] = _run_one(name, ctx, args)
+                    sections[name].seconds = time.perf_counter() - t0
+                except Exception:  # noqa: BLE001 - report it and go on with the others
+                    failures[name] = traceback.format_exc()
+                    print(failures[name], file=sys.stderr, flush=True)
+                print(f"{name} took {time.perf_counter() - t0:.0f} s", flush=True)
+        finally:
+            ctx.serve.shutdown()
+        machine["load_average_end"] = machine_info()["load_average"]
+        total_s = time.perf_counter() - began
+        from bench.report import render
+
+        markdown = render(sections, failures, args, command, machine, started_at, total_s,
+                          git_revision())
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(markdown)
+        json_path = args.json or (REPO / ".data" / "benchmarks.json")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(
+            {"command": command, "machine": machine, "seconds": total_s,
+             "sections": {k: {"figures": v.figures, "seconds": v.seconds}
+                          for k, v in sections.items()},
+             "failures": failures},
+            indent=1, default=str,
+        ))
+    print(f"wrote {args.out} ({total_s:.0f} s)", flush=True)
+    return 1 if failures else 0
+
+
+def _run_one(name: str, ctx: Context, args: argparse.Namespace) -> Section:
+    if name == "coldstart":
+        from bench import coldstart
+
+        return coldstart.run(ctx)
+    if name == "index":
+        from bench import index
+
+        return index.run(ctx, args.index_sizes, args.index_data)
+    if name == "serving":
+        from bench import serving
+
+        return serving.run(ctx)
+    if name == "embedding":
+        from bench import embedding
+
+        return embedding.run(ctx)
+    from bench import mixed
+
+    return mixed.run(ctx)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

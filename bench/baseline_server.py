@@ -1,0 +1,209 @@
+"""Baselines the benchmarks compare our Serve graph with, as one uvicorn process each.
+
+    python -m bench.baseline_server --mode embed --models DIR --port P [--threads 1]
+    python -m bench.baseline_server --mode mixed --models DIR --port P --work DIR [--threads 2]
+
+`embed`: a bare FastAPI app around the same tiny CLIP model, `POST /v1/embeddings` answering
+the same JSON shape as our OpenAI-compatible route: the serving-overhead baseline.
+
+`mixed`: the original server's design: every model (diffusion, CLIP, F5-TTS) in one process
+and every model call behind one global lock. It serves the three routes of the mixed
+workload with the same work per request as the graph (template prompt, generate, PNG
+encode; text embed + hnswlib/SQLite search; reference decode, synthesize, MP3 encode), using
+the project's own wrappers. Encoding and the index search run outside the lock (generous to
+the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from fastapi import File, Form, UploadFile  # noqa: E402 - module level: FastAPI resolves
+from pydantic import BaseModel  # noqa: E402   the route annotations from this namespace
+
+
+class EmbeddingsBody(BaseModel):
+    model: str = "clip"
+    input: str | list[str]
+
+
+class ImageBody(BaseModel):
+    title: str
+    description: str
+    width: int = 64
+    height: int = 64
+    steps: int = 2
+    seed: int | None = None
+
+
+class SearchBody(BaseModel):
+    query: str
+    limit: int = 10
+
+
+def embed_app(models: Path, threads: int) -> Any:
+    from fastapi import FastAPI
+
+    from deployments.clip_model import ClipModel
+    from deployments.configs import ClipEmbedderConfig
+
+    model = ClipModel(
+        ClipEmbedderConfig(model=f"local-dir:{models / 'clip'}", device="cpu",
+                           torch_threads=threads)
+    )
+    model.warm_up()
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingsBody) -> dict[str, Any]:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        vectors = await asyncio.to_thread(model.embed_texts, texts)
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                     for i, v in enumerate(vectors)],
+            "model": body.model,
+            "usage": {"prompt_tokens": 1, "total_tokens": 1},
+        }
+
+    return app
+
+
+def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    from deployments.clip_model import ClipModel
+    from deployments.configs import ClipEmbedderConfig, ImageGeneratorConfig, VoiceClonerConfig
+    from deployments.diffusion_model import DiffusionImageModel
+    from deployments.prompt_writer import fallback_prompt
+    from deployments.types import ImageParams
+    from deployments.vector_store.catalog import VectorCatalog
+    from deployments.voice_model import VoiceModel
+    from serve_app.audio import decode_audio, encode_audio
+
+    global_lock = threading.Lock()  # the original server: one model call at a time, any model
+    image = DiffusionImageModel(
+        ImageGeneratorConfig(model=str(models / "diffusion"), device="cpu", torch_threads=threads)
+    )
+    clip = ClipModel(
+        ClipEmbedderConfig(model=f"local-dir:{models / 'clip'}", device="cpu",
+                           torch_threads=threads)
+    )
+    voice = VoiceModel(
+        VoiceClonerConfig(
+            model_config_name=str(models / "f5tts" / "model.yaml"),
+            checkpoint=str(models / "f5tts" / "model.safetensors"),
+            vocab=str(models / "f5tts" / "vocab.txt"),
+            vocoder=str(models / "vocos"),
+            asr_model=str(models / "whisper"),
+            device="cpu",
+            torch_threads=threads,
+        )
+    )
+    for model in (image, clip, voice):  # the same warm start as the graph's replicas
+        model.warm_up()
+    catalog = VectorCatalog(work / "baseline.db", dim=clip.dim, max_elements=50_000,
+                            persist_indexes=False)
+    fill_catalog(catalog, "mix", fill, clip.dim)
+
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.post("/v1/images/generate")
+    def generate(body: ImageBody) -> Response:
+        prompt = fallback_prompt(body.title, body.description)
+        params = ImageParams(width=body.width, height=body.height, steps=body.steps,
+                             seed=body.seed)
+        with global_lock:
+            result = image.generate(prompt, params)
+        return Response(result.to_png(), media_type="image/png")
+
+    @app.post("/v1/projects/{project_id}/images/search")
+    def search(project_id: str, body: SearchBody) -> dict[str, Any]:
+        with global_lock:
+            vector = clip.embed_texts([body.query])[0]
+        hits = catalog.search(project_id, vector, body.limit)
+        return {"project_id": project_id,
+                "results": [{"id": h.record.id, "score": h.score} for h in hits]}
+
+    @app.post("/v1/voice/generate")
+    def speak(
+        ref_audio: UploadFile = File(...),
+        text: str = Form(...),
+        ref_text: str = Form(...),
+        nfe_steps: int = Form(8),
+        seed: int | None = Form(None),
+        format: str = Form("mp3"),  # noqa: A002 - the route's field name
+    ) -> Response:
+        data = ref_audio.file.read()
+        decoded = decode_audio(data, target_sr=24_000, max_seconds=60, max_bytes=10 * 2**20)
+        with global_lock:
+            speech = voice.synthesize(decoded.samples, decoded.sample_rate, ref_text, text,
+                                      nfe_steps=nfe_steps, seed=seed)
+        audio, content_type = encode_audio(speech.samples, speech.sample_rate, format)
+        return Response(audio, media_type=content_type)
+
+    return app
+
+
+def fill_catalog(catalog: Any, project: str, count: int, dim: int, seed: int = 7) -> None:
+    """`count` random unit vectors as images of `project` (search cost, not content, matters)."""
+    import numpy as np
+
+    if count <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    catalog.add_many([new_image(project, i, vectors[i]) for i in range(count)])
+
+
+def new_image(project: str, i: int, vector: Any) -> Any:
+    from deployments.vector_store.models import NewImage
+
+    return NewImage(
+        id=f"bench-{project}-{i:06d}", project_id=project,
+        object_key=f"AI/SEARCH/{project}/bench-{i:06d}.jpg", filename=f"{i}.jpg",
+        content_type="image/jpeg", size_bytes=1, width=1, height=1, sha256=f"{i:064x}",
+        vector=vector,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["embed", "mixed"], required=True)
+    parser.add_argument("--models", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("."))
+    parser.add_argument("--fill", type=int, default=1000)
+    args = parser.parse_args()
+
+    import uvicorn
+
+    if args.mode == "embed":
+        app = embed_app(args.models, args.threads)
+    else:
+        args.work.mkdir(parents=True, exist_ok=True)
+        app = mixed_app(args.models, args.work, args.threads, args.fill)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+                timeout_keep_alive=5)
+
+
+if __name__ == "__main__":
+    main()

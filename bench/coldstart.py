@@ -1,0 +1,205 @@
+"""Benchmark 5, cold start: process start to /readyz 200 for the offline profile, per module,
+and the first requests after it, with and without model warm-up.
+
+Each start is a fresh `python -m bench.serve_child` process (its own Ray, the offline
+profile's settings from `configs/offline.env`, tiny models, storage in a temporary
+directory). The clock starts before the process is spawned and stops at the first 200 from
+/readyz; the state of each module in /readyz's body is polled too, so the time at which each
+module became ready is known within a start of all modules. Then one request per enabled
+module, twice: the first is the one warm-up is meant to make fast. `MODEL_WARM_UP=0` turns
+the warm-up off for the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from bench.common import (
+    REPO,
+    Context,
+    Section,
+    fmt,
+    free_port,
+    md_table,
+    median,
+    random_images,
+    reference_wav,
+    stop_process,
+)
+
+MODULES = ("image", "image_search", "voice")
+SWITCHES = {"image": "IMAGE_ENABLED", "image_search": "IMAGE_SEARCH_ENABLED",
+            "voice": "VOICE_ENABLED"}
+READY_TIMEOUT_S = 900
+
+
+def _plan(ctx: Context) -> list[tuple[str, bool]]:
+    pairs = [("all", True), ("all", False)]
+    if ctx.quick:
+        return pairs
+    plan = [(module, True) for module in MODULES]
+    return plan + pairs + pairs[::-1]
+
+
+def run(ctx: Context) -> Section:
+    started = time.perf_counter()
+    results = []
+    images = iter(random_images(64, seed=23))
+    for target, warm in _plan(ctx):
+        results.append(_start(ctx, target, warm, images))
+    return _report(results, time.perf_counter() - started)
+
+
+def _settings(ctx: Context, target: str, warm: bool, work: str) -> dict[str, Any]:
+    models = ctx.models
+    settings: dict[str, Any] = {
+        "LOCAL_STORAGE_DIR": f"{work}/storage",
+        "IMAGE_SEARCH_DB_PATH": f"{work}/image_search.db",
+        "IMAGE_SEARCH_DB_BACKUP_ENABLED": False,
+        "IMAGE_MODEL": str(models / "diffusion"),
+        "CLIP_MODEL": f"local-dir:{models / 'clip'}",
+        "VOICE_MODEL_CONFIG": str(models / "f5tts" / "model.yaml"),
+        "VOICE_CHECKPOINT": str(models / "f5tts" / "model.safetensors"),
+        "VOICE_VOCAB": str(models / "f5tts" / "vocab.txt"),
+        "VOICE_VOCODER": str(models / "vocos"),
+        "VOICE_ASR_MODEL": str(models / "whisper"),
+        "MODEL_WARM_UP": warm,
+    }
+    for module, switch in SWITCHES.items():
+        settings[switch] = target in ("all", module)
+    return settings
+
+
+def _start(ctx: Context, target: str, warm: bool, images: Any) -> dict[str, Any]:
+    work = ctx.subdir(f"coldstart-{target}-{'warm' if warm else 'cold'}-{time.time_ns()}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = _settings(ctx, target, warm, str(work))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.pop("OPENAI_API_KEY", None)
+    log = open(ctx.log_dir / f"coldstart-{target}-{warm}.log", "ab")  # noqa: SIM115
+    t0 = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.serve_child", "--port", str(port), "--settings",
+         json.dumps(settings)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    out: dict[str, Any] = {"target": target, "warm_up": warm, "module_ready_s": {},
+                           "first_ms": {}, "second_ms": {}}
+    try:
+        enabled = MODULES if target == "all" else (target,)
+        deadline = t0 + READY_TIMEOUT_S
+        with httpx.Client(timeout=30) as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"serve_child exited with {process.returncode}")
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"{target}: not ready after {READY_TIMEOUT_S}s")
+                try:
+                    response = client.get(f"{url}/readyz")
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+                    continue
+                now = time.perf_counter() - t0
+                out.setdefault("http_up_s", now)
+                try:  # before the app is deployed the proxy answers plain text
+                    body = response.json()
+                except ValueError:
+                    body = {}
+                for module in enabled:
+                    state = body.get("modules", {}).get(module, {}).get("state")
+                    if state == "ready":
+                        out["module_ready_s"].setdefault(module, now)
+                if response.status_code == 200:
+                    out["ready_s"] = now
+                    break
+                time.sleep(0.2)
+            for module in enabled:
+                for key in ("first_ms", "second_ms"):
+                    t1 = time.perf_counter()
+                    _request(client, url, module, next(images))
+                    out[key][module] = (time.perf_counter() - t1) * 1000
+    finally:
+        t_stop = time.perf_counter()
+        stop_process(process, timeout_s=60)
+        out["stop_s"] = time.perf_counter() - t_stop
+        log.close()
+    return out
+
+
+def _request(client: httpx.Client, url: str, module: str, image: bytes) -> None:
+    if module == "image":
+        response = client.post(f"{url}/v1/images/generate",
+                               json={"title": "cold start", "seed": 1}, timeout=300)
+    elif module == "image_search":
+        response = client.post(f"{url}/v1/projects/cold/images",
+                               files={"file": ("a.jpg", image, "image/jpeg")}, timeout=300)
+    else:
+        response = client.post(
+            f"{url}/v1/voice/generate",
+            files={"ref_audio": ("ref.wav", reference_wav(), "audio/wav")},
+            data={"text": "Nice to meet you.", "ref_text": "Hello there, how are you?",
+                  "seed": "1", "format": "mp3"},
+            timeout=300,
+        )
+    if response.status_code >= 300:
+        raise RuntimeError(f"{module}: HTTP {response.status_code}: {response.text[:300]}")
+
+
+def _report(results: list[dict[str, Any]], seconds: float) -> Section:
+    rows = []
+    for r in results:
+        modules = MODULES if r["target"] == "all" else (r["target"],)
+        rows.append([
+            r["target"], "on" if r["warm_up"] else "off", fmt(r["ready_s"], 1),
+            ", ".join(f"{m} {fmt(r['module_ready_s'].get(m, float('nan')), 1)}" for m in modules),
+            ", ".join(f"{m} {fmt(r['first_ms'][m], 0)} / {fmt(r['second_ms'][m], 0)}"
+                      for m in modules),
+            fmt(r["stop_s"], 1),
+        ])
+    both = [r for r in results if r["target"] == "all"]
+    effect_rows = []
+    figures: dict[str, Any] = {"starts": results, "warm_up_effect": {}}
+    for module in MODULES:
+        on = [r["first_ms"][module] for r in both if r["warm_up"]]
+        off = [r["first_ms"][module] for r in both if not r["warm_up"]]
+        second = [r["second_ms"][module] for r in both]
+        ready_on = [r["ready_s"] for r in both if r["warm_up"]]
+        ready_off = [r["ready_s"] for r in both if not r["warm_up"]]
+        if on and off:
+            figures["warm_up_effect"][module] = {
+                "first_ms_with": median(on), "first_ms_without": median(off),
+                "second_ms": median(second),
+            }
+            effect_rows.append([module, fmt(median(off), 0), fmt(median(on), 0),
+                                fmt(median(off) / median(on), 1) + "x", fmt(median(second), 0)])
+    if both:
+        ready_on = [r["ready_s"] for r in both if r["warm_up"]]
+        ready_off = [r["ready_s"] for r in both if not r["warm_up"]]
+        figures["ready_all_s"] = {"with": median(ready_on), "without": median(ready_off)}
+    figures["ready_s"] = {f"{r['target']}/{'warm' if r['warm_up'] else 'cold'}": r["ready_s"]
+                          for r in results}
+    markdown = "\n\n".join([
+        "Each row is a fresh process (its own Ray) serving the offline profile "
+        "(`configs/offline.env`, tiny models): seconds from spawning it to /readyz 200, when "
+        "each module turned ready within it, and the latency of the first and second "
+        "request per module after that (image: generate 128x128 with 2 steps; image_search: "
+        "upload one JPEG; voice: clone from a 3 s WAV with 8 steps).",
+        md_table(["modules", "warm-up", "to /readyz 200 s", "module ready at s",
+                  "first / second request ms", "shutdown s"], rows),
+        "Warm-up effect (all modules, median of starts): first request without and with "
+        "warm-up at replica start.",
+        md_table(["module", "first request, no warm-up ms", "first request, warm-up ms",
+                  "speed-up", "second request ms"], effect_rows),
+        (f"Time to /readyz 200 with all modules: {fmt(figures['ready_all_s']['with'], 1)} s "
+         f"with warm-up, {fmt(figures['ready_all_s']['without'], 1)} s without."
+         if both else ""),
+    ])
+    return Section("5. Cold start", markdown, figures, seconds)

@@ -1,0 +1,223 @@
+"""Benchmark 2, mixed workload: image generation, search and voice requests at once.
+
+Three servers hold the same tiny models and answer the same three routes:
+
+- baseline: the original server's design, one process with one global lock around every
+  model call (`bench.baseline_server --mode mixed`, torch on both cores);
+- graph, 1 thread: our Serve graph, one lock per deployment (each model replica on its own
+  process), `TORCH_CPU_THREADS=1` per model replica;
+- graph, 2 threads: the same with `TORCH_CPU_THREADS=2` (what the offline profile used:
+  three replicas x two threads on two cores);
+- graph, 1 thread, max_ongoing 1: model replicas holding one request at a time
+  (`MODEL_MAX_ONGOING_REQUESTS=1`, the previous setting) instead of two.
+
+Closed-loop clients per route (image 2, search 4, voice 2) run at the same time for a fixed
+time; the servers take turns round by round. Per route: requests/s and p50/p99. The
+headline is the ratio of throughputs, per route and as a geometric mean of the three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.baseline_server import fill_catalog
+from bench.common import (
+    http_session,
+    Context,
+    Sample,
+    Section,
+    clip_dim,
+    closed_loop,
+    expect_ok,
+    fmt,
+    free_port,
+    geomean,
+    md_table,
+    offline_settings,
+    reference_wav,
+    subprocess_server,
+    wait_http_ok,
+)
+
+ROUTES = ("image", "search", "voice")
+CLIENTS = {"image": 2, "search": 4, "voice": 2}
+PROJECT = "mix"
+FILL = 1000  # vectors in the searched project
+IMAGE_BODY = {"title": "A red fox", "description": "in the snow", "width": 64, "height": 64,
+              "steps": 2, "seed": 1}
+SEARCH_BODY = {"query": "a red fox in the snow", "limit": 10}
+VOICE_FIELDS = {"text": "Nice to meet you.", "ref_text": "Hello there, how are you?",
+                "nfe_steps": "8", "seed": "1", "format": "mp3"}
+TARGET_RATIO = 1.5
+
+
+def _graph_settings(ctx: Context, name: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return offline_settings(
+        ctx.models, ctx.subdir(name),
+        **{"IMAGE_ENABLED": True, "IMAGE_SEARCH_ENABLED": True, "VOICE_ENABLED": True, **extra},
+    )
+
+
+def run(ctx: Context, variants: dict[str, dict[str, Any]] | None = None) -> Section:
+    """`variants`: graph apps to compare, name -> extra settings (default: 1 and 2 threads)."""
+    started = time.perf_counter()
+    duration = 8.0 if ctx.quick else 20.0
+    variants = variants or {
+        "graph, 1 thread": {"TORCH_CPU_THREADS": 1},
+        "graph, 2 threads": {"TORCH_CPU_THREADS": 2},
+        "graph, 1 thread, max_ongoing 1": {"TORCH_CPU_THREADS": 1,
+                                           "MODEL_MAX_ONGOING_REQUESTS": 1},
+    }
+    port = free_port()
+    baseline_args = ["-m", "bench.baseline_server", "--mode", "mixed", "--models",
+                     str(ctx.models), "--port", str(port), "--threads", "2", "--work",
+                     str(ctx.subdir("mixed-baseline")), "--fill", str(FILL)]
+    urls: dict[str, str] = {}
+    apps: list[str] = []
+    with subprocess_server(baseline_args, ctx.log_dir / "mixed_baseline.log") as process:
+        try:
+            for i, (name, extra) in enumerate(variants.items()):
+                app = f"mixed{i}"
+                urls[name] = ctx.serve.deploy(app, f"/{app}", _graph_settings(ctx, app, extra))
+                apps.append(app)
+                _fill_graph(ctx, app)
+            wait_http_ok(f"http://127.0.0.1:{port}/readyz", 600, process)
+            urls = {"baseline (global lock)": f"http://127.0.0.1:{port}", **urls}
+            totals, rounds = asyncio.run(_measure(ctx, urls, duration))
+        finally:
+            for app in apps:
+                ctx.serve.delete(app)
+    return _report(totals, rounds, ctx, duration, time.perf_counter() - started)
+
+
+def _fill_graph(ctx: Context, app: str) -> None:
+    """The same searched project as the baseline's: FILL random vectors, through the handle."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("VectorIndex", app_name=app)
+    dim = clip_dim(ctx.models)
+
+    class _Adder:
+        def add_many(self, images: list[Any]) -> None:
+            handle.add_many.remote(images).result()
+
+    fill_catalog(_Adder(), PROJECT, FILL, dim)
+
+
+async def _measure(
+    ctx: Context, urls: dict[str, str], duration: float
+) -> tuple[dict[tuple[str, str], Sample], list[dict[tuple[str, str], Sample]]]:
+    import aiohttp
+
+    reference = reference_wav()
+    async with http_session() as session:
+
+        def calls(url: str) -> dict[str, Any]:
+            async def image() -> None:
+                async with session.post(f"{url}/v1/images/generate", json=IMAGE_BODY) as r:
+                    await expect_ok(r)
+
+            async def search() -> None:
+                async with session.post(f"{url}/v1/projects/{PROJECT}/images/search",
+                                        json=SEARCH_BODY) as r:
+                    await expect_ok(r)
+
+            async def voice() -> None:
+                form = aiohttp.FormData()
+                form.add_field("ref_audio", reference, filename="ref.wav",
+                               content_type="audio/wav")
+                for key, value in VOICE_FIELDS.items():
+                    form.add_field(key, value)
+                async with session.post(f"{url}/v1/voice/generate", data=form) as r:
+                    await expect_ok(r)
+
+            return {"image": image, "search": search, "voice": voice}
+
+        async def mixed_run(url: str, seconds: float) -> dict[str, Sample]:
+            route_calls = calls(url)
+            results = await asyncio.gather(*(
+                closed_loop(route_calls[route], CLIENTS[route], seconds) for route in ROUTES
+            ))
+            return dict(zip(ROUTES, results, strict=True))
+
+        names = list(urls)
+        for name in names:  # first calls, connections: not measured
+            await mixed_run(urls[name], 2.0)
+        totals: dict[tuple[str, str], Sample] = {}
+        rounds: list[dict[tuple[str, str], Sample]] = []
+        for r in range(ctx.rounds):
+            this_round: dict[tuple[str, str], Sample] = {}
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                for route, sample in (await mixed_run(urls[name], duration)).items():
+                    this_round[(name, route)] = sample
+                    totals.setdefault((name, route), Sample()).add(sample)
+            rounds.append(this_round)
+    return totals, rounds
+
+
+def _report(
+    totals: dict[tuple[str, str], Sample],
+    rounds: list[dict[tuple[str, str], Sample]],
+    ctx: Context,
+    duration: float,
+    seconds: float,
+) -> Section:
+    names = list(dict.fromkeys(name for name, _route in totals))
+    baseline = names[0]
+    rows = []
+    ratios: dict[str, dict[str, float]] = {}
+    for name in names:
+        ratios[name] = {}
+        for route in ROUTES:
+            sample = totals[(name, route)]
+            base = totals[(baseline, route)]
+            ratio = sample.throughput / base.throughput if base.throughput else float("nan")
+            ratios[name][route] = ratio
+            rows.append([name, route, fmt(sample.throughput, 2), fmt(sample.p50_ms, 0),
+                         fmt(sample.p99_ms, 0), fmt(ratio, 2), sample.errors])
+        ratios[name]["geomean"] = geomean(ratios[name][r] for r in ROUTES)
+        total = sum(totals[(name, r)].throughput for r in ROUTES)
+        base_total = sum(totals[(baseline, r)].throughput for r in ROUTES)
+        ratios[name]["total req/s"] = total / base_total if base_total else float("nan")
+    per_round = {
+        name: [
+            geomean(
+                r[(name, route)].throughput / r[(baseline, route)].throughput
+                for route in ROUTES if r[(baseline, route)].throughput
+            )
+            for r in rounds
+        ]
+        for name in names[1:]
+    }
+    best = max(names[1:], key=lambda n: ratios[n]["geomean"])
+    summary_rows = [
+        [name, fmt(ratios[name]["image"], 2), fmt(ratios[name]["search"], 2),
+         fmt(ratios[name]["voice"], 2), f"**{fmt(ratios[name]['geomean'], 2)}**",
+         fmt(ratios[name]["total req/s"], 2),
+         ", ".join(fmt(v, 2) for v in per_round[name])]
+        for name in names[1:]
+    ]
+    verdict = "met" if ratios[best]["geomean"] >= TARGET_RATIO else "not met"
+    figures = {
+        "ratios": ratios,
+        "per_round_geomean": per_round,
+        "best": best,
+        "samples": {f"{n}/{r}": s.summary() for (n, r), s in totals.items()},
+    }
+    markdown = "\n\n".join([
+        f"Clients at once: image {CLIENTS['image']} (64x64, 2 steps, PNG), search "
+        f"{CLIENTS['search']} (text embedding + top-10 of {FILL} vectors), voice "
+        f"{CLIENTS['voice']} (3 s WAV reference, 8 NFE steps, MP3). {ctx.rounds} round(s) of "
+        f"{duration:g} s per server, servers in rotating order. Ratios are throughput over "
+        "the global-lock baseline's.",
+        md_table(["server", "route", "req/s", "p50 ms", "p99 ms", "req/s vs baseline",
+                  "errors"], rows),
+        md_table(["server", "image", "search", "voice", "geomean", "total req/s",
+                  "geomean per round"], summary_rows),
+        f"Best: **{best}**, {fmt(ratios[best]['geomean'], 2)}x the global-lock baseline's "
+        f"throughput (geometric mean over the routes). Target ≥ {TARGET_RATIO}x — "
+        f"**{verdict}**.",
+    ])
+    return Section("2. Mixed workload", markdown, figures, seconds)

@@ -1,0 +1,223 @@
+"""Benchmark 1, serving overhead: one cheap model call four ways.
+
+The "model" is the tiny CLIP text embedding of a short string (about a millisecond on one
+thread), so the serving path dominates. The same call is made:
+
+- direct: `ClipModel.embed_texts` in this process (threads at concurrency > 1; the model's
+  lock serialises them, as the replica's max_ongoing_requests=1 does);
+- bare FastAPI: a uvicorn process holding the same model (`bench.baseline_server --mode
+  embed`), `POST /v1/embeddings`;
+- Serve HTTP: our graph, `POST /v1/embeddings` through Serve's proxy, the Gateway and the
+  ClipEmbedder replica;
+- Serve handle: `ClipEmbedder.embed_text` through a DeploymentHandle from this driver;
+- the last two again on a second app whose model replica has `max_ongoing_requests=1`
+  (`MODEL_MAX_ONGOING_REQUESTS=1`, the previous setting: waiting requests back off in
+  Serve's router) instead of the default (they wait in the replica, in order);
+- and, to split the HTTP cost, `GET /healthz` through Serve's proxy and the Gateway alone
+  (no model call, no request body).
+
+Every path runs its model on one torch thread. Concurrency 1, 8 and 32, closed loop; the
+paths take turns round by round. "Added" latency is the median over rounds of the
+difference of p50s against the direct call of the same round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.common import (
+    http_session,
+    Context,
+    Sample,
+    Section,
+    closed_loop,
+    expect_ok,
+    fmt,
+    free_port,
+    md_table,
+    median,
+    offline_settings,
+    subprocess_server,
+    threaded_closed_loop,
+    wait_http_ok,
+)
+
+TEXT = "a photo of a cat"
+CONCURRENCY = (1, 8, 32)
+OLD = "max_ongoing 1"  # the model replicas' previous setting, for comparison
+NO_MODEL = "Serve HTTP /healthz, no model"
+PATHS = ("direct", "bare FastAPI", "Serve HTTP", "Serve handle", f"Serve HTTP, {OLD}",
+         f"Serve handle, {OLD}", NO_MODEL)
+TARGET_MS = 2.5
+
+
+def run(ctx: Context) -> Section:
+    from deployments.clip_model import ClipModel
+    from deployments.configs import ClipEmbedderConfig
+
+    started = time.perf_counter()
+    duration = 1.0 if ctx.quick else 2.0
+    model = ClipModel(
+        ClipEmbedderConfig(model=f"local-dir:{ctx.models / 'clip'}", device="cpu",
+                           torch_threads=1)
+    )
+    model.warm_up()
+    port = free_port()
+    bare_args = ["-m", "bench.baseline_server", "--mode", "embed", "--models", str(ctx.models),
+                 "--port", str(port), "--threads", "1"]
+    with subprocess_server(bare_args, ctx.log_dir / "bare_fastapi.log") as process:
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", 600, process)
+        serve_urls = {
+            app: ctx.serve.deploy(
+                app, f"/{app}",
+                offline_settings(ctx.models, ctx.subdir(app), IMAGE_SEARCH_ENABLED=True,
+                                 **extra),
+            )
+            for app, extra in (("serving", {}), ("serving1", {"MODEL_MAX_ONGOING_REQUESTS": 1}))
+        }
+        try:
+            samples, rounds = asyncio.run(
+                _measure(ctx, model, f"http://127.0.0.1:{port}", serve_urls, duration)
+            )
+        finally:
+            for app in serve_urls:
+                ctx.serve.delete(app)
+    return _report(samples, rounds, ctx, duration, time.perf_counter() - started)
+
+
+async def _measure(
+    ctx: Context, model: Any, bare_url: str, serve_urls: dict[str, str], duration: float
+) -> tuple[dict[tuple[str, int], Sample], list[dict[tuple[str, int], Sample]]]:
+    from ray import serve
+
+    handles = {app: serve.get_deployment_handle("ClipEmbedder", app_name=app)
+               for app in serve_urls}
+    body = {"model": "clip", "input": TEXT}
+    async with http_session() as session:
+
+        async def bare() -> None:
+            async with session.post(f"{bare_url}/v1/embeddings", json=body) as response:
+                await expect_ok(response)
+
+        def serve_http(app: str) -> Any:
+            url = f"{serve_urls[app]}/v1/embeddings"
+
+            async def call() -> None:
+                async with session.post(url, json=body) as response:
+                    await expect_ok(response)
+
+            return call
+
+        def serve_handle(app: str) -> Any:
+            handle = handles[app]
+
+            async def call() -> None:
+                await handle.embed_text.remote([TEXT])
+
+            return call
+
+        def direct() -> None:
+            model.embed_texts([TEXT])
+
+        async def run_path(path: str, concurrency: int, seconds: float) -> Sample:
+            if path == "direct":
+                return threaded_closed_loop(direct, concurrency, seconds)
+            call = {"bare FastAPI": bare, "Serve HTTP": serve_http("serving"),
+                    "Serve handle": serve_handle("serving"),
+                    f"Serve HTTP, {OLD}": serve_http("serving1"),
+                    f"Serve handle, {OLD}": serve_handle("serving1"),
+                    NO_MODEL: healthz}[path]
+            return await closed_loop(call, concurrency, seconds)
+
+        async def healthz() -> None:
+            async with session.get(f"{serve_urls['serving']}/healthz") as response:
+                await expect_ok(response)
+
+        for path in PATHS:  # connections, caches, first-call costs: not measured
+            await run_path(path, 4, 0.5)
+
+        totals: dict[tuple[str, int], Sample] = {}
+        rounds: list[dict[tuple[str, int], Sample]] = []
+        for r in range(ctx.rounds):
+            this_round: dict[tuple[str, int], Sample] = {}
+            for concurrency in CONCURRENCY:
+                order = PATHS[r % len(PATHS):] + PATHS[: r % len(PATHS)]  # rotate the order
+                for path in order:
+                    sample = await run_path(path, concurrency, duration)
+                    this_round[(path, concurrency)] = sample
+                    totals.setdefault((path, concurrency), Sample()).add(sample)
+            rounds.append(this_round)
+    return totals, rounds
+
+
+def _report(
+    totals: dict[tuple[str, int], Sample],
+    rounds: list[dict[tuple[str, int], Sample]],
+    ctx: Context,
+    duration: float,
+    seconds: float,
+) -> Section:
+    def added(path: str, concurrency: int) -> float:
+        return median(
+            r[(path, concurrency)].p50_ms - r[("direct", concurrency)].p50_ms for r in rounds
+        )
+
+    rows = []
+    for concurrency in CONCURRENCY:
+        direct = totals[("direct", concurrency)]
+        for path in PATHS:
+            sample = totals[(path, concurrency)]
+            rows.append([
+                concurrency, path, fmt(sample.p50_ms, 2), fmt(sample.p99_ms, 2),
+                fmt(sample.throughput, 0),
+                "—" if path == "direct" else f"{added(path, concurrency):+.2f}",
+                fmt(sample.throughput / direct.throughput, 2) if direct.throughput else "n/a",
+                sample.errors,
+            ])
+    http_added = added("Serve HTTP", 1)
+    handle_added = added("Serve handle", 1)
+    bare_added = added("bare FastAPI", 1)
+    over_bare = median(
+        r[("Serve HTTP", 1)].p50_ms - r[("bare FastAPI", 1)].p50_ms for r in rounds
+    )
+    healthz_p50 = median(r[(NO_MODEL, 1)].p50_ms for r in rounds)
+    figures = {
+        "healthz_p50_ms_c1": healthz_p50,
+        "throughput_queue_in_replica_vs_router": {
+            f"{kind}@c{c}": totals[(f"Serve {kind}", c)].throughput
+            / max(totals[(f"Serve {kind}, {OLD}", c)].throughput, 1e-9)
+            for kind in ("HTTP", "handle") for c in CONCURRENCY
+        },
+        "serve_http_added_ms_c1": http_added,
+        "serve_handle_added_ms_c1": handle_added,
+        "bare_fastapi_added_ms_c1": bare_added,
+        "serve_http_over_bare_ms_c1": over_bare,
+        "paths": {f"{p}@c{c}": s.summary() for (p, c), s in totals.items()},
+    }
+    verdict = "met" if http_added <= TARGET_MS else "not met"
+    markdown = "\n\n".join([
+        f"Model: tiny CLIP text embedding of {TEXT!r} (one torch thread everywhere). "
+        f"{ctx.rounds} round(s) of {duration:g} s per path and concurrency, paths in rotating "
+        "order. *Added p50* is the median over rounds of (p50 of the path − p50 of the "
+        "direct call in the same round).",
+        md_table(
+            ["concurrency", "path", "p50 ms", "p99 ms", "req/s", "added p50 ms",
+             "req/s vs direct", "errors"],
+            rows,
+        ),
+        f"Serve added latency at concurrency 1: **HTTP {http_added:+.2f} ms**, handle "
+        f"{handle_added:+.2f} ms over a direct call (bare FastAPI + uvicorn: "
+        f"{bare_added:+.2f} ms; Serve HTTP over bare FastAPI: {over_bare:+.2f} ms). "
+        f"Target: HTTP ≤ {TARGET_MS} ms over direct — **{verdict}** on this machine. "
+        f"Where it goes: `GET /healthz` through the proxy and the Gateway alone, no model and "
+        f"no body, takes {healthz_p50:.2f} ms (p50); one handle call to the model replica "
+        f"adds {handle_added:+.2f} ms; the rest is the POST body, which the Gateway replica "
+        "fetches from the proxy with one more actor call (Ray Serve's design), and the route.",
+        "Requests waiting in the model replica (default) over waiting in Serve's router "
+        "(`max_ongoing 1`, previous), throughput: "
+        + ", ".join(f"{k} {fmt(v, 2)}x" for k, v in figures["throughput_queue_in_replica_vs_router"].items())
+        + ".",
+    ])
+    return Section("1. Serving overhead", markdown, figures, seconds)
