@@ -8,8 +8,9 @@ Three servers hold the same tiny models and answer the same three routes:
   process), `TORCH_CPU_THREADS=1` per model replica;
 - graph, 2 threads: the same with `TORCH_CPU_THREADS=2` (what the offline profile used:
   three replicas x two threads on two cores);
-- graph, 1 thread, max_ongoing 1: model replicas holding one request at a time
-  (`MODEL_MAX_ONGOING_REQUESTS=1`, the previous setting) instead of two.
+- graph, 1 thread, in-replica queue: model replicas that hold their whole queue
+  (`MODEL_MAX_ONGOING_REQUESTS=65`; waiting requests wait inside the replica in order)
+  instead of one request (the default; the rest wait in Serve's router).
 
 Closed-loop clients per route (image 2, search 4, voice 2) run at the same time for a fixed
 time; the servers take turns round by round. Per route: requests/s and p50/p99. The
@@ -24,6 +25,7 @@ from typing import Any
 
 from bench.baseline_server import fill_catalog
 from bench.common import (
+    cpu_seconds_of_tree,
     http_session,
     Context,
     Sample,
@@ -67,8 +69,8 @@ def run(ctx: Context, variants: dict[str, dict[str, Any]] | None = None) -> Sect
     variants = variants or {
         "graph, 1 thread": {"TORCH_CPU_THREADS": 1},
         "graph, 2 threads": {"TORCH_CPU_THREADS": 2},
-        "graph, 1 thread, max_ongoing 1": {"TORCH_CPU_THREADS": 1,
-                                           "MODEL_MAX_ONGOING_REQUESTS": 1},
+        "graph, 1 thread, in-replica queue": {"TORCH_CPU_THREADS": 1,
+                                              "MODEL_MAX_ONGOING_REQUESTS": 65},
     }
     port = free_port()
     baseline_args = ["-m", "bench.baseline_server", "--mode", "mixed", "--models",
@@ -85,11 +87,11 @@ def run(ctx: Context, variants: dict[str, dict[str, Any]] | None = None) -> Sect
                 _fill_graph(ctx, app)
             wait_http_ok(f"http://127.0.0.1:{port}/readyz", 600, process)
             urls = {"baseline (global lock)": f"http://127.0.0.1:{port}", **urls}
-            totals, rounds = asyncio.run(_measure(ctx, urls, duration))
+            totals, rounds, cpu = asyncio.run(_measure(ctx, urls, duration))
         finally:
             for app in apps:
                 ctx.serve.delete(app)
-    return _report(totals, rounds, ctx, duration, time.perf_counter() - started)
+    return _report(totals, rounds, cpu, ctx, duration, time.perf_counter() - started)
 
 
 def _fill_graph(ctx: Context, app: str) -> None:
@@ -108,7 +110,8 @@ def _fill_graph(ctx: Context, app: str) -> None:
 
 async def _measure(
     ctx: Context, urls: dict[str, str], duration: float
-) -> tuple[dict[tuple[str, str], Sample], list[dict[tuple[str, str], Sample]]]:
+) -> tuple[dict[tuple[str, str], Sample], list[dict[tuple[str, str], Sample]],
+           dict[str, float]]:
     import aiohttp
 
     reference = reference_wav()
@@ -147,24 +150,35 @@ async def _measure(
             await mixed_run(urls[name], 2.0)
         totals: dict[tuple[str, str], Sample] = {}
         rounds: list[dict[tuple[str, str], Sample]] = []
+        cpu: dict[str, float] = {}
         for r in range(ctx.rounds):
             this_round: dict[tuple[str, str], Sample] = {}
             for name in names[r % len(names):] + names[: r % len(names)]:
-                for route, sample in (await mixed_run(urls[name], duration)).items():
+                cpu0 = cpu_seconds_of_tree()
+                results = await mixed_run(urls[name], duration)
+                cpu[name] = cpu.get(name, 0.0) + cpu_seconds_of_tree() - cpu0
+                for route, sample in results.items():
                     this_round[(name, route)] = sample
                     totals.setdefault((name, route), Sample()).add(sample)
             rounds.append(this_round)
-    return totals, rounds
+    return totals, rounds, cpu
 
 
 def _report(
     totals: dict[tuple[str, str], Sample],
     rounds: list[dict[tuple[str, str], Sample]],
+    cpu: dict[str, float],
     ctx: Context,
     duration: float,
     seconds: float,
 ) -> Section:
     names = list(dict.fromkeys(name for name, _route in totals))
+    cpu_rows = []
+    for name in names:
+        requests = sum(totals[(name, r)].count for r in ROUTES)
+        wall = totals[(name, ROUTES[0])].wall_s
+        cpu_rows.append([name, fmt(cpu.get(name, 0.0) / max(requests, 1) * 1000, 1),
+                         fmt(cpu.get(name, 0.0) / max(wall, 1e-9), 2)])
     baseline = names[0]
     rows = []
     ratios: dict[str, dict[str, float]] = {}
@@ -209,6 +223,7 @@ def _report(
         "per_round_geomean": per_round,
         "best": best,
         "samples": {f"{n}/{r}": s.summary() for (n, r), s in totals.items()},
+        "cpu_s": cpu,
     }
     markdown = "\n\n".join([
         f"Clients at once: image {CLIENTS['image']} (64x64, 2 steps, PNG), search "
@@ -220,6 +235,10 @@ def _report(
                   "errors"], rows),
         md_table(["server", "image", "search", "voice", "geomean", "total req/s",
                   "geomean per round"], summary_rows),
+        "CPU of this run's processes (client, servers, Ray) while each server was measured: "
+        "per request (all routes together), and in cores busy on average (the machine has "
+        "2; other users' load comes on top):",
+        md_table(["server", "CPU ms / request", "cores busy"], cpu_rows),
         f"Best: **{best}**. Against the global-lock baseline: total requests/s "
         f"**{fmt(total, 2)}x** (target ≥ {TARGET_RATIO}x: **{verdict_total}**); geometric "
         f"mean of the per-route ratios **{fmt(ratios[best]['geomean'], 2)}x** (**{verdict}**)."

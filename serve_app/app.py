@@ -272,14 +272,13 @@ def cluster_gpu_count() -> float | None:
 
 
 def model_max_ongoing(settings: Settings, max_queued: int) -> int:
-    """Requests a model replica holds: MODEL_MAX_ONGOING_REQUESTS, else 1 + its queue bound.
+    """Requests a model replica holds: MODEL_MAX_ONGOING_REQUESTS (1 by default).
 
-    Only one runs (the deployment's ModelQueue); the others wait in the replica in arrival
-    order, so the model never idles while Serve's router backs off between retries.
+    Only one runs at a time either way (the deployment's ModelQueue); with more than one the
+    others wait in the replica in arrival order instead of in Serve's queue.
     """
-    if settings.model_max_ongoing_requests is not None:
-        return settings.model_max_ongoing_requests
-    return 1 + max_queued if max_queued >= 0 else 64
+    del max_queued  # the queue bound stays Serve's max_queued_requests
+    return settings.model_max_ongoing_requests
 
 
 def torch_threads(settings: Settings, num_cpus: float) -> int:

@@ -133,8 +133,9 @@ class Settings(BaseSettings):
     # Requests a model replica holds at once: one runs, the others wait inside the replica
     # in arrival order and start the moment the model is free (with 1, a request finding the
     # replica busy backs off in Serve's router, 25 ms doubling to 0.5 s, while the model may
-    # idle). Unset: 1 + the module's *_MAX_QUEUED_REQUESTS (64 when that is -1, no limit).
-    model_max_ongoing_requests: int | None = Field(default=None, ge=1, le=1024)
+    # idle). The default, 1, is the contract: one request per GPU model replica, the rest in
+    # Serve's bounded queue (*_MAX_QUEUED_REQUESTS). Raise it to queue in the replica instead.
+    model_max_ongoing_requests: int = Field(default=1, ge=1, le=1024)
 
     # --- gateway --------------------------------------------------------------------------
     request_timeout_seconds: float = Field(default=300.0, gt=0)

@@ -67,6 +67,7 @@ def test_a_cancelled_waiter_never_runs_and_errors_propagate() -> None:
         second = asyncio.create_task(queue.run(waiter))
         await asyncio.sleep(0.05)
         second.cancel()  # the client went away while it waited
+        await asyncio.sleep(0.05)  # the cancellation reaches the executor's queue
         release.set()
         await first
         with pytest.raises(asyncio.CancelledError):
@@ -79,11 +80,12 @@ def test_a_cancelled_waiter_never_runs_and_errors_propagate() -> None:
     queue.shutdown()
 
 
-def test_model_replicas_hold_their_queue() -> None:
-    settings = load_settings(None, {"IMAGE_MAX_QUEUED_REQUESTS": 8, "CLIP_MAX_QUEUED_REQUESTS": -1})
-    assert model_max_ongoing(settings, settings.image_max_queued_requests) == 9
-    assert model_max_ongoing(settings, settings.clip_max_queued_requests) == 64
-    assert gateway_config(settings).image_max_in_flight == 9
-    old = load_settings(None, {"IMAGE_MAX_QUEUED_REQUESTS": 8, "MODEL_MAX_ONGOING_REQUESTS": 1})
-    assert model_max_ongoing(old, old.image_max_queued_requests) == 1
-    assert gateway_config(old).image_max_in_flight == 9  # 1 running + 8 in Serve's queue
+def test_model_replica_sizing() -> None:
+    default = load_settings(None, {"IMAGE_MAX_QUEUED_REQUESTS": 8})
+    assert model_max_ongoing(default, default.image_max_queued_requests) == 1
+    assert gateway_config(default).image_max_in_flight == 9  # 1 running + 8 in Serve's queue
+    queued_in_replica = load_settings(
+        None, {"IMAGE_MAX_QUEUED_REQUESTS": 8, "MODEL_MAX_ONGOING_REQUESTS": 9}
+    )
+    assert model_max_ongoing(queued_in_replica, 8) == 9
+    assert gateway_config(queued_in_replica).image_max_in_flight == 9
