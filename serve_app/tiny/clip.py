@@ -10,11 +10,10 @@ the shapes and the plumbing.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from serve_app.tiny.atomic import build_atomic
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -51,13 +50,6 @@ def _save_model(target: Path, seed: int) -> None:
     (target / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
 
 
-def _make_readable(root: Path) -> None:
-    """chmod a freshly written tree to 755 for directories and 644 for files."""
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
 def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
     """Create the tiny open_clip model in `out_dir` (idempotent, atomic) and return its path.
 
@@ -65,25 +57,4 @@ def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
     the files are written into a temporary sibling directory and renamed into place, so a
     crash never leaves a half-written model at `out_dir`.
     """
-    out_dir = Path(out_dir).expanduser().absolute()
-    if (out_dir / CONFIG_FILE).is_file():
-        return out_dir
-    if out_dir.exists():
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} exists and is not an open_clip model directory")
-        out_dir.rmdir()  # empty directory: replace it
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _save_model(tmp, seed)
-        _make_readable(tmp)  # mkdtemp is 0700; the model may be shared
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if (out_dir / CONFIG_FILE).is_file():  # another process finished first
-                return out_dir
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return build_atomic(out_dir, CONFIG_FILE, "open_clip model", _save_model, seed)

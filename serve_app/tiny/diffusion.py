@@ -8,10 +8,10 @@ weights are noise, so images are noise too; what matters is the shapes and the p
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from serve_app.tiny.atomic import build_atomic
 
 MODEL_INDEX = "model_index.json"
 
@@ -145,13 +145,6 @@ def _save_pipeline(target: Path, seed: int) -> None:
         pipeline.save_pretrained(target, safe_serialization=True)
 
 
-def _make_readable(root: Path) -> None:
-    """chmod a freshly written tree to 755 for directories and 644 for files."""
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
 def build_tiny_diffusion_pipeline(out_dir: Path, seed: int = 0) -> Path:
     """Create the tiny SD pipeline in `out_dir` (idempotent, atomic) and return its path.
 
@@ -159,25 +152,4 @@ def build_tiny_diffusion_pipeline(out_dir: Path, seed: int = 0) -> Path:
     checkpoint is written into a temporary sibling directory and renamed into place, so a
     crash never leaves a half-written checkpoint at `out_dir`.
     """
-    out_dir = Path(out_dir).expanduser().absolute()
-    if (out_dir / MODEL_INDEX).is_file():
-        return out_dir
-    if out_dir.exists():
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} exists and is not a diffusers pipeline directory")
-        out_dir.rmdir()  # empty directory: replace it
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _save_pipeline(tmp, seed)
-        _make_readable(tmp)  # mkdtemp is 0700; the checkpoint may be shared
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if (out_dir / MODEL_INDEX).is_file():  # another process finished first
-                return out_dir
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return build_atomic(out_dir, MODEL_INDEX, "diffusers pipeline", _save_pipeline, seed)

@@ -19,12 +19,12 @@ atomic (written into a temporary sibling, then renamed into place). Weights are 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from serve_app.tiny.atomic import build_atomic
 
 F5_CONFIG_FILE = "model.yaml"
 F5_CHECKPOINT_FILE = "model.safetensors"
@@ -282,55 +282,16 @@ def _write_whisper(target: Path, seed: int) -> None:
         processor.save_pretrained(target)
 
 
-def _make_readable(root: Path) -> None:
-    """chmod a freshly written tree to 755 for directories and 644 for files."""
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-
-
-def _build_atomic(
-    out_dir: Path, marker: str, kind: str, writer: Callable[[Path, int], None], seed: int
-) -> Path:
-    """Run `writer` into a temporary sibling of `out_dir` and rename it into place.
-
-    An `out_dir` already holding `marker` is returned untouched; an empty one is replaced;
-    anything else there raises FileExistsError.
-    """
-    out_dir = Path(out_dir).expanduser().absolute()
-    if (out_dir / marker).is_file():
-        return out_dir
-    if out_dir.exists():
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} exists and is not a {kind} directory")
-        out_dir.rmdir()  # empty directory: replace it
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        writer(tmp, seed)
-        _make_readable(tmp)  # mkdtemp is 0700; the model may be shared
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if (out_dir / marker).is_file():  # another process finished first
-                return out_dir
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
 def build_tiny_f5tts(out_dir: Path, seed: int = 0) -> Path:
     """Create the tiny F5-TTS (model.yaml, model.safetensors, vocab.txt) in `out_dir`."""
-    return _build_atomic(out_dir, F5_CHECKPOINT_FILE, "tiny F5-TTS", _write_f5tts, seed)
+    return build_atomic(out_dir, F5_CHECKPOINT_FILE, "tiny F5-TTS", _write_f5tts, seed)
 
 
 def build_tiny_vocos(out_dir: Path, seed: int = 0) -> Path:
     """Create the tiny Vocos vocoder (config.yaml, pytorch_model.bin) in `out_dir`."""
-    return _build_atomic(out_dir, VOCOS_WEIGHTS_FILE, "tiny Vocos", _write_vocos, seed)
+    return build_atomic(out_dir, VOCOS_WEIGHTS_FILE, "tiny Vocos", _write_vocos, seed)
 
 
 def build_tiny_whisper(out_dir: Path, seed: int = 0) -> Path:
     """Create the tiny Whisper ASR model directory in `out_dir`."""
-    return _build_atomic(out_dir, WHISPER_MARKER_FILE, "tiny Whisper", _write_whisper, seed)
+    return build_atomic(out_dir, WHISPER_MARKER_FILE, "tiny Whisper", _write_whisper, seed)
