@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from deployments.vector_store.models import REQUIRED_TABLES
+from serve_app.durable import fsync_dir
 from serve_app.errors import ObjectNotFound
 from serve_app.storage import ObjectStore, validate_key, validate_prefix
 
@@ -207,7 +208,7 @@ def _move_into_place(tmp: Path, db_path: Path) -> bool:
         if db_path.exists():
             return False
         os.replace(tmp, db_path)
-    _fsync_dir(db_path.parent)
+    fsync_dir(db_path.parent)
     return True
 
 
@@ -227,14 +228,3 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

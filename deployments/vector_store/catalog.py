@@ -84,6 +84,7 @@ from deployments.vector_store.models import (
     SearchHit,
     utcnow,
 )
+from serve_app.durable import fsync_dir
 from serve_app.errors import Conflict, InvalidInput, ServiceUnavailable
 
 __all__ = ["VectorCatalog"]
@@ -480,7 +481,7 @@ class VectorCatalog:
                 digest = hashlib.file_digest(file, "sha256").hexdigest()
             size = tmp.stat().st_size
             os.replace(tmp, path)
-            _fsync_dir(self.index_dir)
+            fsync_dir(self.index_dir)
         finally:
             tmp.unlink(missing_ok=True)
         marker = {
@@ -877,15 +878,3 @@ class VectorCatalog:
                 self._changed(state, generation)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from serve_app.durable import fsync_dir
 from serve_app.errors import InvalidKey, ObjectNotFound, StorageUnavailable
 from serve_app.storage.base import (
     ObjectInfo,
@@ -100,7 +101,7 @@ class LocalObjectStore:
                 os.close(fd)
             os.replace(tmp, path)
             tmp = None
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return self._info(key, path.stat())
         except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
             raise InvalidKey(
@@ -231,18 +232,6 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename in `directory` (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:
