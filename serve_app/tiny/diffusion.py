@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
 from serve_app.tiny.atomic import build_atomic
 
 MODEL_INDEX = "model_index.json"
@@ -21,26 +23,11 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte-to-printable-character table used by byte-level BPE."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return {byte: chr(code) for byte, code in zip(printable, codes)}
 
 
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """A hand-made CLIP-style byte-level vocabulary with `</w>` word endings."""
-    symbols = [_bytes_to_unicode()[b] for b in range(256)]
+    symbols = [bytes_to_unicode()[b] for b in range(256)]
     tokens: list[str] = symbols + [s + "</w>" for s in symbols]
     merges: list[str] = []
     for word in _WORDS:

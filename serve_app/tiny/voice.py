@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
 from serve_app.tiny.atomic import build_atomic
 
 F5_CONFIG_FILE = "model.yaml"
@@ -167,26 +169,11 @@ def _write_vocos(target: Path, seed: int) -> None:
     torch.save(vocoder.state_dict(), target / VOCOS_WEIGHTS_FILE)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 byte-to-printable-character table used by byte-level BPE (and Whisper)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return {byte: chr(code) for byte, code in zip(printable, codes, strict=True)}
 
 
 def _whisper_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """Byte-level vocabulary (256 symbols + a few whole-word merges, no `</w>`)."""
-    byte_map = _bytes_to_unicode()
+    byte_map = bytes_to_unicode()
     tokens: list[str] = [byte_map[b] for b in range(256)]
     merges: list[str] = []
     space = byte_map[ord(" ")]
