@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -59,6 +60,32 @@ def make_image(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+def start_cluster(dashboard_port: int, attempts: int = 3) -> tuple[Cluster, Any]:
+    """Head + model node. Ray gives a raylet 30 s to register; on a machine loaded by other
+    work that can run out, so a start that timed out is torn down and tried again."""
+    for attempt in range(1, attempts + 1):
+        cluster = None
+        try:
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": 2,
+                    "resources": {"head": 1},
+                    "include_dashboard": True,  # the state API (list_actors) is served by it
+                    "dashboard_host": "127.0.0.1",
+                    "dashboard_port": dashboard_port,
+                    "object_store_memory": 128 * 1024**2,
+                },
+            )
+            return cluster, cluster.add_node(**MODEL_NODE)
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if cluster is not None:
+                cluster.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def cluster_app(
     tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -69,19 +96,8 @@ def cluster_app(
         ray.shutdown()
     tmp = tmp_path_factory.mktemp("cluster")
     dashboard_port, http_port = free_port(), free_port()
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 2,
-            "resources": {"head": 1},
-            "include_dashboard": True,  # the state API (list_actors) is served by it
-            "dashboard_host": "127.0.0.1",
-            "dashboard_port": dashboard_port,
-            "object_store_memory": 128 * 1024**2,
-        },
-    )
+    cluster, worker = start_cluster(dashboard_port)
     try:
-        worker = cluster.add_node(**MODEL_NODE)
         ray.init(address=cluster.address, configure_logging=False)
         serve.start(
             proxy_location="HeadOnly",  # the nodes share 127.0.0.1

@@ -150,7 +150,8 @@ def test_slow_answer_times_out_within_bound(openai_server: FakeOpenAIServer, max
     assert result.source == "fallback"
     assert "timeout" in result.fallback_reason
     assert result.fallback_reason == "openai timeout after 0.5s"
-    assert elapsed < timeout_s * (max_retries + 1) + 1.0
+    # The slow server would answer after 30 s; the slack covers a loaded machine.
+    assert elapsed < timeout_s * (max_retries + 1) + 3.0
     assert openai_server.call_count == max_retries + 1
 
 
