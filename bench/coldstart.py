@@ -54,7 +54,24 @@ def run(ctx: Context) -> Section:
     images = iter(random_images(64, seed=23))
     for target, warm in _plan(ctx):
         results.append(_start(ctx, target, warm, images))
-    return _report(results, time.perf_counter() - started)
+    model_level = _model_level(ctx)
+    return _report(results, model_level, time.perf_counter() - started)
+
+
+def _model_level(ctx: Context) -> list[dict[str, Any]]:
+    """First and second call of each model in a fresh process, with and without warm-up
+    (`bench.warmup_child`): the same question without Ray and HTTP in the way."""
+    samples = 1 if ctx.quick else 3
+    out = []
+    for r in range(samples):
+        for model in ("clip", "voice", "image"):
+            for warm in ((False, True) if r % 2 == 0 else (True, False)):
+                args = [sys.executable, "-m", "bench.warmup_child", "--model", model,
+                        "--models", str(ctx.models)] + (["--warm-up"] if warm else [])
+                done = subprocess.run(args, cwd=REPO, capture_output=True, text=True,
+                                      timeout=600, check=True)
+                out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
 
 
 def _settings(ctx: Context, target: str, warm: bool, work: str) -> dict[str, Any]:
@@ -153,7 +170,8 @@ def _request(client: httpx.Client, url: str, module: str, image: bytes) -> None:
         raise RuntimeError(f"{module}: HTTP {response.status_code}: {response.text[:300]}")
 
 
-def _report(results: list[dict[str, Any]], seconds: float) -> Section:
+def _report(results: list[dict[str, Any]], model_level: list[dict[str, Any]], seconds: float
+            ) -> Section:
     rows = []
     for r in results:
         modules = MODULES if r["target"] == "all" else (r["target"],)
@@ -184,6 +202,20 @@ def _report(results: list[dict[str, Any]], seconds: float) -> Section:
         ready_on = [r["ready_s"] for r in both if r["warm_up"]]
         ready_off = [r["ready_s"] for r in both if not r["warm_up"]]
         figures["ready_all_s"] = {"with": median(ready_on), "without": median(ready_off)}
+    model_rows = []
+    figures["model_warm_up_effect"] = {}
+    for model in ("clip", "voice", "image"):
+        runs = [m for m in model_level if m["model"] == model]
+        off = median(m["first_ms"] for m in runs if not m["warm_up"])
+        on = median(m["first_ms"] for m in runs if m["warm_up"])
+        second = median(m["second_ms"] for m in runs)
+        cost = median(m["warm_up_ms"] for m in runs if m["warm_up"])
+        figures["model_warm_up_effect"][model] = {
+            "first_ms_without": off, "first_ms_with": on, "second_ms": second,
+            "warm_up_ms": cost, "samples": len(runs) // 2,
+        }
+        model_rows.append([model, fmt(off, 1), fmt(on, 1), fmt(off / on, 2) + "x",
+                           fmt(second, 1), fmt(cost, 0)])
     ready: dict[str, list[float]] = {}
     for r in results:
         ready.setdefault(f"{r['target']}/{'warm' if r['warm_up'] else 'cold'}", []).append(
@@ -207,5 +239,10 @@ def _report(results: list[dict[str, Any]], seconds: float) -> Section:
          "can stay slower than its second for reasons outside the model (the image-search "
          "upload also creates the project, its index and its storage directory)."
          if both else ""),
+        "The same at the model level, without Ray or HTTP: each model loaded in a fresh "
+        "process (one torch thread), with or without `warm_up()`, then two real calls "
+        f"(median of {len(model_level) // 6 or 1} sample(s) each, alternating order):",
+        md_table(["model", "first call, no warm-up ms", "first call, warm-up ms", "speed-up",
+                  "second call ms", "warm-up cost ms"], model_rows),
     ])
     return Section("5. Cold start", markdown, figures, seconds)

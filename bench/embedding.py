@@ -15,12 +15,12 @@ import time
 from typing import Any
 
 from bench.common import (
-    http_session,
     Context,
     Section,
     cpu_seconds_of_tree,
     expect_ok,
     fmt,
+    http_session,
     md_table,
     median,
     offline_settings,

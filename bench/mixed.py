@@ -25,17 +25,17 @@ from typing import Any
 
 from bench.baseline_server import fill_catalog
 from bench.common import (
-    cpu_seconds_of_tree,
-    http_session,
     Context,
     Sample,
     Section,
     clip_dim,
     closed_loop,
+    cpu_seconds_of_tree,
     expect_ok,
     fmt,
     free_port,
     geomean,
+    http_session,
     md_table,
     offline_settings,
     reference_wav,

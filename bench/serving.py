@@ -28,7 +28,6 @@ import time
 from typing import Any
 
 from bench.common import (
-    http_session,
     Context,
     Sample,
     Section,
@@ -36,6 +35,7 @@ from bench.common import (
     expect_ok,
     fmt,
     free_port,
+    http_session,
     md_table,
     median,
     offline_settings,
@@ -218,7 +218,8 @@ def _report(
         "fetches from the proxy with one more actor call (Ray Serve's design), and the route.",
         "Requests waiting in the model replica (`MODEL_MAX_ONGOING_REQUESTS=64`) over "
         "waiting in Serve's router (the default, 1), throughput: "
-        + ", ".join(f"{k} {fmt(v, 2)}x" for k, v in figures["throughput_queue_in_replica_vs_router"].items())
+        + ", ".join(f"{k} {fmt(v, 2)}x"
+                    for k, v in figures["throughput_queue_in_replica_vs_router"].items())
         + ".",
     ])
     return Section("1. Serving overhead", markdown, figures, seconds)
