@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
@@ -62,42 +63,38 @@ def build_graph(settings: Settings) -> Application:
         handles["prompt_optimizer"] = on_head_node(PromptOptimizer, settings).bind(
             prompt_optimizer_config(settings)
         )
-        num_gpus, device = gpu_placement(settings.image_num_gpus, settings.image_device, settings)
-        handles["image_generator"] = ImageGenerator.options(
-            max_ongoing_requests=model_max_ongoing(settings, settings.image_max_queued_requests),
-            max_queued_requests=settings.image_max_queued_requests,
-            ray_actor_options=model_actor_options(settings, settings.image_num_cpus, num_gpus),
-        ).bind(
-            ImageGeneratorConfig(
+        handles["image_generator"] = bind_model(
+            ImageGenerator, settings, ModelPlacement(
+                settings.image_num_gpus, settings.image_num_cpus, settings.image_device,
+                settings.image_max_queued_requests),
+            lambda device, threads: ImageGeneratorConfig(
                 model=settings.image_model,
                 device=device,
                 dtype=settings.image_dtype,
-                torch_threads=torch_threads(settings, settings.image_num_cpus),
+                torch_threads=threads,
                 warm_up=settings.model_warm_up,
                 warm_up_width=settings.image_default_width,
                 warm_up_height=settings.image_default_height,
-            )
+            ),
         )
     if settings.image_search_enabled:
         from deployments.clip_embedder import ClipEmbedder
         from deployments.vector_index import VectorIndex
 
-        num_gpus, device = gpu_placement(settings.clip_num_gpus, settings.clip_device, settings)
-        handles["clip_embedder"] = ClipEmbedder.options(
-            max_ongoing_requests=model_max_ongoing(settings, settings.clip_max_queued_requests),
-            max_queued_requests=settings.clip_max_queued_requests,
-            ray_actor_options=model_actor_options(settings, settings.clip_num_cpus, num_gpus),
-        ).bind(
-            ClipEmbedderConfig(
+        handles["clip_embedder"] = bind_model(
+            ClipEmbedder, settings, ModelPlacement(
+                settings.clip_num_gpus, settings.clip_num_cpus, settings.clip_device,
+                settings.clip_max_queued_requests),
+            lambda device, threads: ClipEmbedderConfig(
                 model=settings.clip_model,
                 pretrained=settings.clip_pretrained,
                 device=device,
                 dtype=settings.clip_dtype,
-                torch_threads=torch_threads(settings, settings.clip_num_cpus),
+                torch_threads=threads,
                 max_batch_size=settings.clip_max_batch_size,
                 max_image_pixels=settings.image_search_max_pixels,
                 warm_up=settings.model_warm_up,
-            )
+            ),
         )
         handles["vector_index"] = on_head_node(VectorIndex, settings).bind(
             vector_index_config(settings)
@@ -105,13 +102,11 @@ def build_graph(settings: Settings) -> Application:
     if settings.voice_enabled:
         from deployments.voice_cloner import VoiceCloner
 
-        num_gpus, device = gpu_placement(settings.voice_num_gpus, settings.voice_device, settings)
-        handles["voice_cloner"] = VoiceCloner.options(
-            max_ongoing_requests=model_max_ongoing(settings, settings.voice_max_queued_requests),
-            max_queued_requests=settings.voice_max_queued_requests,
-            ray_actor_options=model_actor_options(settings, settings.voice_num_cpus, num_gpus),
-        ).bind(
-            VoiceClonerConfig(
+        handles["voice_cloner"] = bind_model(
+            VoiceCloner, settings, ModelPlacement(
+                settings.voice_num_gpus, settings.voice_num_cpus, settings.voice_device,
+                settings.voice_max_queued_requests),
+            lambda device, threads: VoiceClonerConfig(
                 model_config_name=settings.voice_model_config,
                 checkpoint=settings.voice_checkpoint,
                 vocab=settings.voice_vocab,
@@ -119,12 +114,38 @@ def build_graph(settings: Settings) -> Application:
                 asr_model=settings.voice_asr_model,
                 device=device,
                 dtype=settings.voice_dtype,
-                torch_threads=torch_threads(settings, settings.voice_num_cpus),
+                torch_threads=threads,
                 max_ref_seconds_used=settings.voice_ref_seconds_used,
                 warm_up=settings.model_warm_up,
-            )
+            ),
         )
     return on_head_node(Gateway, settings).bind(gateway_config(settings), **handles)
+
+
+class ModelPlacement(NamedTuple):
+    """A model deployment's resource settings (its module's *_NUM_GPUS, *_NUM_CPUS,
+    *_DEVICE and *_MAX_QUEUED_REQUESTS)."""
+
+    num_gpus: float
+    num_cpus: float
+    device: str
+    max_queued_requests: int
+
+
+def bind_model(
+    deployment: Deployment,
+    settings: Settings,
+    placement: ModelPlacement,
+    make_config: Callable[[str, int], Any],
+) -> Application:
+    """Bind a model deployment: its GPUs (or the CPU fallback), CPUs, queue bounds, and the
+    config `make_config(device, torch_threads)` for the device it was placed on."""
+    num_gpus, device = gpu_placement(placement.num_gpus, placement.device, settings)
+    return deployment.options(
+        max_ongoing_requests=model_max_ongoing(settings, placement.max_queued_requests),
+        max_queued_requests=placement.max_queued_requests,
+        ray_actor_options=model_actor_options(settings, placement.num_cpus, num_gpus),
+    ).bind(make_config(device, torch_threads(settings, placement.num_cpus)))
 
 
 def gateway_config(settings: Settings) -> GatewayConfig:
