@@ -426,6 +426,28 @@ class LocalServe:
             self.started = False
 
 
+FAST_PATH_ENV_FILE = REPO / "configs" / "fast-path.env"
+
+
+def fast_path_env(scratch: Path) -> dict[str, str]:
+    """Environment of a Ray on Serve's fast path (configs/fast-path.env), with HAProxy's
+    ports and files of its own so it cannot meet another Ray's HAProxy on this machine."""
+    from dotenv import dotenv_values
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in dotenv_values(FAST_PATH_ENV_FILE).items() if v is not None}
+    env.update({
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(scratch / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(scratch / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(scratch),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(scratch / "server-state"),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",  # a quick stop at the end
+    })
+    return env
+
+
 def offline_settings(models: Path, work: Path, **extra: Any) -> dict[str, Any]:
     """Settings of a benchmark app: the offline profile's tiny models on the CPU, local
     storage and database under `work`, no backups, no OpenAI (template prompts)."""

@@ -14,7 +14,11 @@ thread), so the serving path dominates. The same call is made:
   (`MODEL_MAX_ONGOING_REQUESTS=64`: they wait inside the replica, in order) instead of the
   default 1 (they wait in Serve's router, which retries with a growing backoff);
 - and, to split the HTTP cost, `GET /healthz` through Serve's proxy and the Gateway alone
-  (no model call, no request body).
+  (no model call, no request body);
+- the HTTP paths again on Ray Serve's fast path (`RAY_SERVE_THROUGHPUT_OPTIMIZED=1`,
+  `RAY_SERVE_ENABLE_HA_PROXY=1`: HAProxy in front, the Gateway replica answering HTTP itself,
+  gRPC between replicas), a Ray of its own in a `bench.serve_child` process: Ray reads these
+  variables once per process, so the default and the fast path cannot share one Ray.
 
 Every path runs its model on one torch thread. Concurrency 1, 8 and 32, closed loop; the
 paths take turns round by round. "Added" latency is the median over rounds of the
@@ -24,6 +28,7 @@ difference of p50s against the direct call of the same round.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -33,6 +38,7 @@ from bench.common import (
     Section,
     closed_loop,
     expect_ok,
+    fast_path_env,
     fmt,
     free_port,
     http_session,
@@ -49,8 +55,10 @@ CONCURRENCY = (1, 8, 32)
 QUEUED = "in-replica queue"  # MODEL_MAX_ONGOING_REQUESTS above the concurrency
 IN_REPLICA = {"MODEL_MAX_ONGOING_REQUESTS": 64}
 NO_MODEL = "Serve HTTP /healthz, no model"
+FAST = "Serve HTTP, Ray fast path"
+FAST_NO_MODEL = "Serve HTTP /healthz, Ray fast path"
 PATHS = ("direct", "bare FastAPI", "Serve HTTP", "Serve handle", f"Serve HTTP, {QUEUED}",
-         f"Serve handle, {QUEUED}", NO_MODEL)
+         f"Serve handle, {QUEUED}", NO_MODEL, FAST, FAST_NO_MODEL)
 TARGET_MS = 2.5
 
 
@@ -65,11 +73,21 @@ def run(ctx: Context) -> Section:
                            torch_threads=1)
     )
     model.warm_up()
-    port = free_port()
+    port, fast_port = free_port(), free_port()
     bare_args = ["-m", "bench.baseline_server", "--mode", "embed", "--models", str(ctx.models),
                  "--port", str(port), "--threads", "1"]
-    with subprocess_server(bare_args, ctx.log_dir / "bare_fastapi.log") as process:
+    fast_settings = offline_settings(ctx.models, ctx.subdir("serving_fast"),
+                                     IMAGE_SEARCH_ENABLED=True)
+    fast_args = ["-m", "bench.serve_child", "--port", str(fast_port),
+                 "--settings", json.dumps(fast_settings)]
+    with (
+        subprocess_server(bare_args, ctx.log_dir / "bare_fastapi.log") as process,
+        subprocess_server(fast_args, ctx.log_dir / "serve_fast_path.log",
+                          env=fast_path_env(ctx.subdir("haproxy"))) as fast_process,
+    ):
         wait_http_ok(f"http://127.0.0.1:{port}/readyz", 600, process)
+        fast_url = f"http://127.0.0.1:{fast_port}"
+        wait_http_ok(f"{fast_url}/readyz", 600, fast_process)
         serve_urls = {
             app: ctx.serve.deploy(
                 app, f"/{app}",
@@ -78,12 +96,13 @@ def run(ctx: Context) -> Section:
             )
             for app, extra in (("serving", {}), ("servingq", IN_REPLICA))
         }
+        serve_urls["fast"] = fast_url
         try:
             samples, rounds = asyncio.run(
                 _measure(ctx, model, f"http://127.0.0.1:{port}", serve_urls, duration)
             )
         finally:
-            for app in serve_urls:
+            for app in ("serving", "servingq"):
                 ctx.serve.delete(app)
     return _report(samples, rounds, ctx, duration, time.perf_counter() - started)
 
@@ -94,7 +113,7 @@ async def _measure(
     from ray import serve
 
     handles = {app: serve.get_deployment_handle("ClipEmbedder", app_name=app)
-               for app in serve_urls}
+               for app in ("serving", "servingq")}
     body = {"model": "clip", "input": TEXT}
     async with http_session() as session:
 
@@ -129,12 +148,18 @@ async def _measure(
                     "Serve handle": serve_handle("serving"),
                     f"Serve HTTP, {QUEUED}": serve_http("servingq"),
                     f"Serve handle, {QUEUED}": serve_handle("servingq"),
-                    NO_MODEL: healthz}[path]
+                    NO_MODEL: healthz("serving"), FAST: serve_http("fast"),
+                    FAST_NO_MODEL: healthz("fast")}[path]
             return await closed_loop(call, concurrency, seconds)
 
-        async def healthz() -> None:
-            async with session.get(f"{serve_urls['serving']}/healthz") as response:
-                await expect_ok(response)
+        def healthz(app: str) -> Any:
+            url = f"{serve_urls[app]}/healthz"
+
+            async def call() -> None:
+                async with session.get(url) as response:
+                    await expect_ok(response)
+
+            return call
 
         for path in PATHS:  # connections, caches, first-call costs: not measured
             await run_path(path, 4, 0.5)
@@ -184,8 +209,17 @@ def _report(
         r[("Serve HTTP", 1)].p50_ms - r[("bare FastAPI", 1)].p50_ms for r in rounds
     )
     healthz_p50 = median(r[(NO_MODEL, 1)].p50_ms for r in rounds)
+    fast_added = added(FAST, 1)
+    fast_healthz_p50 = median(r[(FAST_NO_MODEL, 1)].p50_ms for r in rounds)
     figures = {
         "healthz_p50_ms_c1": healthz_p50,
+        "fast_path_healthz_p50_ms_c1": fast_healthz_p50,
+        "serve_http_fast_path_added_ms_c1": fast_added,
+        "fast_path_throughput_vs_default": {
+            f"HTTP@c{c}": totals[(FAST, c)].throughput
+            / max(totals[("Serve HTTP", c)].throughput, 1e-9)
+            for c in CONCURRENCY
+        },
         "throughput_queue_in_replica_vs_router": {
             f"{kind}@c{c}": totals[(f"Serve {kind}, {QUEUED}", c)].throughput
             / max(totals[(f"Serve {kind}", c)].throughput, 1e-9)
@@ -198,6 +232,7 @@ def _report(
         "paths": {f"{p}@c{c}": s.summary() for (p, c), s in totals.items()},
     }
     verdict = "met" if http_added <= TARGET_MS else "not met"
+    fast_verdict = "met" if fast_added <= TARGET_MS else "not met"
     markdown = "\n\n".join([
         f"Model: tiny CLIP text embedding of {TEXT!r} (one torch thread everywhere). "
         f"{ctx.rounds} round(s) of {duration:g} s per path and concurrency, paths in rotating "
@@ -216,6 +251,14 @@ def _report(
         f"no body, takes {healthz_p50:.2f} ms (p50); one handle call to the model replica "
         f"adds {handle_added:+.2f} ms; the rest is the POST body, which the Gateway replica "
         "fetches from the proxy with one more actor call (Ray Serve's design), and the route.",
+        f"On Ray Serve's fast path (`configs/fast-path.env`: HAProxy in front, the Gateway "
+        f"replica serving HTTP itself, gRPC between replicas): **HTTP {fast_added:+.2f} ms** "
+        f"over direct at concurrency 1 — **{fast_verdict}**; `GET /healthz` "
+        f"{fast_healthz_p50:.2f} ms (p50) against {healthz_p50:.2f} ms through Serve's proxy; "
+        "throughput over the default path: "
+        + ", ".join(f"{k} {fmt(v, 2)}x"
+                    for k, v in figures["fast_path_throughput_vs_default"].items())
+        + ".",
         "Requests waiting in the model replica (`MODEL_MAX_ONGOING_REQUESTS=64`) over "
         "waiting in Serve's router (the default, 1), throughput: "
         + ", ".join(f"{k} {fmt(v, 2)}x"

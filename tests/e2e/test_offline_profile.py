@@ -3,6 +3,8 @@
 It starts the offline CPU profile (tiny local models, no GPU, no network) on 127.0.0.1:8000.
 Here its storage is pointed at an S3 server on loopback (moto) through the environment, the
 way a user points it at R2, so the stored variant and a storage outage can be checked.
+Every test runs twice: on Serve's default path and on its fast path (`SERVE_FAST_PATH=1`,
+configs/fast-path.env: HAProxy in front, gRPC between replicas).
 """
 
 from __future__ import annotations
@@ -41,8 +43,18 @@ def s3() -> Iterator[RestartableS3]:
     server.stop()
 
 
+SERVER_PIDS: dict[str, int] = {}  # serve mode -> the bin/serve-offline process
+
+
+@pytest.fixture(scope="module", params=["default", "fast-path"])
+def serve_mode(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def offline_server(s3: RestartableS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def offline_server(
+    serve_mode: str, s3: RestartableS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     if port_in_use(8000):
         pytest.skip("port 8000 is taken: stop the server running there to run this test")
     log_path = tmp_path_factory.mktemp("offline") / "serve.log"
@@ -54,6 +66,7 @@ def offline_server(s3: RestartableS3, tmp_path_factory: pytest.TempPathFactory) 
         "R2_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
         "R2_BUCKET_NAME": BUCKET,
         "R2_TIMEOUT_SECONDS": "3",
+        "SERVE_FAST_PATH": "1" if serve_mode == "fast-path" else "0",
     }
     env.pop("OPENAI_API_KEY", None)
     with open(log_path, "wb") as log:
@@ -65,6 +78,7 @@ def offline_server(s3: RestartableS3, tmp_path_factory: pytest.TempPathFactory) 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    SERVER_PIDS[serve_mode] = process.pid
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -86,6 +100,11 @@ def offline_server(s3: RestartableS3, tmp_path_factory: pytest.TempPathFactory) 
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        # Ray's workers leave their own process groups: let them let go of the port before
+        # the next mode's server starts.
+        deadline = time.monotonic() + 60
+        while port_in_use(8000) and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 def test_readyz_reports_ready_with_s3(offline_server: str) -> None:
@@ -98,6 +117,32 @@ def test_readyz_reports_ready_with_s3(offline_server: str) -> None:
         "state": "ready", "enabled_by": "R2_ENABLED", "reason": None, "backend": "s3",
         "deployments": {},
     }
+
+
+def haproxy_pids(session_id: int) -> list[int]:
+    """HAProxy processes among those the server started (its own session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            if Path(command.decode(errors="replace")).name == "haproxy" and (
+                os.getsid(int(entry.name)) == session_id
+            ):
+                found.append(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def test_haproxy_fronts_the_fast_path_only(offline_server: str, serve_mode: str) -> None:
+    pids = haproxy_pids(SERVER_PIDS[serve_mode])
+    if serve_mode == "fast-path":
+        assert pids, "SERVE_FAST_PATH=1 but no HAProxy process was started"
+    else:
+        assert pids == []
+    assert httpx.get(f"{offline_server}/healthz", timeout=10).status_code == 200
 
 
 def test_seed_curl_writes_a_png(offline_server: str, tmp_path: Path) -> None:

@@ -106,9 +106,20 @@ def test_every_pod_gets_the_same_valid_settings(rayservice: dict[str, Any]) -> N
     head, worker = containers(rayservice)
     assert head["env"] == worker["env"] and head["envFrom"] == worker["envFrom"]
     assert [ref["secretRef"]["name"] for ref in head["envFrom"]] == ["common-ai-server-secrets"]
-    env = env_of(head)
+    env = {name: value for name, value in env_of(head).items() if not name.startswith("RAY_")}
     assert not set(env) & set(SECRET_NAMES), "secrets come from the Secret, not plain env"
     assert {name.lower() for name in env} <= set(Settings.model_fields)
     settings = load_settings([], {**env, **{name: "x" for name in SECRET_NAMES}})
     assert settings.model_node_resource == "gpu_node" and settings.r2_enabled
     assert not settings.cpu_fallback
+
+
+def test_every_pod_runs_on_serves_fast_path(rayservice: dict[str, Any]) -> None:
+    from dotenv import dotenv_values
+
+    head, worker = containers(rayservice)
+    fast_path = dotenv_values(ROOT / "configs/fast-path.env")
+    assert fast_path == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    for container in (head, worker):
+        ray_env = {k: v for k, v in env_of(container).items() if k.startswith("RAY_")}
+        assert ray_env == fast_path
