@@ -10,6 +10,7 @@ the shapes and the plumbing.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +35,57 @@ PREPROCESS_CFG: dict[str, Any] = {
 }
 
 
-def _save_model(target: Path, seed: int) -> None:
-    """Build the tiny CLIP deterministically and save config + weights into `target`."""
+def make_model(model_cfg: dict[str, Any]) -> Any:
+    """An open_clip `CLIP` of `model_cfg`, randomly initialised on torch's current device."""
     import copy
 
-    import torch
     from open_clip.model import CLIP
+
+    return CLIP(**copy.deepcopy(model_cfg))
+
+
+def _save_model(
+    target: Path,
+    seed: int,
+    model_cfg: dict[str, Any] = MODEL_CFG,
+    preprocess_cfg: dict[str, Any] = PREPROCESS_CFG,
+    dtype: str | None = None,
+) -> None:
+    """Build the CLIP deterministically and save config + weights into `target`; with
+    `dtype` (e.g. "float16") the floating-point weights are stored in that precision."""
+    import torch
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    model = CLIP(**copy.deepcopy(MODEL_CFG))
+    model = make_model(model_cfg)
+    if dtype is not None:
+        model = model.to(dtype=getattr(torch, dtype))
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(target / WEIGHTS_FILE))
-    config = {"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
     (target / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
 
 
-def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_clip(
+    out_dir: Path,
+    seed: int = 0,
+    *,
+    model_cfg: dict[str, Any] | None = None,
+    preprocess_cfg: dict[str, Any] | None = None,
+    dtype: str | None = None,
+) -> Path:
     """Create the tiny open_clip model in `out_dir` (idempotent, atomic) and return its path.
 
     An `out_dir` that already holds `open_clip_config.json` is returned untouched. Otherwise
     the files are written into a temporary sibling directory and renamed into place, so a
-    crash never leaves a half-written model at `out_dir`.
+    crash never leaves a half-written model at `out_dir`. `model_cfg` / `preprocess_cfg`
+    (default: the tiny ones) and `dtype` (default: float32) let `bench.models` write a
+    real-sized one (e.g. open_clip's ViT-B-32 config) the same way.
     """
-    return build_atomic(out_dir, CONFIG_FILE, "open_clip model", _save_model, seed)
+    writer = partial(
+        _save_model,
+        model_cfg=MODEL_CFG if model_cfg is None else model_cfg,
+        preprocess_cfg=PREPROCESS_CFG if preprocess_cfg is None else preprocess_cfg,
+        dtype=dtype,
+    )
+    return build_atomic(out_dir, CONFIG_FILE, "open_clip model", writer, seed)

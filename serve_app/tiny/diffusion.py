@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -23,6 +26,48 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 
 
+@dataclass(frozen=True)
+class PipelineSizes:
+    """Constructor keyword arguments of the three networks (the tokenizer is always the tiny
+    one). The default is the tiny pipeline; `bench.models` passes Stable Diffusion 2.1's.
+
+    `text_encoder` holds `CLIPTextConfig` arguments; its `vocab_size` defaults to the tiny
+    tokenizer's vocabulary and may be set larger (the ids it does not use stay unused).
+    """
+
+    unet: dict[str, Any] = field(default_factory=lambda: {
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    })
+    vae: dict[str, Any] = field(default_factory=lambda: {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        "block_out_channels": (32, 64),
+        "latent_channels": 4,
+        "norm_num_groups": 32,
+        "sample_size": 64,
+    })
+    text_encoder: dict[str, Any] = field(default_factory=lambda: {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "projection_dim": 32,
+    })
+
+
+TINY_SIZES = PipelineSizes()
 
 
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
@@ -53,16 +98,38 @@ def _write_tokenizer_files(directory: Path) -> dict[str, int]:
     return vocab
 
 
-def _save_pipeline(target: Path, seed: int) -> None:
-    """Build the tiny pipeline deterministically and save it into `target` (must exist)."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
+def make_networks(sizes: PipelineSizes, vocab: dict[str, int]) -> tuple[Any, Any, Any]:
+    """(UNet, VAE, text encoder) of `sizes`, randomly initialised on torch's current device
+    (`torch.device("meta")` builds them without memory, to count parameters)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(**sizes.unet)
+    vae = AutoencoderKL(**sizes.vae)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            **{"vocab_size": len(vocab), **sizes.text_encoder},
+            bos_token_id=vocab[BOS_TOKEN],
+            eos_token_id=vocab[EOS_TOKEN],
+            pad_token_id=vocab[EOS_TOKEN],
+        )
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    return unet, vae, text_encoder
+
+
+def clip_vocab() -> dict[str, int]:
+    """The tiny tokenizer's vocabulary (token -> id)."""
+    return _clip_vocab_and_merges()[0]
+
+
+def _save_pipeline(
+    target: Path, seed: int, sizes: PipelineSizes = TINY_SIZES, dtype: str | None = None
+) -> None:
+    """Build the pipeline deterministically and save it into `target` (must exist); with
+    `dtype` (e.g. "float16") the weights are stored in that precision."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
     from deployments.model_loading import quiet_progress_bars
 
@@ -72,42 +139,10 @@ def _save_pipeline(target: Path, seed: int) -> None:
     shutil.rmtree(scratch)
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=64,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=vocab[BOS_TOKEN],
-            eos_token_id=vocab[EOS_TOKEN],
-            pad_token_id=vocab[EOS_TOKEN],
-            projection_dim=32,
-        )
-    )
+    unet, vae, text_encoder = make_networks(sizes, vocab)
+    if dtype is not None:  # nn.Module.to: diffusers' own `to` warns about fp32-only modules
+        for network in (unet, vae, text_encoder):
+            torch.nn.Module.to(network, dtype=getattr(torch, dtype))
     # Trailing spacing makes a 1-step run start from t=999 (as SD-Turbo does), not t=0.
     scheduler = DDIMScheduler(
         beta_start=0.00085,
@@ -132,11 +167,15 @@ def _save_pipeline(target: Path, seed: int) -> None:
         pipeline.save_pretrained(target, safe_serialization=True)
 
 
-def build_tiny_diffusion_pipeline(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_diffusion_pipeline(
+    out_dir: Path, seed: int = 0, *, sizes: PipelineSizes | None = None, dtype: str | None = None
+) -> Path:
     """Create the tiny SD pipeline in `out_dir` (idempotent, atomic) and return its path.
 
     An `out_dir` that already holds `model_index.json` is returned untouched. Otherwise the
     checkpoint is written into a temporary sibling directory and renamed into place, so a
-    crash never leaves a half-written checkpoint at `out_dir`.
+    crash never leaves a half-written checkpoint at `out_dir`. `sizes` (default: tiny) and
+    `dtype` (default: float32) let `bench.models` write a real-sized one the same way.
     """
-    return build_atomic(out_dir, MODEL_INDEX, "diffusers pipeline", _save_pipeline, seed)
+    writer = partial(_save_pipeline, sizes=sizes or TINY_SIZES, dtype=dtype)
+    return build_atomic(out_dir, MODEL_INDEX, "diffusers pipeline", writer, seed)

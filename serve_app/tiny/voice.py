@@ -18,9 +18,11 @@ atomic (written into a temporary sibling, then renamed into place). Weights are 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,24 +126,15 @@ def f5_vocab_tokens() -> list[str]:
     return [" ", *ascii_tokens, *hangul]
 
 
-def _write_f5tts(target: Path, seed: int) -> None:
-    """Write model.yaml, vocab.txt and model.safetensors of a tiny F5-TTS into `target`."""
-    import torch
-    import yaml
+def make_f5tts(arch: dict[str, Any], tokens: list[str]) -> Any:
+    """An f5-tts `CFM` around a `DiT` of `arch` for the vocabulary `tokens`, randomly
+    initialised on torch's current device, built exactly as
+    `f5_tts.infer.utils_infer.load_model` builds the real model."""
     from f5_tts.model import CFM, DiT
-    from safetensors.torch import save_file
-
-    tokens = f5_vocab_tokens()
-    (target / F5_VOCAB_FILE).write_text("".join(t + "\n" for t in tokens), "utf-8")
-    (target / F5_CONFIG_FILE).write_text(yaml.safe_dump(F5_MODEL_CFG, sort_keys=False), "utf-8")
 
     mel = F5_MODEL_CFG["model"]["mel_spec"]
-    torch.manual_seed(seed)
-    # Built exactly as f5_tts.infer.utils_infer.load_model builds the real model.
-    model = CFM(
-        transformer=DiT(
-            **F5_MODEL_CFG["model"]["arch"], text_num_embeds=len(tokens), mel_dim=N_MELS
-        ),
+    return CFM(
+        transformer=DiT(**arch, text_num_embeds=len(tokens), mel_dim=N_MELS),
         mel_spec_kwargs={
             "n_fft": mel["n_fft"],
             "hop_length": mel["hop_length"],
@@ -152,18 +145,61 @@ def _write_f5tts(target: Path, seed: int) -> None:
         },
         vocab_char_map={t: i for i, t in enumerate(tokens)},
     )
-    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+
+
+def _write_f5tts(
+    target: Path,
+    seed: int,
+    arch: dict[str, Any] | None = None,
+    tokens: list[str] | None = None,
+    name: str | None = None,
+    dtype: str | None = None,
+) -> None:
+    """Write model.yaml, vocab.txt and model.safetensors of an F5-TTS into `target`: the tiny
+    one by default, else a DiT of `arch` for the vocabulary `tokens`, called `name`, with
+    its weights stored in `dtype` (e.g. "float16")."""
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    tokens = f5_vocab_tokens() if tokens is None else tokens
+    model_cfg = F5_MODEL_CFG
+    if arch is not None or name is not None:
+        model_cfg = copy.deepcopy(F5_MODEL_CFG)
+        model_cfg["model"]["arch"] = arch if arch is not None else model_cfg["model"]["arch"]
+        model_cfg["model"]["name"] = name if name is not None else model_cfg["model"]["name"]
+    (target / F5_VOCAB_FILE).write_text("".join(t + "\n" for t in tokens), "utf-8")
+    (target / F5_CONFIG_FILE).write_text(yaml.safe_dump(model_cfg, sort_keys=False), "utf-8")
+
+    torch.manual_seed(seed)
+    model = make_f5tts(model_cfg["model"]["arch"], tokens)
+    if dtype is not None:
+        model = model.to(dtype=getattr(torch, dtype))
+    state = {key: t.detach().contiguous() for key, t in model.state_dict().items()}
     save_file(state, str(target / F5_CHECKPOINT_FILE))
 
 
-def _write_vocos(target: Path, seed: int) -> None:
-    """Write config.yaml + pytorch_model.bin of a tiny Vocos vocoder into `target`."""
+def vocos_config(dim: int, intermediate_dim: int, num_layers: int) -> dict[str, Any]:
+    """`VOCOS_CFG` with another backbone (and ISTFT head) width and depth."""
+    config = copy.deepcopy(VOCOS_CFG)
+    config["backbone"]["init_args"].update(
+        dim=dim, intermediate_dim=intermediate_dim, num_layers=num_layers
+    )
+    config["head"]["init_args"]["dim"] = dim
+    return config
+
+
+def _write_vocos(target: Path, seed: int, config: dict[str, Any] | None = None) -> None:
+    """Write config.yaml + pytorch_model.bin of a Vocos vocoder into `target` (the tiny one
+    unless `config`, a `VOCOS_CFG`-shaped dict, says otherwise)."""
     import torch
     import yaml
     from vocos import Vocos
 
     config_path = target / VOCOS_CONFIG_FILE
-    config_path.write_text(yaml.safe_dump(VOCOS_CFG, sort_keys=False), "utf-8")
+    config_path.write_text(
+        yaml.safe_dump(VOCOS_CFG if config is None else config, sort_keys=False), "utf-8"
+    )
     torch.manual_seed(seed)
     vocoder = Vocos.from_hparams(str(config_path))
     torch.save(vocoder.state_dict(), target / VOCOS_WEIGHTS_FILE)
@@ -269,14 +305,30 @@ def _write_whisper(target: Path, seed: int) -> None:
         processor.save_pretrained(target)
 
 
-def build_tiny_f5tts(out_dir: Path, seed: int = 0) -> Path:
-    """Create the tiny F5-TTS (model.yaml, model.safetensors, vocab.txt) in `out_dir`."""
-    return build_atomic(out_dir, F5_CHECKPOINT_FILE, "tiny F5-TTS", _write_f5tts, seed)
+def build_tiny_f5tts(
+    out_dir: Path,
+    seed: int = 0,
+    *,
+    arch: dict[str, Any] | None = None,
+    tokens: list[str] | None = None,
+    name: str | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """Create the tiny F5-TTS (model.yaml, model.safetensors, vocab.txt) in `out_dir`.
+
+    `arch` (an f5-tts `model.arch`), `tokens` (the vocabulary), `name` and `dtype` (of the
+    stored weights) let `bench.models` write a real-sized one the same way.
+    """
+    writer = partial(_write_f5tts, arch=arch, tokens=tokens, name=name, dtype=dtype)
+    return build_atomic(out_dir, F5_CHECKPOINT_FILE, "tiny F5-TTS", writer, seed)
 
 
-def build_tiny_vocos(out_dir: Path, seed: int = 0) -> Path:
-    """Create the tiny Vocos vocoder (config.yaml, pytorch_model.bin) in `out_dir`."""
-    return build_atomic(out_dir, VOCOS_WEIGHTS_FILE, "tiny Vocos", _write_vocos, seed)
+def build_tiny_vocos(out_dir: Path, seed: int = 0, *, config: dict[str, Any] | None = None
+                     ) -> Path:
+    """Create the tiny Vocos vocoder (config.yaml, pytorch_model.bin) in `out_dir`; `config`
+    (see `vocos_config`) gives another size."""
+    writer = partial(_write_vocos, config=config)
+    return build_atomic(out_dir, VOCOS_WEIGHTS_FILE, "tiny Vocos", writer, seed)
 
 
 def build_tiny_whisper(out_dir: Path, seed: int = 0) -> Path:
