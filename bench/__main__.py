@@ -1,9 +1,11 @@
 """Run the benchmarks and write docs/benchmarks.md.
 
-    python -m bench                       # all five, full size (index: 50k and 200k vectors)
+    python -m bench                       # all, full size (index: 50k and 200k vectors)
     python -m bench --index-sizes 50000   # the 200k index alone takes tens of minutes here
     python -m bench --quick               # shorter runs, smaller index, fewer starts
-    python -m bench --only serving,mixed  # some of: coldstart, index, serving, embedding, mixed
+    python -m bench --only serving,mixed  # some of: coldstart, index, serving, embedding, mixed,
+                                          # models (by default only where CUDA is available)
+    python -m bench --only models --device cuda --compile   # real-sized models on a GPU
 
 Tiny models are built into a temporary directory (or `--models DIR`); apps are deployed on
 a Ray of this process's own (`address="local"`) on loopback ports, and everything is shut
@@ -24,13 +26,22 @@ from pathlib import Path
 
 from bench.common import REPO, Context, Section, git_revision, machine_info
 
-BENCHMARKS = ("coldstart", "index", "serving", "embedding", "mixed")
+BENCHMARKS = ("coldstart", "index", "serving", "embedding", "mixed", "models")
+# Run by default only where CUDA is available (real-sized models are slow on a small CPU).
+CUDA_DEFAULT_ONLY = ("models",)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all; "
+                             f"{','.join(CUDA_DEFAULT_ONLY)} only where CUDA is available)")
     parser.add_argument("--quick", action="store_true", help="shorter runs, smaller sizes")
     parser.add_argument("--rounds", type=int, default=None,
                         help="interleaved rounds per comparison (default 3, quick 1)")
@@ -44,8 +55,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", type=Path, default=None,
                         help="tiny models already built (python -m serve_app.tiny --out DIR)")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory")
+    parser.add_argument("--device", default=None,
+                        help="models benchmark: torch device (default cuda where available, "
+                             "else cpu)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="models benchmark, CUDA: also time torch.compile of the UNet "
+                             "(mode default, or e.g. max-autotune; takes minutes)")
+    parser.add_argument("--real-models", type=Path, default=None,
+                        help="models benchmark: directory for the real-sized random-weight "
+                             "models, kept and reused (default: built in the scratch directory)")
     args = parser.parse_args(argv)
-    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    if args.only is None:
+        cuda = _cuda_available()
+        args.only = [n for n in BENCHMARKS if cuda or n not in CUDA_DEFAULT_ONLY]
+    else:
+        args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    if args.device is None:
+        args.device = "cuda" if _cuda_available() else "cpu"
     unknown = sorted(set(args.only) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
@@ -129,9 +155,15 @@ def _run_one(name: str, ctx: Context, args: argparse.Namespace) -> Section:
         from bench import embedding
 
         return embedding.run(ctx)
-    from bench import mixed
+    if name == "models":
+        from bench import models
 
-    return mixed.run(ctx)
+        return models.run(ctx, args.device, args.compile, args.real_models)
+    if name == "mixed":
+        from bench import mixed
+
+        return mixed.run(ctx)
+    raise ValueError(f"unknown benchmark {name!r}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.common import Section, fmt, md_table
 
-ORDER = ("serving", "mixed", "index", "embedding", "coldstart")
+ORDER = ("serving", "mixed", "index", "embedding", "coldstart", "models")
 
 def _changes(sections: dict[str, Section]) -> str:
     """What we changed because of the benchmarks, with this run's figures where it has them."""
@@ -148,6 +148,61 @@ def _get(sections: dict[str, Section], name: str, *keys: str) -> Any:
     return value
 
 
+def _best(variants: dict[str, Any], key: Any) -> tuple[str, Any] | None:
+    """(name, entry) of the variant with the smallest key(entry), errors skipped."""
+    ok = [(k, v) for k, v in variants.items() if "error" not in v and key(v) == key(v)]
+    return min(ok, key=lambda kv: key(kv[1])) if ok else None
+
+
+def _models_summary(sections: dict[str, Section]) -> list[list[str]]:
+    """Rows for benchmark 6: fp32 and the fastest variant of each real-sized model."""
+    figures = sections["models"].figures if "models" in sections else None
+    if not figures:
+        return []
+    rows: list[list[str]] = []
+    where = figures["device_name"]
+    image = figures.get("image") or {}
+    base = image.get("fp32")
+    if base and "error" not in base:
+        gen = base["generate_p50_ms"]
+        text = (", ".join(f"{k} step{'s' if k != '1' else ''} {fmt(v, 0)} ms"
+                          for k, v in gen.items())
+                + f"; UNet forward {fmt(base['unet_p50_ms'], 0)} ms (fp32)")
+        last = list(gen)[-1]
+        best = _best(image, lambda e: e["generate_p50_ms"][last])
+        if best and best[0] != "fp32":
+            e = best[1]
+            text += (f"; {best[0]}: {last} steps {fmt(e['generate_p50_ms'][last], 0)} ms "
+                     f"({fmt(gen[last] / e['generate_p50_ms'][last], 2)}x), UNet "
+                     f"{fmt(e['unet_p50_ms'], 0)} ms")
+        rows.append([f"sd-turbo-sized 512x512 generation, random weights ({where})", "—", text,
+                     "—"])
+    clip = figures.get("clip") or {}
+    base = clip.get("fp32")
+    if base and "error" not in base:
+        rate = base["images_per_s"]
+        text = ", ".join(f"batch {k} {fmt(v, 1)}" for k, v in rate.items()) + " images/s (fp32)"
+        last = list(rate)[-1]
+        best = _best(clip, lambda e: -e["images_per_s"][last])
+        if best and best[0] != "fp32":
+            text += (f"; {best[0]}: batch {last} {fmt(best[1]['images_per_s'][last], 1)} "
+                     f"({fmt(best[1]['images_per_s'][last] / rate[last], 2)}x)")
+        rows.append([f"CLIP ViT-B-32 embedding, random weights ({where})", "—", text, "—"])
+    voice = figures.get("voice") or {}
+    base = voice.get("fp32")
+    if base and "error" not in base:
+        rtf = base["rtf"]
+        text = ", ".join(f"NFE {k} {fmt(v, 3)}" for k, v in rtf.items()) + " (fp32"
+        text += f", {fmt(list(base['audio_s'].values())[0], 1)} s of audio)"
+        first = list(rtf)[0]
+        best = _best(voice, lambda e: e["rtf"][first])
+        if best and best[0] != "fp32":
+            text += f"; {best[0]}: NFE {first} {fmt(best[1]['rtf'][first], 3)}"
+        rows.append([f"F5-TTS v1 base real-time factor (synthesis s / audio s), random weights "
+                     f"({where})", "—", text, "—"])
+    return rows
+
+
 def _summary(sections: dict[str, Section]) -> str:
     rows: list[list[str]] = []
     added = _get(sections, "serving", "serve_http_added_ms_c1")
@@ -222,6 +277,7 @@ def _summary(sections: dict[str, Section]) -> str:
                          for m, e in effect.items())
         rows.append(["First request after ready, without → with warm-up", "faster", text,
                      "—"])
+    rows += _models_summary(sections)
     if not rows:
         return "(no benchmark ran)"
     return md_table(["figure", "target", "measured (this run)", "verdict"], rows)
