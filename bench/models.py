@@ -190,20 +190,24 @@ def settings_for(cuda: bool, quick: bool) -> Settings:
             dtypes=("float32", "float16", "bfloat16"), channels_last=True,
         )
     note = ("On the CPU: fp32 only (fp16/bf16, `channels_last` and `torch.compile` need CUDA: "
-            "`python -m bench --only models --device cuda [--compile]`), the wrapper's own "
-            "small warm-up only, and F5-TTS at few steps with a short text")
+            "`python -m bench --only models --device cuda [--compile]`) and the wrapper's own "
+            "small warm-up only")
     if quick:
         return Settings(
             image_size=512, image_steps=(1,), image_repeats=1, unet_repeats=1,
             full_size_warm_up=False, clip_rounds=2, clip_batches=(1, 32),
             voice_nfe=(4, 2), voice_repeats=1, voice_text=SHORT_TEXT,
-            dtypes=("float32",), channels_last=False, note=note + " (quick: 1 step only).",
+            dtypes=("float32",), channels_last=False,
+            note=note + "; quick: 1 image step, one run of each, F5-TTS at NFE 4 and 2 with a "
+                        "short text (about 2 s of audio).",
         )
     return Settings(
         image_size=512, image_steps=(1, 4), image_repeats=2, unet_repeats=2,
         full_size_warm_up=False, clip_rounds=3, clip_batches=(1, 32),
-        voice_nfe=(8, 4), voice_repeats=1, voice_text=SHORT_TEXT,
-        dtypes=("float32",), channels_last=False, note=note + ".",
+        voice_nfe=(16, 8), voice_repeats=1, voice_text=LONG_TEXT,
+        dtypes=("float32",), channels_last=False,
+        note=note + "; F5-TTS at NFE 16 and 8, not 32 (minutes per sentence here), one run "
+                    "each.",
     )
 
 
@@ -331,6 +335,8 @@ def _image(path: Path, dev: Device, s: Settings, compile_mode: str | None,
             unet_s = [dev.timed(forward) for _ in range(s.unet_repeats)]
         entry["unet_s"] = unet_s
         entry["unet_p50_ms"] = median(unet_s) * 1000
+        if "1" in entry["generate_p50_ms"]:  # text encoder, VAE decode, image conversion
+            entry["one_step_minus_unet_ms"] = entry["generate_p50_ms"]["1"] - entry["unet_p50_ms"]
         entry["peak_gib"] = dev.peak_gib()
         results[variant] = entry
         print(f"    {variant}: generate p50 ms {fmt_dict(entry['generate_p50_ms'])}, "
@@ -577,7 +583,7 @@ def _report(figures: dict[str, Any], s: Settings, seconds: float) -> Section:
     image_rows = []
     for variant, e in image.items():
         if "error" in e:
-            image_rows.append([variant, f"failed: {e['error']}"] + [""] * (len(steps) + 1)
+            image_rows.append([variant, f"failed: {e['error']}"] + [""] * (len(steps) + 2)
                               + [""] * len(peak_header))
             continue
         gen = e["generate_p50_ms"]
@@ -586,13 +592,15 @@ def _report(figures: dict[str, Any], s: Settings, seconds: float) -> Section:
             + [f"{fmt(gen[k], 0)} ({_ratio(base.get('generate_p50_ms', {}).get(k), gen[k])})"
                for k in steps]
             + [fmt(e.get("per_step_ms", float("nan")), 0),
-               f"{fmt(e['unet_p50_ms'], 0)} ({_ratio(base.get('unet_p50_ms'), e['unet_p50_ms'])})"]
+               f"{fmt(e['unet_p50_ms'], 0)} ({_ratio(base.get('unet_p50_ms'), e['unet_p50_ms'])})",
+               fmt(e.get("one_step_minus_unet_ms", float("nan")), 0)]
             + peak(e)
         )
     image_table = md_table(
         ["variant"] + [f"generate {k} step{'s' if k != '1' else ''}, p50 ms (speed-up)"
                        for k in steps]
-        + ["per extra step, ms", "UNet forward, p50 ms (speed-up)"] + peak_header,
+        + ["per extra step, ms", "UNet forward, p50 ms (speed-up)",
+           "1 step − UNet forward (text encoder, VAE decode, image), ms"] + peak_header,
         image_rows)
 
     clip = figures["clip"]
