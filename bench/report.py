@@ -127,14 +127,22 @@ def _changes(sections: dict[str, Section]) -> str:
 
 
 NOT_MEASURED = """\
-No GPU machine was available to this task, so the GPU-only items of the issue are not
-implemented: fp16/bf16 (already the default on CUDA through `*_DTYPE=auto`), SDPA (diffusers
-and open_clip use PyTorch's `scaled_dot_product_attention` by default), `channels_last`,
+This run had no GPU, so the GPU-only items of the issue are not implemented in the server:
+fp16/bf16 (already the default on CUDA through `*_DTYPE=auto`), SDPA (diffusers and
+open_clip use PyTorch's `scaled_dot_product_attention` by default), `channels_last`,
 optional `torch.compile` and pre-allocated CUDA generators. Each must be kept only if a GPU
-run of these benchmarks shows it; none can be shown on this CPU, where the tiny models'
-kernels are dominated by overheads. Absolute times here mean nothing for production: only
-ratios measured in the same run are reported, and absolute figures count only from a GPU
-run.
+run shows it: benchmark 6 (`python -m bench --only models --device cuda [--compile]`, the
+real-sized architectures with random weights) measures fp16, bf16, `channels_last` and
+`torch.compile` against fp32 side by side; none can be shown on this CPU. Absolute times
+here mean nothing for production: only ratios measured in the same run are reported, and
+absolute figures count only from a GPU run.
+"""
+
+GPU_MEASURED = """\
+Benchmark 6 ran on a GPU: its fp16, bf16, `channels_last` and `torch.compile` rows are the
+evidence for keeping each GPU-only optimisation or not (only a variant faster than fp32 in
+the same run counts). The server itself uses fp16/bf16 on CUDA by default (`*_DTYPE=auto`)
+and PyTorch's `scaled_dot_product_attention` through diffusers and open_clip.
 """
 
 
@@ -327,7 +335,7 @@ def render(
         "## What we changed because of it",
         _changes(sections),
         "## GPU-only items",
-        NOT_MEASURED,
+        GPU_MEASURED if gpu != "none" and "models" in sections else NOT_MEASURED,
     ]
     for name in ORDER:
         if name in sections:
