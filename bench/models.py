@@ -31,6 +31,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -191,7 +192,7 @@ def settings_for(cuda: bool, quick: bool) -> Settings:
         )
     note = ("On the CPU: fp32 only (fp16/bf16, `channels_last` and `torch.compile` need CUDA: "
             "`python -m bench --only models --device cuda [--compile]`) and the wrapper's own "
-            "small warm-up only")
+            f"small warm-up only; torch on all {os.cpu_count()} cores")
     if quick:
         return Settings(
             image_size=512, image_steps=(1,), image_repeats=1, unet_repeats=1,
@@ -229,6 +230,9 @@ class Device:
             raise RuntimeError(f"--device {name}: CUDA is not available here")
         self.description = (torch.cuda.get_device_name(torch.device(name))
                             if self.cuda else "CPU")
+        # Set on every model: torch's thread count is process-wide, and the benchmarks run
+        # before this one leave it at 1 (their tiny models run on one thread).
+        self.torch_threads = os.cpu_count() or 1
 
     def sync(self) -> None:
         if self.cuda:
@@ -350,7 +354,8 @@ def _image(path: Path, dev: Device, s: Settings, compile_mode: str | None,
             before = dev.allocated_gib()
             t0 = time.perf_counter()
             model = DiffusionImageModel(ImageGeneratorConfig(
-                model=str(path), device=dev.name, dtype=dtype, warm_up=False))
+                model=str(path), device=dev.name, dtype=dtype, warm_up=False,
+                torch_threads=dev.torch_threads))
             load_s = time.perf_counter() - t0
             weights = dev.allocated_gib() - before
             if "unet" not in params:
@@ -401,7 +406,8 @@ def _clip(path: Path, dev: Device, s: Settings, params: dict[str, int]) -> dict[
             before = dev.allocated_gib()
             t0 = time.perf_counter()
             model = ClipModel(ClipEmbedderConfig(model=f"local-dir:{path}", device=dev.name,
-                                                 dtype=dtype, warm_up=False))
+                                                 dtype=dtype, warm_up=False,
+                                                 torch_threads=dev.torch_threads))
             entry: dict[str, Any] = {"load_s": time.perf_counter() - t0,
                                      "weights_gib": dev.allocated_gib() - before}
             if "clip" not in params:
@@ -458,7 +464,7 @@ def _voice(paths: dict[str, Path], asr: Path, dev: Device, s: Settings,
                 vocab=str(paths["f5tts"] / "vocab.txt"),
                 vocoder=str(paths["vocos"]),
                 asr_model=str(asr),
-                device=dev.name, dtype=dtype, warm_up=False,
+                device=dev.name, dtype=dtype, warm_up=False, torch_threads=dev.torch_threads,
             ))
             entry: dict[str, Any] = {"load_s": time.perf_counter() - t0,
                                      "weights_gib": dev.allocated_gib() - before}
