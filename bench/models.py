@@ -234,6 +234,16 @@ class Device:
         # before this one leave it at 1 (their tiny models run on one thread).
         self.torch_threads = os.cpu_count() or 1
 
+    def load(self, factory: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+        """Build a model once the previous one is released: the model, its load seconds and
+        the device memory its weights took."""
+        self.release()
+        before = self.allocated_gib()
+        started = time.perf_counter()
+        model = factory()
+        return model, {"load_s": time.perf_counter() - started,
+                       "weights_gib": self.allocated_gib() - before}
+
     def sync(self) -> None:
         if self.cuda:
             self.torch.cuda.synchronize(self.name)
@@ -279,6 +289,23 @@ def _params(module: Any) -> int:
 def _variant_error(results: dict[str, Any], variant: str, exc: BaseException) -> None:
     results[variant] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     print(f"  {variant} failed: {results[variant]['error']}", flush=True)
+
+
+def _each_variant(dev: Device, dtypes: tuple[str, ...], what: str,
+                  measure: Callable[[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """`measure(dtype, variant)` for each dtype; a variant that fails is recorded, not raised,
+    and the device is released after each."""
+    results: dict[str, Any] = {}
+    for dtype in dtypes:
+        variant = SHORT_DTYPE[dtype]
+        try:
+            print(f"  {what} {variant} ...", flush=True)
+            results[variant] = measure(dtype, variant)
+        except Exception as exc:  # noqa: BLE001 - the other variants still run
+            _variant_error(results, variant, exc)
+        finally:
+            dev.release()
+    return results
 
 
 def _image(path: Path, dev: Device, s: Settings, compile_mode: str | None,
@@ -394,45 +421,32 @@ def _clip(path: Path, dev: Device, s: Settings, params: dict[str, int]) -> dict[
     from deployments.clip_model import ClipModel
     from deployments.configs import ClipEmbedderConfig
 
-    results: dict[str, Any] = {}
     size = _clip_image_size(path)
     largest = max(s.clip_batches)
-    for dtype in s.dtypes:
-        variant = SHORT_DTYPE[dtype]
-        model = None
-        try:
-            print(f"  clip {variant} ...", flush=True)
-            dev.release()
-            before = dev.allocated_gib()
-            t0 = time.perf_counter()
-            model = ClipModel(ClipEmbedderConfig(model=f"local-dir:{path}", device=dev.name,
-                                                 dtype=dtype, warm_up=False,
-                                                 torch_threads=dev.torch_threads))
-            entry: dict[str, Any] = {"load_s": time.perf_counter() - t0,
-                                     "weights_gib": dev.allocated_gib() - before}
-            if "clip" not in params:
-                params.update(clip=_params(model.model), clip_visual=_params(model.model.visual))
-            dev.reset_peak()
-            entry["wrapper_warm_up_s"] = dev.timed(model.warm_up)
-            model.embed_images(random_images(largest, seed=99, size=size))  # untimed
-            rates: dict[str, list[float]] = {str(b): [] for b in s.clip_batches}
-            for r in range(s.clip_rounds):
-                images = random_images(largest, seed=100 + r, size=size)
-                for batch in s.clip_batches:
-                    chunks = [images[i:i + batch] for i in range(0, largest, batch)]
-                    seconds = dev.timed(lambda c=chunks: [model.embed_images(x) for x in c])
-                    rates[str(batch)].append(largest / seconds)
-            entry["images_per_s_rounds"] = rates
-            entry["images_per_s"] = {k: median(v) for k, v in rates.items()}
-            entry["peak_gib"] = dev.peak_gib()
-            results[variant] = entry
-            print(f"    {variant}: images/s {fmt_dict(entry['images_per_s'], 1)}", flush=True)
-        except Exception as exc:  # noqa: BLE001
-            _variant_error(results, variant, exc)
-        finally:
-            model = None
-            dev.release()
-    return results
+
+    def measure(dtype: str, variant: str) -> dict[str, Any]:
+        model, entry = dev.load(lambda d=dtype: ClipModel(ClipEmbedderConfig(
+            model=f"local-dir:{path}", device=dev.name, dtype=d, warm_up=False,
+            torch_threads=dev.torch_threads)))
+        if "clip" not in params:
+            params.update(clip=_params(model.model), clip_visual=_params(model.model.visual))
+        dev.reset_peak()
+        entry["wrapper_warm_up_s"] = dev.timed(model.warm_up)
+        model.embed_images(random_images(largest, seed=99, size=size))  # untimed
+        rates: dict[str, list[float]] = {str(b): [] for b in s.clip_batches}
+        for r in range(s.clip_rounds):
+            images = random_images(largest, seed=100 + r, size=size)
+            for batch in s.clip_batches:
+                chunks = [images[i:i + batch] for i in range(0, largest, batch)]
+                seconds = dev.timed(lambda c=chunks: [model.embed_images(x) for x in c])
+                rates[str(batch)].append(largest / seconds)
+        entry["images_per_s_rounds"] = rates
+        entry["images_per_s"] = {k: median(v) for k, v in rates.items()}
+        entry["peak_gib"] = dev.peak_gib()
+        print(f"    {variant}: images/s {fmt_dict(entry['images_per_s'], 1)}", flush=True)
+        return entry
+
+    return _each_variant(dev, s.dtypes, "clip", measure)
 
 
 def _clip_image_size(path: Path) -> int:
@@ -448,59 +462,46 @@ def _voice(paths: dict[str, Path], asr: Path, dev: Device, s: Settings,
     from deployments.configs import VoiceClonerConfig
     from deployments.voice_model import VoiceModel
 
-    results: dict[str, Any] = {}
     ref, ref_sr = sf.read(io.BytesIO(reference_wav(REF_SECONDS)), dtype="float32")
-    for dtype in s.dtypes:
-        variant = SHORT_DTYPE[dtype]
-        model = None
-        try:
-            print(f"  voice {variant} ...", flush=True)
-            dev.release()
-            before = dev.allocated_gib()
-            t0 = time.perf_counter()
-            model = VoiceModel(VoiceClonerConfig(
-                model_config_name=f5_config,
-                checkpoint=str(paths["f5tts"] / "model.safetensors"),
-                vocab=str(paths["f5tts"] / "vocab.txt"),
-                vocoder=str(paths["vocos"]),
-                asr_model=str(asr),
-                device=dev.name, dtype=dtype, warm_up=False, torch_threads=dev.torch_threads,
-            ))
-            entry: dict[str, Any] = {"load_s": time.perf_counter() - t0,
-                                     "weights_gib": dev.allocated_gib() - before}
-            if "f5tts_dit" not in params:
-                params.update(f5tts_dit=_params(model.model.transformer),
-                              vocos=_params(model.vocoder))
-            dev.reset_peak()
-            entry["wrapper_warm_up_s"] = dev.timed(model.warm_up)
-            runs: dict[str, list[dict[str, float]]] = {}
-            for nfe in s.voice_nfe:
-                runs[str(nfe)] = []
-                for i in range(s.voice_repeats):
-                    t0 = time.perf_counter()
-                    speech = model.synthesize(ref, ref_sr, REF_TEXT, s.voice_text,
-                                              nfe_steps=nfe, seed=i)
-                    seconds = time.perf_counter() - t0
-                    runs[str(nfe)].append({"seconds": seconds, "audio_s": speech.duration_s,
-                                           "rtf": seconds / speech.duration_s,
-                                           "chunks": speech.chunks})
-            entry["runs"] = runs
-            entry["rtf"] = {k: median(r["rtf"] for r in v) for k, v in runs.items()}
-            entry["seconds"] = {k: median(r["seconds"] for r in v) for k, v in runs.items()}
-            entry["audio_s"] = {k: median(r["audio_s"] for r in v) for k, v in runs.items()}
-            if len(s.voice_nfe) > 1:
-                lo, hi = min(s.voice_nfe), max(s.voice_nfe)
-                entry["per_nfe_step_s"] = ((entry["seconds"][str(hi)] - entry["seconds"][str(lo)])
-                                           / (hi - lo))
-            entry["peak_gib"] = dev.peak_gib()
-            results[variant] = entry
-            print(f"    {variant}: RTF {fmt_dict(entry['rtf'], 3)}", flush=True)
-        except Exception as exc:  # noqa: BLE001
-            _variant_error(results, variant, exc)
-        finally:
-            model = None
-            dev.release()
-    return results
+
+    def measure(dtype: str, variant: str) -> dict[str, Any]:
+        model, entry = dev.load(lambda d=dtype: VoiceModel(VoiceClonerConfig(
+            model_config_name=f5_config,
+            checkpoint=str(paths["f5tts"] / "model.safetensors"),
+            vocab=str(paths["f5tts"] / "vocab.txt"),
+            vocoder=str(paths["vocos"]),
+            asr_model=str(asr),
+            device=dev.name, dtype=d, warm_up=False, torch_threads=dev.torch_threads,
+        )))
+        if "f5tts_dit" not in params:
+            params.update(f5tts_dit=_params(model.model.transformer),
+                          vocos=_params(model.vocoder))
+        dev.reset_peak()
+        entry["wrapper_warm_up_s"] = dev.timed(model.warm_up)
+        runs: dict[str, list[dict[str, float]]] = {}
+        for nfe in s.voice_nfe:
+            runs[str(nfe)] = []
+            for i in range(s.voice_repeats):
+                t0 = time.perf_counter()
+                speech = model.synthesize(ref, ref_sr, REF_TEXT, s.voice_text,
+                                          nfe_steps=nfe, seed=i)
+                seconds = time.perf_counter() - t0
+                runs[str(nfe)].append({"seconds": seconds, "audio_s": speech.duration_s,
+                                       "rtf": seconds / speech.duration_s,
+                                       "chunks": speech.chunks})
+        entry["runs"] = runs
+        entry["rtf"] = {k: median(r["rtf"] for r in v) for k, v in runs.items()}
+        entry["seconds"] = {k: median(r["seconds"] for r in v) for k, v in runs.items()}
+        entry["audio_s"] = {k: median(r["audio_s"] for r in v) for k, v in runs.items()}
+        if len(s.voice_nfe) > 1:
+            lo, hi = min(s.voice_nfe), max(s.voice_nfe)
+            entry["per_nfe_step_s"] = ((entry["seconds"][str(hi)] - entry["seconds"][str(lo)])
+                                       / (hi - lo))
+        entry["peak_gib"] = dev.peak_gib()
+        print(f"    {variant}: RTF {fmt_dict(entry['rtf'], 3)}", flush=True)
+        return entry
+
+    return _each_variant(dev, s.dtypes, "voice", measure)
 
 
 def run(ctx: Context, device: str, compile_mode: str | None = None,
