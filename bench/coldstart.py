@@ -33,6 +33,7 @@ from bench.common import (
     reference_wav,
     stop_process,
 )
+from serve_app.tiny import model_settings
 
 MODULES = ("image", "image_search", "voice")
 SWITCHES = {"image": "IMAGE_ENABLED", "image_search": "IMAGE_SEARCH_ENABLED",
@@ -77,16 +78,10 @@ def _model_level(ctx: Context) -> list[dict[str, Any]]:
 def _settings(ctx: Context, target: str, warm: bool, work: str) -> dict[str, Any]:
     models = ctx.models
     settings: dict[str, Any] = {
+        **model_settings(models),
         "LOCAL_STORAGE_DIR": f"{work}/storage",
         "IMAGE_SEARCH_DB_PATH": f"{work}/image_search.db",
         "IMAGE_SEARCH_DB_BACKUP_ENABLED": False,
-        "IMAGE_MODEL": str(models / "diffusion"),
-        "CLIP_MODEL": f"local-dir:{models / 'clip'}",
-        "VOICE_MODEL_CONFIG": str(models / "f5tts" / "model.yaml"),
-        "VOICE_CHECKPOINT": str(models / "f5tts" / "model.safetensors"),
-        "VOICE_VOCAB": str(models / "f5tts" / "vocab.txt"),
-        "VOICE_VOCODER": str(models / "vocos"),
-        "VOICE_ASR_MODEL": str(models / "whisper"),
         "MODEL_WARM_UP": warm,
     }
     for module, switch in SWITCHES.items():

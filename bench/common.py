@@ -29,6 +29,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only cluster of
 
 import numpy as np  # noqa: E402
 
+from serve_app.tiny import model_settings  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -452,6 +454,7 @@ def offline_settings(models: Path, work: Path, **extra: Any) -> dict[str, Any]:
     """Settings of a benchmark app: the offline profile's tiny models on the CPU, local
     storage and database under `work`, no backups, no OpenAI (template prompts)."""
     return {
+        **model_settings(models),
         "IMAGE_ENABLED": False,
         "IMAGE_SEARCH_ENABLED": False,
         "VOICE_ENABLED": False,
@@ -459,7 +462,6 @@ def offline_settings(models: Path, work: Path, **extra: Any) -> dict[str, Any]:
         "LOCAL_STORAGE_DIR": str(work / "storage"),
         "IMAGE_SEARCH_DB_PATH": str(work / "image_search.db"),
         "IMAGE_SEARCH_DB_BACKUP_ENABLED": False,
-        "IMAGE_MODEL": str(models / "diffusion"),
         "IMAGE_DEVICE": "cpu",
         "IMAGE_NUM_GPUS": 0,
         "IMAGE_NUM_CPUS": 0.5,
@@ -467,18 +469,12 @@ def offline_settings(models: Path, work: Path, **extra: Any) -> dict[str, Any]:
         "IMAGE_DEFAULT_HEIGHT": 64,
         "IMAGE_DEFAULT_STEPS": 2,
         "IMAGE_MAX_QUEUED_REQUESTS": 64,
-        "CLIP_MODEL": f"local-dir:{models / 'clip'}",
         "CLIP_DEVICE": "cpu",
         "CLIP_NUM_GPUS": 0,
         "CLIP_NUM_CPUS": 0.5,
         "CLIP_MAX_QUEUED_REQUESTS": 128,
         "IMAGE_SEARCH_MAX_ELEMENTS": 50_000,
         "IMAGE_SEARCH_MAX_BATCH_FILES": 32,
-        "VOICE_MODEL_CONFIG": str(models / "f5tts" / "model.yaml"),
-        "VOICE_CHECKPOINT": str(models / "f5tts" / "model.safetensors"),
-        "VOICE_VOCAB": str(models / "f5tts" / "vocab.txt"),
-        "VOICE_VOCODER": str(models / "vocos"),
-        "VOICE_ASR_MODEL": str(models / "whisper"),
         "VOICE_DEVICE": "cpu",
         "VOICE_NUM_GPUS": 0,
         "VOICE_NUM_CPUS": 0.5,

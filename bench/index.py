@@ -20,9 +20,17 @@ from typing import Any
 import numpy as np
 
 from bench.common import Context, Section, fmt, md_table
-from bench.index_bench import K, exact_topk, make_data, ms, recall, timed
+from bench.index_bench import (
+    K,
+    PROJECT,
+    exact_topk,
+    make_data,
+    ms,
+    recall,
+    search_paths,
+    timed,
+)
 
-PROJECT = "bench"
 SWEEP = (16, 32, 64, 128, 256)
 RECALL_TARGET = 0.99
 SPEEDUP_TARGET = 50.0
@@ -64,17 +72,7 @@ def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) ->
         raw = catalog._indexes[PROJECT].index  # the catalog's own hnswlib index
         raw.set_num_threads(1)
 
-        def via_catalog(q: np.ndarray) -> np.ndarray:
-            return np.array([int(h.record.id) for h in catalog.search(PROJECT, q, K)])
-
-        def via_raw(q: np.ndarray) -> np.ndarray:
-            return raw.knn_query(q, k=K)[0][0]
-
-        def exact(q: np.ndarray) -> np.ndarray:
-            sims = data @ q
-            part = np.argpartition(-sims, K)[:K]
-            return part[np.argsort(-sims[part])]
-
+        via_catalog, via_raw, exact = search_paths(catalog, raw, data)
         # interleaved in three slices, so that machine noise hits all three alike
         t_cat, t_raw, t_exact = [], [], []
         r_cat: list[np.ndarray] = []

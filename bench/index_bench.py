@@ -64,6 +64,28 @@ def exact_topk(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+Search = Callable[[np.ndarray], np.ndarray]
+
+
+def search_paths(catalog: VectorCatalog, raw: hnswlib.Index, data: np.ndarray
+                 ) -> tuple[Search, Search, Search]:
+    """One query's top-K ids, best first, three ways: through the catalog (hnswlib + SQLite
+    rows), through the raw hnswlib index, and exactly (numpy over `data`)."""
+
+    def via_catalog(q: np.ndarray) -> np.ndarray:
+        return np.array([int(h.record.id) for h in catalog.search(PROJECT, q, K)])
+
+    def via_raw(q: np.ndarray) -> np.ndarray:
+        return raw.knn_query(q, k=K)[0][0]
+
+    def exact(q: np.ndarray) -> np.ndarray:
+        sims = data @ q
+        part = np.argpartition(-sims, K)[:K]
+        return part[np.argsort(-sims[part])]
+
+    return via_catalog, via_raw, exact
+
+
 def timed(fn: Callable[[np.ndarray], np.ndarray], queries: np.ndarray) -> tuple[np.ndarray, list]:
     """Per-query latencies (s) and results of `fn` over `queries`, one call at a time."""
     times = np.empty(len(queries))
@@ -144,17 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         raw.set_ef(args.ef_search)
         raw.set_num_threads(1)
 
-        def via_catalog(q: np.ndarray) -> np.ndarray:
-            return np.array([int(h.record.id) for h in catalog.search(PROJECT, q, K)])
-
-        def via_raw(q: np.ndarray) -> np.ndarray:
-            return raw.knn_query(q, k=K)[0][0]
-
-        def exact(q: np.ndarray) -> np.ndarray:
-            sims = data @ q
-            part = np.argpartition(-sims, K)[:K]
-            return part[np.argsort(-sims[part])]
-
+        via_catalog, via_raw, exact = search_paths(catalog, raw, data)
         t_cat, r_cat = timed(via_catalog, queries)
         t_raw, r_raw = timed(via_raw, queries)
         t_exact, r_exact = timed(exact, queries)

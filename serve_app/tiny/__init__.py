@@ -12,7 +12,14 @@ from pathlib import Path
 
 from serve_app.tiny.clip import build_tiny_clip
 from serve_app.tiny.diffusion import build_tiny_diffusion_pipeline
-from serve_app.tiny.voice import build_tiny_f5tts, build_tiny_vocos, build_tiny_whisper
+from serve_app.tiny.voice import (
+    F5_CHECKPOINT_FILE,
+    F5_CONFIG_FILE,
+    F5_VOCAB_FILE,
+    build_tiny_f5tts,
+    build_tiny_vocos,
+    build_tiny_whisper,
+)
 
 Builder = Callable[[Path, int], Path]
 
@@ -38,6 +45,22 @@ def build_tiny_models(
     return {name: BUILDERS[name](root / name, seed) for name in names}
 
 
+def model_settings(root: Path) -> dict[str, str]:
+    """The settings that point the server at the models `build_tiny_models(root)` writes
+    (configs/offline.env says the same for `.models`)."""
+    root = Path(root)
+    f5tts = root / "f5tts"
+    return {
+        "IMAGE_MODEL": str(root / "diffusion"),
+        "CLIP_MODEL": f"local-dir:{root / 'clip'}",
+        "VOICE_MODEL_CONFIG": str(f5tts / F5_CONFIG_FILE),
+        "VOICE_CHECKPOINT": str(f5tts / F5_CHECKPOINT_FILE),
+        "VOICE_VOCAB": str(f5tts / F5_VOCAB_FILE),
+        "VOICE_VOCODER": str(root / "vocos"),
+        "VOICE_ASR_MODEL": str(root / "whisper"),
+    }
+
+
 __all__ = [
     "BUILDERS",
     "Builder",
@@ -47,4 +70,5 @@ __all__ = [
     "build_tiny_models",
     "build_tiny_vocos",
     "build_tiny_whisper",
+    "model_settings",
 ]

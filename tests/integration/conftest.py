@@ -19,6 +19,7 @@ import ray
 from ray import serve
 
 from serve_app.app import build_app
+from serve_app.tiny import model_settings
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.ports import free_port
 from tests.support.s3 import RestartableS3
@@ -241,11 +242,7 @@ def voice_settings(models: Path) -> dict[str, object]:
     """The voice module with the tiny F5-TTS, vocos and Whisper checkpoints, on the CPU."""
     return {
         "VOICE_ENABLED": True,
-        "VOICE_MODEL_CONFIG": str(models / "f5tts" / "model.yaml"),
-        "VOICE_CHECKPOINT": str(models / "f5tts" / "model.safetensors"),
-        "VOICE_VOCAB": str(models / "f5tts" / "vocab.txt"),
-        "VOICE_VOCODER": str(models / "vocos"),
-        "VOICE_ASR_MODEL": str(models / "whisper"),
+        **{k: v for k, v in model_settings(models).items() if k.startswith("VOICE_")},
         "VOICE_DEVICE": "cpu",
         "VOICE_NUM_CPUS": 0.5,
         "VOICE_DEFAULT_NFE_STEPS": 4,
