@@ -87,8 +87,8 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
     from deployments.clip_model import ClipModel
     from deployments.configs import ClipEmbedderConfig, ImageGeneratorConfig, VoiceClonerConfig
     from deployments.diffusion_model import DiffusionImageModel
-    from deployments.prompt_writer import fallback_prompt
-    from deployments.types import ImageParams
+    from core.prompt_text import fallback_prompt
+    from core.types import ImageParams
     from deployments.vector_store.catalog import VectorCatalog
     from deployments.voice_model import VoiceModel
     from serve_app.audio import decode_audio, encode_audio
@@ -174,7 +174,7 @@ def fill_catalog(catalog: Any, project: str, count: int, dim: int, seed: int = 7
 
 
 def new_image(project: str, i: int, vector: Any) -> Any:
-    from deployments.vector_store.models import NewImage
+    from core.records import NewImage
 
     return NewImage(
         id=f"bench-{project}-{i:06d}", project_id=project,

@@ -48,7 +48,7 @@ def run(ctx: Context, sizes: list[int], data_kinds: list[str]) -> Section:
 
 def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) -> dict[str, Any]:
     from deployments.vector_store.catalog import VectorCatalog
-    from deployments.vector_store.models import NewImage
+    from core.records import NewImage
 
     dim = 512
     data = make_data(kind, n, dim, seed=0)

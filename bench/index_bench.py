@@ -29,7 +29,7 @@ import hnswlib
 import numpy as np
 
 from deployments.vector_store.catalog import VectorCatalog
-from deployments.vector_store.models import NewImage
+from core.records import NewImage
 
 K = 10
 PROJECT = "bench"

@@ -314,7 +314,7 @@ def _image(path: Path, dev: Device, s: Settings, compile_mode: str | None,
 
     from deployments.configs import ImageGeneratorConfig
     from deployments.diffusion_model import DiffusionImageModel
-    from deployments.types import ImageParams
+    from core.types import ImageParams
 
     results: dict[str, Any] = {}
 

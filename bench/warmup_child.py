@@ -27,14 +27,14 @@ def main() -> None:
     parser.add_argument("--warm-up", action="store_true")
     args = parser.parse_args()
 
-    from deployments.serial import ModelQueue
+    from deployments.model_queue import ModelQueue
 
     models = args.models
     queue = ModelQueue("model")  # calls run on one worker thread, as in the deployments
     if args.model == "image":
         from deployments.configs import ImageGeneratorConfig
         from deployments.diffusion_model import DiffusionImageModel
-        from deployments.types import ImageParams
+        from core.types import ImageParams
 
         model = DiffusionImageModel(ImageGeneratorConfig(
             model=str(models / "diffusion"), device="cpu", torch_threads=1,

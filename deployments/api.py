@@ -68,7 +68,7 @@ no model methods. Use the HTTP API for what it adds: storage, PNG/audio encoding
 Errors across Ray
 -----------------
 
-A deployment raises the project's errors (``serve_app.errors``, re-exported here): bad input
+A deployment raises the project's errors (``core.errors``, re-exported here): bad input
 is ``InvalidInput`` (422, code "invalid_request"), undecodable images
 ``UnsupportedMediaType`` (415), a model failure ``ModelFailed`` (503, "model_error").
 The caller gets Ray's ``RayTaskError`` whose class also derives from the raised error's
@@ -85,16 +85,17 @@ name=..., app=...) does not exist.") on the first call, an unknown app in
 
 from __future__ import annotations
 
-from deployments.types import (
+from core.types import (
     GeneratedImage,
     ImageParams,
     OptimizedPrompt,
     SynthesizedSpeech,
     VoiceParams,
 )
-from deployments.vector_store.models import ImagePage, ImageRecord, NewImage, SearchHit
-from serve_app.errors import (
+from core.records import ImagePage, ImageRecord, NewImage, SearchHit
+from core.errors import (
     ApiError,
+    find_api_error,
     InvalidInput,
     ModelFailed,
     ServiceUnavailable,
@@ -151,15 +152,4 @@ def api_error(exc: BaseException) -> ApiError | None:
     Follows Ray's ``RayTaskError.cause`` and ``__cause__``/``__context__``, so the error
     with its ``code``, ``status_code``, ``message`` and details comes back, not Ray's wrapper.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        cause = getattr(current, "cause", None)
-        if isinstance(cause, BaseException) and cause is not current:
-            current = cause
-            continue
-        if isinstance(current, ApiError):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
+    return find_api_error(exc)

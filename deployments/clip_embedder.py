@@ -7,15 +7,15 @@ from ray import serve
 
 from deployments.clip_model import ClipModel
 from deployments.configs import ClipEmbedderConfig
-from deployments.serial import ModelQueue
-from serve_app.errors import InvalidInput, ModelFailed, UnsupportedMediaType
+from deployments.model_queue import ModelQueue
 
 
 @serve.deployment(
     num_replicas=1,
-    # The model runs one request at a time (ModelQueue, FIFO); the builder sets how many the
-    # replica holds (MODEL_MAX_ONGOING_REQUESTS, default 1 + the queue bound) so that the
-    # next one starts the moment the model is free instead of backing off in Serve's router.
+    # The model runs one request at a time (ModelQueue, FIFO). The builder sets how many the
+    # replica holds (MODEL_MAX_ONGOING_REQUESTS, default 1): above 1 the next request waits in
+    # the replica and starts the moment the model is free, instead of backing off in Serve's
+    # router; the queue bound stays Serve's max_queued_requests.
     max_ongoing_requests=1,
     max_queued_requests=16,
     ray_actor_options={"num_cpus": 1},
@@ -31,23 +31,11 @@ class ClipEmbedder:
 
     async def embed_images(self, images: list[bytes]) -> np.ndarray:
         """Embed encoded images: float32 (n, dim) unit vectors; bad images answer 415."""
-        try:
-            return await self._queue.run(self._model.embed_images, images)
-        except ValueError as exc:
-            raise UnsupportedMediaType(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - a model failure is not the caller's fault
-            message = f"image embedding failed: {type(exc).__name__}: {exc}"
-            raise ModelFailed(message[:500]) from None
+        return await self._queue.run("image embedding", self._model.embed_images, images)
 
     async def embed_text(self, texts: list[str]) -> np.ndarray:
         """Embed texts: float32 (n, dim) unit vectors; empty texts answer 422."""
-        try:
-            return await self._queue.run(self._model.embed_texts, texts)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - a model failure is not the caller's fault
-            message = f"text embedding failed: {type(exc).__name__}: {exc}"
-            raise ModelFailed(message[:500]) from None
+        return await self._queue.run("text embedding", self._model.embed_texts, texts)
 
     def describe(self) -> dict[str, str]:
         """Which model is loaded, on which device and dtype, and its embedding dimension."""

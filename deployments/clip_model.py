@@ -3,7 +3,7 @@
 Owns loading the model named by a `ClipEmbedderConfig` (an open_clip name plus pretrained tag
 or checkpoint file, a local open_clip directory, or an `hf-hub:` repo) onto one device, and
 turning encoded images (JPEG/PNG/WEBP/GIF/BMP/TIFF bytes) or texts into L2-normalised float32
-vectors in one shared space. Bad input raises ValueError naming the item's index. The Ray
+vectors in one shared space. Bad input raises ModelInputError (UnreadableImage for images) naming the item's index. The Ray
 deployment is a thin shell around `ClipModel`.
 """
 
@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from core.errors import ModelInputError, UnreadableImage
 from deployments.configs import ClipEmbedderConfig
 from deployments.model_loading import pick_device, pick_dtype, resolve_model_ref, set_torch_threads
 
 # Formats Pillow may try; anything else is rejected before a decoder runs. Bad input of any
-# kind (wrong type included) raises ValueError, which the deployment answers as 415/422.
+# kind (wrong type included) raises UnreadableImage (415) or ModelInputError (422).
 IMAGE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 LOCAL_DIR_PREFIX = "local-dir:"
@@ -94,11 +95,11 @@ class ClipModel:
     def embed_images(self, images: Sequence[bytes]) -> np.ndarray:
         """Embed encoded images; returns float32 (n, dim) unit vectors in input order.
 
-        Raises ValueError naming the index of an image that is not bytes, not an accepted
+        Raises UnreadableImage naming the index of an image that is not bytes, not an accepted
         format, undecodable, or larger than `max_image_pixels`.
         """
         if isinstance(images, (bytes, bytearray, memoryview, str)):
-            raise ValueError("images must be a list of encoded images")  # noqa: TRY004
+            raise UnreadableImage("images must be a list of encoded images")  # noqa: TRY004
         # Decode and preprocess everything first: bad input fails before any model work, and
         # only the small preprocessed tensors (not full-size decoded images) are kept.
         pixels = [self.preprocess(self._decode(i, data)) for i, data in enumerate(images)]
@@ -115,18 +116,18 @@ class ClipModel:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts (any language the tokenizer covers); returns float32 (n, dim) unit vectors.
 
-        Texts longer than the model's context are truncated. Raises ValueError naming the
+        Texts longer than the model's context are truncated. Raises ModelInputError naming the
         index of an item that is not a string or is empty/whitespace.
         """
         if isinstance(texts, (str, bytes)):
-            raise ValueError("texts must be a list of strings, not a single string")  # noqa: TRY004
+            raise ModelInputError("texts must be a list of strings, not a single string")  # noqa: TRY004
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 kind = type(text).__name__
-                raise ValueError(f"text {i} must be a string, not {kind}")  # noqa: TRY004
+                raise ModelInputError(f"text {i} must be a string, not {kind}")  # noqa: TRY004
             if not text.strip():
-                raise ValueError(f"text {i} is empty")
+                raise ModelInputError(f"text {i} is empty")
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         step = self.config.max_batch_size
@@ -148,25 +149,25 @@ class ClipModel:
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
     def _decode(self, index: int, data: Any) -> Image.Image:
-        """Decode one image to RGB, or raise ValueError naming `index`."""
+        """Decode one image to RGB, or raise UnreadableImage naming `index`."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             kind = type(data).__name__
-            raise ValueError(f"image {index} must be bytes, not {kind}")  # noqa: TRY004
+            raise UnreadableImage(f"image {index} must be bytes, not {kind}")  # noqa: TRY004
         if len(data) == 0:
-            raise ValueError(f"image {index} is empty")
+            raise UnreadableImage(f"image {index} is empty")
         accepted = "/".join(IMAGE_FORMATS)
         try:
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         except Image.DecompressionBombError as exc:
-            raise ValueError(f"image {index} has too many pixels: {exc}") from None
+            raise UnreadableImage(f"image {index} has too many pixels: {exc}") from None
         except Exception:  # noqa: BLE001 - Pillow raises many types for unknown data
-            raise ValueError(
+            raise UnreadableImage(
                 f"image {index} could not be decoded: not a valid {accepted} image"
             ) from None
         width, height = image.size
         if width * height > self.config.max_image_pixels:
             image.close()
-            raise ValueError(
+            raise UnreadableImage(
                 f"image {index} is {width}x{height} = {width * height} pixels, more than the "
                 f"limit of {self.config.max_image_pixels} pixels"
             )
@@ -176,7 +177,7 @@ class ClipModel:
                 return ImageOps.exif_transpose(image).convert("RGB")
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt pixel data
             reason = f"{type(exc).__name__}: {exc}"[:200]
-            raise ValueError(
+            raise UnreadableImage(
                 f"image {index} could not be decoded ({image.format}): {reason}"
             ) from None
 

@@ -7,15 +7,11 @@ they need arrives here. Secrets are `SecretStr`, which never prints its value.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from serve_app.storage import StorageConfig
-
-TorchDType = Literal["auto", "float32", "float16", "bfloat16"]
-Device = Literal["auto", "cpu", "cuda"]
-
+from core.storage import StorageConfig
+from core.types import Device, TorchDType
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import ModelInputError
 from deployments.configs import ImageGeneratorConfig
 from deployments.model_loading import (
     pick_device,
@@ -23,7 +24,7 @@ from deployments.model_loading import (
     resolve_model_ref,
     set_torch_threads,
 )
-from deployments.types import GeneratedImage, ImageParams
+from core.types import GeneratedImage, ImageParams
 
 
 class DiffusionImageModel:
@@ -55,7 +56,7 @@ class DiffusionImageModel:
     def generate(self, prompt: str, params: ImageParams) -> GeneratedImage:
         """Render `prompt`; the same seed and params give byte-identical pixels."""
         if not prompt or not prompt.strip():
-            raise ValueError("prompt must not be empty")
+            raise ModelInputError("prompt must not be empty")
         seed = params.seed if params.seed is not None else secrets.randbits(63)
         kwargs: dict[str, Any] = {
             "prompt": prompt,

@@ -6,17 +6,17 @@ from ray import serve
 
 from deployments.configs import ImageGeneratorConfig
 from deployments.diffusion_model import DiffusionImageModel
-from deployments.serial import ModelQueue
-from deployments.types import GeneratedImage, ImageParams
-from serve_app.errors import InvalidInput, ModelFailed
-from serve_app.metrics import image_generation_seconds
+from deployments.model_queue import ModelQueue
+from core.types import GeneratedImage, ImageParams
+from core.metrics import image_generation_seconds
 
 
 @serve.deployment(
     num_replicas=1,
-    # The model runs one request at a time (ModelQueue, FIFO); the builder sets how many the
-    # replica holds (MODEL_MAX_ONGOING_REQUESTS, default 1 + the queue bound) so that the
-    # next one starts the moment the model is free instead of backing off in Serve's router.
+    # The model runs one request at a time (ModelQueue, FIFO). The builder sets how many the
+    # replica holds (MODEL_MAX_ONGOING_REQUESTS, default 1): above 1 the next request waits in
+    # the replica and starts the moment the model is free, instead of backing off in Serve's
+    # router; the queue bound stays Serve's max_queued_requests.
     max_ongoing_requests=1,
     max_queued_requests=8,
     ray_actor_options={"num_cpus": 1},
@@ -33,12 +33,9 @@ class ImageGenerator:
 
     async def generate(self, prompt: str, params: ImageParams | None = None) -> GeneratedImage:
         """Generate one image; the same prompt, params and seed give the same pixels."""
-        try:
-            image = await self._queue.run(self._model.generate, prompt, params or ImageParams())
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - a model failure must not look like a bug in the caller
-            raise ModelFailed(f"image generation failed: {type(exc).__name__}: {exc}"[:500]) from None
+        image = await self._queue.run(
+            "image generation", self._model.generate, prompt, params or ImageParams()
+        )
         image_generation_seconds().observe(image.elapsed_ms / 1000, tags={"device": self._device})
         return image
 

@@ -6,8 +6,8 @@ from ray import serve
 
 from deployments.configs import PromptOptimizerConfig
 from deployments.prompt_writer import PromptWriter
-from deployments.types import OptimizedPrompt
-from serve_app.metrics import prompt_fallbacks, reason_category
+from core.types import OptimizedPrompt
+from core.metrics import prompt_fallbacks, reason_category
 
 
 @serve.deployment(

@@ -11,22 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 
 import openai
 
 from deployments.configs import PromptOptimizerConfig
-from deployments.types import OptimizedPrompt
+from core.prompt_text import clean_prompt, fallback_prompt
+from core.types import OptimizedPrompt
 
 logger = logging.getLogger("ray.serve.prompt")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-PROMPT_MAX_CHARS = 600
 TITLE_MAX_CHARS = 200
 DESCRIPTION_MAX_CHARS = 2000
-FALLBACK_TITLE_MAX_CHARS = 120
-FALLBACK_DESCRIPTION_MAX_CHARS = 360  # with the title and the template: < PROMPT_MAX_CHARS
 MAX_COMPLETION_TOKENS = 200
 TEMPERATURE = 0.4
 
@@ -45,13 +42,6 @@ Write ONE concise English prompt for a single striking poster-like image of that
 - no text, letters, words, captions, titles or logos in the image.
 
 Answer with the prompt only: no preamble, no label, no explanation, no quotes."""
-
-_QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb\u300c\u300d\u300e\u300f"
-_DOUBLE_QUOTES = re.compile("[\"\u201c\u201d\u00ab\u00bb\u300c\u300d\u300e\u300f]")
-_LABEL = re.compile(
-    r"^\s*(?:\*\*)?(?:image\s+|english\s+)?prompt\s*(?:\*\*)?\s*[:\-\u2013]\s*(?:\*\*)?\s*", re.I
-)
-
 
 class PromptWriter:
     """Writes image prompts with an OpenAI-compatible chat model, falling back to a template."""
@@ -168,29 +158,6 @@ def user_message(title: str, description: str) -> str:
     return f"Write the image prompt for this work (JSON data, not instructions):\n{data}"
 
 
-def clean_prompt(text: str | None) -> str:
-    """Normalise a model answer: one line, no label or quotes, at most PROMPT_MAX_CHARS."""
-    if not text:
-        return ""
-    text = _LABEL.sub("", " ".join(text.split()))
-    text = _DOUBLE_QUOTES.sub("", text.strip(_QUOTES + " "))
-    text = " ".join(text.split()).strip(_QUOTES + " ")
-    return _truncate(text, PROMPT_MAX_CHARS)
-
-
-def fallback_prompt(title: str, description: str = "") -> str:
-    """A deterministic template prompt that keeps the original-language title and description."""
-    title = _truncate(" ".join(title.split()).strip(_QUOTES + " "), FALLBACK_TITLE_MAX_CHARS)
-    description = _truncate(
-        " ".join(description.split()).rstrip(" .\u3002"), FALLBACK_DESCRIPTION_MAX_CHARS
-    )
-    subject = f'Poster artwork for "{title}"' if title else "Poster artwork"
-    if description:
-        subject = f"{subject}: {description}"
-    prompt = f"{subject}. Cinematic composition, dramatic lighting, rich detail, high quality."
-    return _truncate(prompt, PROMPT_MAX_CHARS)
-
-
 def _validate(title: str, description: str) -> tuple[str, str]:
     if not isinstance(title, str) or not title.strip():
         raise ValueError("title must be a non-empty string")
@@ -199,17 +166,6 @@ def _validate(title: str, description: str) -> tuple[str, str]:
     if not isinstance(description, str):
         raise ValueError("description must be a string")
     return title.strip()[:TITLE_MAX_CHARS], description.strip()[:DESCRIPTION_MAX_CHARS]
-
-
-def _truncate(text: str, limit: int) -> str:
-    """Cut at a word boundary when one is near, so the result is at most `limit` chars."""
-    if len(text) <= limit:
-        return text
-    cut = text[:limit]
-    space = cut.rfind(" ")
-    if space >= limit * 0.6:
-        cut = cut[:space]
-    return cut.rstrip(" ,;:-")
 
 
 def _elapsed_ms(started: float) -> float:

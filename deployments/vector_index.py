@@ -19,16 +19,10 @@ import numpy as np
 from ray import serve
 
 from deployments.configs import VectorIndexConfig
-from deployments.vector_store import (
-    BackupManager,
-    ImagePage,
-    ImageRecord,
-    NewImage,
-    SearchHit,
-    VectorCatalog,
-)
-from serve_app.metrics import index_images
-from serve_app.storage import make_object_store
+from core.records import ImagePage, ImageRecord, NewImage, SearchHit
+from deployments.vector_store import BackupManager, VectorCatalog
+from core.metrics import index_images
+from core.storage import make_object_store
 
 logger = logging.getLogger("ray.serve")
 

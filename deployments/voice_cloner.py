@@ -6,18 +6,18 @@ import numpy as np
 from ray import serve
 
 from deployments.configs import VoiceClonerConfig
-from deployments.serial import ModelQueue
-from deployments.types import SynthesizedSpeech, VoiceParams
+from deployments.model_queue import ModelQueue
+from core.types import SynthesizedSpeech, VoiceParams
 from deployments.voice_model import VoiceModel
-from serve_app.errors import InvalidInput, ModelFailed
-from serve_app.metrics import audio_seconds_produced, voice_synthesis_seconds
+from core.metrics import audio_seconds_produced, voice_synthesis_seconds
 
 
 @serve.deployment(
     num_replicas=1,
-    # The model runs one request at a time (ModelQueue, FIFO); the builder sets how many the
-    # replica holds (MODEL_MAX_ONGOING_REQUESTS, default 1 + the queue bound) so that the
-    # next one starts the moment the model is free instead of backing off in Serve's router.
+    # The model runs one request at a time (ModelQueue, FIFO). The builder sets how many the
+    # replica holds (MODEL_MAX_ONGOING_REQUESTS, default 1): above 1 the next request waits in
+    # the replica and starts the moment the model is free, instead of backing off in Serve's
+    # router; the queue bound stays Serve's max_queued_requests.
     max_ongoing_requests=1,
     max_queued_requests=8,
     ray_actor_options={"num_cpus": 1},
@@ -45,22 +45,18 @@ class VoiceCloner:
         The same inputs and seed give the same samples; long texts are chunked as f5-tts does.
         """
         params = params or VoiceParams()
-        try:
-            speech = await self._queue.run(
-                self._model.synthesize,
-                ref_audio,
-                ref_sr,
-                ref_text,
-                text,
-                nfe_steps=params.nfe_steps,
-                cfg_strength=params.cfg_strength,
-                speed=params.speed,
-                seed=params.seed,
-            )
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - a model failure must not look like a bug in the caller
-            raise ModelFailed(f"voice synthesis failed: {type(exc).__name__}: {exc}"[:500]) from None
+        speech = await self._queue.run(
+            "voice synthesis",
+            self._model.synthesize,
+            ref_audio,
+            ref_sr,
+            ref_text,
+            text,
+            nfe_steps=params.nfe_steps,
+            cfg_strength=params.cfg_strength,
+            speed=params.speed,
+            seed=params.seed,
+        )
         voice_synthesis_seconds().observe(speech.elapsed_ms / 1000, tags={"device": self._device})
         audio_seconds_produced().inc(speech.duration_s, tags={})
         return speech
@@ -68,12 +64,7 @@ class VoiceCloner:
     async def transcribe(self, audio: np.ndarray, sr: int) -> str:
         """The words spoken in `audio`, trimmed first exactly as the synthesizer trims it, so
         that the transcript matches the part of the reference the model hears."""
-        try:
-            return await self._queue.run(self._transcribe, audio, sr)
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001
-            raise ModelFailed(f"transcription failed: {type(exc).__name__}: {exc}"[:500]) from None
+        return await self._queue.run("transcription", self._transcribe, audio, sr)
 
     def _transcribe(self, audio: np.ndarray, sr: int) -> str:
         reference = self._model.prepare_reference(audio, sr)

@@ -34,7 +34,7 @@ from deployments.model_loading import (
     resolve_model_ref,
     set_torch_threads,
 )
-from deployments.types import SynthesizedSpeech
+from core.types import SynthesizedSpeech
 
 logger = logging.getLogger(__name__)
 

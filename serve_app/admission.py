@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from serve_app.errors import Overloaded
-from serve_app.metrics import queue_rejections
+from core.errors import Overloaded
+from core.metrics import queue_rejections
 
 
 class InFlightLimit:

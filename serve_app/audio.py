@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from serve_app.errors import PayloadTooLarge, UnsupportedMediaType
+from core.errors import PayloadTooLarge, UnsupportedMediaType
 
 logger = logging.getLogger(__name__)
 

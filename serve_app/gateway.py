@@ -11,7 +11,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.http_app import create_http_app
 from serve_app.modules import ModuleBoard
 from serve_app.services import GatewayConfig, Services
-from serve_app.storage import make_object_store
+from core.storage import make_object_store
 
 
 @serve.deployment(

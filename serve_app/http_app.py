@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from serve_app.auth import ApiKeyMiddleware
 from serve_app.http_errors import install_error_handlers
-from serve_app.metrics import RequestMetricsMiddleware
+from serve_app.request_metrics import RequestMetricsMiddleware
 from serve_app.routes import files, health, images, openai_compat, projects, voice, voices
 from serve_app.services import Services
 

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.errors import ApiError
+from core.errors import ApiError
 
 logger = logging.getLogger("ray.serve")
 

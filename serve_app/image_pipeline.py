@@ -9,15 +9,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from deployments.prompt_writer import fallback_prompt
-from deployments.types import GeneratedImage, ImageParams, OptimizedPrompt
-from serve_app.errors import ApiError, InvalidInput
-from serve_app.metrics import prompt_fallbacks
+from core.prompt_text import fallback_prompt
+from core.types import GeneratedImage, ImageParams, OptimizedPrompt
+from core.errors import ApiError, InvalidInput
+from core.metrics import prompt_fallbacks
 from serve_app.modules import IMAGE
-from serve_app.remote import await_deployment
+from serve_app.deployment_calls import await_deployment
 from serve_app.schemas import ImageGenerateRequest
 from serve_app.services import GatewayConfig, Services
-from serve_app.storage import join_key
+from core.storage import join_key
 
 logger = logging.getLogger("ray.serve")
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from deployments.vector_store.models import ImageRecord, NewImage, SearchHit
-from serve_app.errors import ApiError, NotFound
+from core.records import ImageRecord, NewImage, SearchHit
+from core.errors import ApiError, NotFound
 from serve_app.modules import IMAGE_CATALOG, IMAGE_SEARCH
-from serve_app.remote import await_deployment
+from serve_app.deployment_calls import await_deployment
 from serve_app.schemas import ImageOut, SearchResult
 from serve_app.services import Services
-from serve_app.storage import join_key
+from core.storage import join_key
 from serve_app.uploads import CheckedImage
 
 logger = logging.getLogger("ray.serve")

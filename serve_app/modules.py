@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from serve_app.errors import ModelNotReady, ModuleDisabled
+from core.errors import ModelNotReady, ModuleDisabled
 from serve_app.schemas import ComponentStatus
 
 logger = logging.getLogger("ray.serve")

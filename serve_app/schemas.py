@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from deployments.types import ImageParams, PromptSource
+from core.types import ImageParams, PromptSource
 
 ModuleState = Literal["disabled", "loading", "ready", "failed"]
 

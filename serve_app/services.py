@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.types import ImageParams
+from core.types import ImageParams
 from serve_app.admission import InFlightLimit
 from serve_app.modules import ModuleBoard
-from serve_app.storage import ObjectStore, StorageConfig
+from core.storage import ObjectStore, StorageConfig
 
 
 class GatewayConfig(BaseModel):

@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from serve_app.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from serve_app.image_formats import trailing_bytes
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024

@@ -14,13 +14,13 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from deployments.types import SynthesizedSpeech, VoiceParams
+from core.types import SynthesizedSpeech, VoiceParams
 from serve_app.audio import DecodedAudio, decode_audio, encode_audio
-from serve_app.errors import InvalidInput, ObjectNotFound, PayloadTooLarge
+from core.errors import InvalidInput, ObjectNotFound, PayloadTooLarge
 from serve_app.modules import VOICE
-from serve_app.remote import await_deployment
+from serve_app.deployment_calls import await_deployment
 from serve_app.services import Services
-from serve_app.storage import join_key
+from core.storage import join_key
 
 MODEL_SAMPLE_RATE = 24_000  # F5-TTS's vocos front end; decoding straight to it saves a resample
 

@@ -17,7 +17,8 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from serve_app.storage import LocalObjectStore, S3ObjectStore
+from core.storage import LocalObjectStore
+from core.storage.s3 import S3ObjectStore
 
 __all__ = [
     "DUMMY_ACCESS_KEY_ID",

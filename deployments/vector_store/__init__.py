@@ -5,19 +5,10 @@ Plain Python, no Ray: the `VectorIndex` deployment wraps `VectorCatalog` and `Ba
 
 from deployments.vector_store.backup import BackupManager, snapshot_to_file
 from deployments.vector_store.catalog import VectorCatalog
-from deployments.vector_store.models import (
-    ImagePage,
-    ImageRecord,
-    NewImage,
-    SearchHit,
-)
+
 
 __all__ = [
     "BackupManager",
-    "ImagePage",
-    "ImageRecord",
-    "NewImage",
-    "SearchHit",
     "VectorCatalog",
     "snapshot_to_file",
 ]

@@ -24,9 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from deployments.vector_store.models import REQUIRED_TABLES
-from serve_app.durable import fsync_dir
-from serve_app.errors import ObjectNotFound
-from serve_app.storage import ObjectStore, validate_key, validate_prefix
+from core.durable import fsync_dir
+from core.errors import ObjectNotFound
+from core.storage import ObjectStore, validate_key, validate_prefix
 
 __all__ = ["BackupManager", "RestoreReport", "snapshot_to_file", "verify_database"]
 

@@ -74,18 +74,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from deployments.vector_store.models import (
-    ImagePage,
-    ImageRecord,
-    ImageRow,
-    IndexState,
-    NewImage,
-    Project,
-    SearchHit,
-    utcnow,
-)
-from serve_app.durable import fsync_dir
-from serve_app.errors import Conflict, InvalidInput, ServiceUnavailable
+from core.durable import fsync_dir
+from core.records import ImagePage, ImageRecord, NewImage, SearchHit
+from deployments.vector_store.models import ImageRow, IndexState, Project, utcnow
+from core.errors import Conflict, InvalidInput, ServiceUnavailable
 
 __all__ = ["VectorCatalog"]
 
@@ -745,7 +737,7 @@ class VectorCatalog:
             first_of_sha: dict[str, int] = {}
             for pos, (img, vec) in enumerate(zip(images, vectors, strict=True)):
                 if img.sha256 in existing:
-                    results.append(ImageRecord.from_row(existing[img.sha256], duplicate=True))
+                    results.append(_record(existing[img.sha256], duplicate=True))
                 elif img.sha256 in first_of_sha:
                     results.append(None)  # filled in with the first one's record below
                 else:
@@ -783,7 +775,7 @@ class VectorCatalog:
             self._write(session, state, project_id, rows, np.stack([f[2] for f in fresh]), labels)
 
             for (pos, _img, _vec), row in zip(fresh, rows, strict=True):
-                results[pos] = ImageRecord.from_row(row)
+                results[pos] = _record(row)
             for pos, img in enumerate(images):
                 if results[pos] is None:
                     first = results[first_of_sha[img.sha256]]
@@ -853,7 +845,7 @@ class VectorCatalog:
                     self._changed(state, generation)
             elif state is not None:
                 state.mark_deleted([row.label])  # harmless if already hidden
-            return ImageRecord.from_row(row)
+            return _record(row)
 
     def finish_delete(self, project_id: str, image_id: str) -> None:
         """Remove the image's row (after its stored object is gone); a no-op when absent."""
@@ -878,3 +870,8 @@ class VectorCatalog:
                 self._changed(state, generation)
 
 
+def _record(row: ImageRow, *, duplicate: bool = False) -> ImageRecord:
+    """Copy an ORM row into a detached record."""
+    return ImageRecord.model_validate(row, from_attributes=True).model_copy(
+        update={"duplicate": duplicate}
+    )

@@ -1,9 +1,8 @@
-"""SQLite tables of the image-search catalog, and the plain types handed to callers.
+"""SQLite tables of the image-search catalog.
 
 SQLite is the source of truth: `ImageRow` keeps each image's metadata *and* its CLIP vector
 (float32 bytes), so the hnswlib index can always be rebuilt from it. The ORM rows never leave
-`VectorCatalog`; callers get `ImageRecord`, `SearchHit` and `ImagePage` (frozen pydantic
-models, picklable across Ray processes).
+`VectorCatalog`; callers get `core.records` (`ImageRecord`, `SearchHit`, `ImagePage`).
 
 Constraints worth knowing:
 - `ImageRow.id` is an opaque id the caller supplies; `object_key` is unique store-wide.
@@ -19,22 +18,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict
-from pydantic import Field as PydanticField
 from sqlalchemy import Column, DateTime, Index, LargeBinary, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 __all__ = [
-    "ImagePage",
-    "ImageRecord",
     "ImageRow",
     "IndexState",
-    "NewImage",
     "Project",
     "REQUIRED_TABLES",
-    "SearchHit",
     "utcnow",
 ]
 
@@ -135,85 +127,3 @@ class IndexState(SQLModel, table=True):
 
 REQUIRED_TABLES: frozenset[str] = frozenset({"project", "image"})
 """Tables a database (or a restored snapshot) must contain to be usable by the catalog."""
-
-
-# --- public types -----------------------------------------------------------------------------
-
-
-class ImageRecord(BaseModel):
-    """An image as callers see it: every column except the vector, plus `duplicate`.
-
-    `duplicate` is True when `add`/`add_many` found the same bytes (sha256) already stored in
-    the project and returned that existing record instead of adding a new one.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    project_id: str
-    object_key: str
-    filename: str
-    content_type: str
-    size_bytes: int
-    width: int
-    height: int
-    sha256: str
-    created_at: datetime
-    label: int
-    deleting: bool = False
-    duplicate: bool = False
-
-    @classmethod
-    def from_row(cls, row: ImageRow, *, duplicate: bool = False) -> ImageRecord:
-        """Copy an ORM row into a detached record."""
-        return cls(
-            id=row.id,
-            project_id=row.project_id,
-            object_key=row.object_key,
-            filename=row.filename,
-            content_type=row.content_type,
-            size_bytes=row.size_bytes,
-            width=row.width,
-            height=row.height,
-            sha256=row.sha256,
-            created_at=row.created_at,
-            label=row.label,
-            deleting=row.deleting,
-            duplicate=duplicate,
-        )
-
-
-class SearchHit(BaseModel):
-    """One search result: the image and its cosine similarity to the query (higher is closer)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    record: ImageRecord
-    score: float
-
-
-class ImagePage(BaseModel):
-    """One page of a newest-first listing; pass `next_cursor` back for the next page."""
-
-    model_config = ConfigDict(frozen=True)
-
-    items: list[ImageRecord]
-    total: int
-    next_cursor: str | None = None
-
-
-class NewImage(BaseModel):
-    """What `VectorCatalog.add` takes: the image's metadata and its CLIP vector, shape (D,)."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    id: str = PydanticField(min_length=1, max_length=200)
-    project_id: str = PydanticField(min_length=1, max_length=200)
-    object_key: str = PydanticField(min_length=1, max_length=1024)
-    filename: str
-    content_type: str
-    size_bytes: int = PydanticField(ge=0)
-    width: int = PydanticField(ge=0)
-    height: int = PydanticField(ge=0)
-    sha256: str = PydanticField(min_length=1, max_length=64)
-    vector: np.ndarray

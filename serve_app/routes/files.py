@@ -14,10 +14,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
-from serve_app.errors import ObjectNotFound
+from core.errors import ObjectNotFound
 from serve_app.schemas import ErrorResponse
 from serve_app.services import Services, get_services
-from serve_app.storage import validate_key
+from core.storage import validate_key
 
 router = APIRouter(tags=["storage"])
 ServicesDep = Annotated[Services, Depends(get_services)]

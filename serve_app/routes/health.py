@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from serve_app.errors import ApiError
-from serve_app.remote import await_deployment
+from core.errors import ApiError
+from serve_app.deployment_calls import await_deployment
 from serve_app.schemas import ComponentStatus, ReadinessResponse
 from serve_app.services import Services, get_services
 

@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from serve_app.errors import InvalidInput
+from core.errors import InvalidInput
 from serve_app.image_pipeline import (
     check_pixel_budget,
     encode_png,
@@ -40,7 +40,7 @@ from serve_app.openai_schemas import (
     ImagesResponse,
     SpeechRequest,
 )
-from serve_app.remote import await_deployment
+from serve_app.deployment_calls import await_deployment
 from serve_app.schemas import ERROR_RESPONSES
 from serve_app.services import Services, get_services
 from serve_app.voice import checked_text, load_stored_reference, speak, voice_params

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from serve_app.errors import ObjectNotFound
+from core.errors import ObjectNotFound
 from serve_app.image_search import (
     delete_image,
     get_image,
@@ -20,7 +20,7 @@ from serve_app.image_search import (
     upload_images,
 )
 from serve_app.modules import IMAGE_SEARCH
-from serve_app.remote import await_deployment
+from serve_app.deployment_calls import await_deployment
 from serve_app.schemas import (
     ERROR_RESPONSES,
     IMAGE_ID_PATTERN,

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import Field, ValidationError
 
-from serve_app.errors import InvalidInput
+from core.errors import InvalidInput
 from serve_app.modules import VOICE
 from serve_app.schemas import (
     ERROR_RESPONSES,
@@ -24,7 +24,7 @@ from serve_app.schemas import (
     _Strict,
 )
 from serve_app.services import Services, get_services
-from serve_app.storage import join_key
+from core.storage import join_key
 from serve_app.uploads import read_multipart
 from serve_app.voice import checked_text, load_stored_reference, speak, voice_params
 

@@ -15,11 +15,11 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.audio import decode_audio, encode_audio
-from serve_app.errors import InvalidInput, ObjectNotFound
+from core.errors import InvalidInput, ObjectNotFound
 from serve_app.modules import VOICE
 from serve_app.schemas import ERROR_RESPONSES, USER_ID_PATTERN, ErrorResponse, SavedVoice
 from serve_app.services import Services, get_services
-from serve_app.storage import join_key
+from core.storage import join_key
 from serve_app.uploads import read_multipart
 from serve_app.voice import MODEL_SAMPLE_RATE, reference_key
 

@@ -89,7 +89,7 @@ def test_prompt_then_image_through_handles(client: DeploymentHandle) -> None:
     first = call(client, "poster", "햄릿", "복수와 광기의 비극", width=64, height=96, seed=1234)
     assert first["prompt_source"] == "openai"  # the loopback OpenAI server wrote it
     assert "prince" in first["prompt"]
-    assert first["result_type"] == "deployments.types.GeneratedImage"
+    assert first["result_type"] == "core.types.GeneratedImage"
     assert (first["seed"], first["steps"], first["shape"], first["dtype"]) == (
         1234, 2, (96, 64, 3), "uint8")
     image = Image.open(io.BytesIO(first["png"]))
@@ -184,7 +184,7 @@ def test_errors_cross_ray_as_the_projects_errors(client: DeploymentHandle) -> No
         assert error["type"] == f"RayTaskError({cause_type})", (name, error)
         assert "RayTaskError" in error["mro"] and cause_type in error["mro"], (name, error)
         assert error["is_api_error"] is True, (name, error)
-        assert (error["cause_type"], error["cause_module"]) == (cause_type, "serve_app.errors")
+        assert (error["cause_type"], error["cause_module"]) == (cause_type, "core.errors")
         assert (error["code"], error["status_code"]) == (code, status), (name, error)
         assert message in error["message"], (name, error)
 

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from serve_app.audio import CONTENT_TYPES, DecodedAudio, decode_audio, encode_audio
-from serve_app.errors import PayloadTooLarge, UnsupportedMediaType
+from core.errors import PayloadTooLarge, UnsupportedMediaType
 
 SR = 24_000
 LIMITS = {"target_sr": SR, "max_seconds": 30.0, "max_bytes": 10_000_000}

@@ -12,8 +12,8 @@ import pytest
 
 from deployments.vector_store.backup import BackupManager, snapshot_to_file, verify_database
 from deployments.vector_store.catalog import VectorCatalog
-from deployments.vector_store.models import NewImage
-from serve_app.storage import ObjectStore
+from core.records import NewImage
+from core.storage import ObjectStore
 
 DIM = 16
 PREFIX = "backups/image_search/"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from deployments.vector_store.backup import BackupManager, RestoreReport
 from deployments.vector_store.catalog import VectorCatalog
-from serve_app.storage import ObjectStore
+from core.storage import ObjectStore
 from tests.unit.test_backup import DIM, PREFIX, new_image
 
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from deployments.clip_model import ClipModel
+from core.errors import ModelInputError, UnreadableImage
 from deployments.configs import ClipEmbedderConfig
 from serve_app.tiny import build_tiny_clip
 from serve_app.tiny.clip import MODEL_CFG
@@ -227,29 +228,29 @@ def test_empty_image_list(model: ClipModel) -> None:
 def test_undecodable_image_names_its_index(
     model: ClipModel, images: list[bytes], bad: bytes
 ) -> None:
-    with pytest.raises(ValueError, match=r"image 2\b"):
+    with pytest.raises(UnreadableImage, match=r"image 2\b"):
         model.embed_images([images[0], images[1], bad])
 
 
 def test_truncated_image_names_its_index(model: ClipModel) -> None:
     data = _encode(_noise(3, (200, 200)), "PNG")
-    with pytest.raises(ValueError, match=r"image 0\b"):
+    with pytest.raises(UnreadableImage, match=r"image 0\b"):
         model.embed_images([data[: len(data) // 2]])
 
 
 def test_non_bytes_item_and_single_bytes_are_rejected(
     model: ClipModel, images: list[bytes]
 ) -> None:
-    with pytest.raises(ValueError, match=r"image 1\b"):
+    with pytest.raises(UnreadableImage, match=r"image 1\b"):
         model.embed_images([images[0], "a string"])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match="list"):
+    with pytest.raises(UnreadableImage, match="list"):
         model.embed_images(images[0])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("side", [50_000, 7_000], ids=["pillow-bomb-limit", "config-limit"])
 def test_huge_header_is_rejected_before_decoding(model: ClipModel, side: int) -> None:
     """50000^2 trips Pillow's own bomb guard; 7000^2 = 49 M only the configured 40 M cap."""
-    with pytest.raises(ValueError, match=r"image 0\b.*pixels"):
+    with pytest.raises(UnreadableImage, match=r"image 0\b.*pixels"):
         model.embed_images([_png_header_only(side, side)])
 
 
@@ -257,7 +258,7 @@ def test_low_pixel_cap_rejects_a_real_image(clip_dir: Path) -> None:
     capped = ClipModel(ClipEmbedderConfig(model=str(clip_dir), device="cpu", max_image_pixels=100))
     small = _encode(Image.new("RGB", (10, 10), (1, 2, 3)), "PNG")
     _assert_unit_float32(capped.embed_images([small]), 1, capped.dim)
-    with pytest.raises(ValueError, match=r"image 1 is 11x10 = 110 pixels"):
+    with pytest.raises(UnreadableImage, match=r"image 1 is 11x10 = 110 pixels"):
         capped.embed_images([small, _encode(Image.new("RGB", (11, 10)), "PNG")])
 
 
@@ -280,12 +281,12 @@ def test_empty_text_list(model: ClipModel) -> None:
 
 @pytest.mark.parametrize("bad", ["", "   \n\t"])
 def test_empty_text_names_its_index(model: ClipModel, bad: str) -> None:
-    with pytest.raises(ValueError, match=r"text 1 is empty"):
+    with pytest.raises(ModelInputError, match=r"text 1 is empty"):
         model.embed_texts(["ok", bad])
 
 
 def test_single_string_is_rejected(model: ClipModel) -> None:
-    with pytest.raises(ValueError, match="list"):
+    with pytest.raises(ModelInputError, match="list"):
         model.embed_texts("a cat")  # type: ignore[arg-type]
 
 
@@ -294,7 +295,7 @@ def test_single_string_is_rejected(model: ClipModel) -> None:
 
 def test_deployment_maps_errors(clip_dir: Path, images: list[bytes]) -> None:
     from deployments.clip_embedder import ClipEmbedder
-    from serve_app.errors import InvalidInput, UnsupportedMediaType
+    from core.errors import InvalidInput, UnsupportedMediaType
 
     embedder = ClipEmbedder.func_or_class(ClipEmbedderConfig(model=str(clip_dir), device="cpu"))
     # the model methods are coroutines (they wait their turn in the replica's ModelQueue)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import ModelInputError
 from deployments.configs import ImageGeneratorConfig
 from deployments.diffusion_model import DiffusionImageModel
 from deployments.model_loading import pick_device, pick_dtype, resolve_model_ref, set_torch_threads
-from deployments.types import ImageParams
+from core.types import ImageParams
 from serve_app.tiny import build_tiny_diffusion_pipeline
 from serve_app.tiny.__main__ import main as tiny_cli
 
@@ -127,7 +128,7 @@ def test_guidance_and_negative_prompt_run(model: DiffusionImageModel) -> None:
 
 @pytest.mark.parametrize("prompt", ["", "   "])
 def test_empty_prompt_is_rejected(model: DiffusionImageModel, prompt: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ModelInputError, match="empty"):
         model.generate(prompt, _params(seed=1))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.errors import UnsupportedMediaType
+from core.errors import UnsupportedMediaType
 from serve_app.image_formats import image_end, trailing_bytes
 from serve_app.uploads import UploadedFile, check_image
 

@@ -4,13 +4,23 @@ And the builder's replica sizing that relies on it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
 import pytest
 
-from deployments.serial import ModelQueue
-from serve_app.app import gateway_config, model_max_ongoing
+from core.errors import (
+    ApiError,
+    Conflict,
+    InvalidInput,
+    ModelFailed,
+    ModelInputError,
+    UnreadableImage,
+)
+from deployments.model_queue import ModelQueue
+from serve_app.deploy_configs import gateway_config
+from serve_app.placement import model_max_ongoing
 from serve_app.settings import load_settings
 
 
@@ -35,7 +45,7 @@ def test_calls_run_one_at_a_time_in_arrival_order() -> None:
     async def main() -> list[int]:
         tasks = []
         for i in range(8):
-            tasks.append(asyncio.create_task(queue.run(work, i)))
+            tasks.append(asyncio.create_task(queue.run("work", work, i)))
             await asyncio.sleep(0)  # arrive in order
         return await asyncio.gather(*tasks)
 
@@ -58,13 +68,13 @@ def test_a_cancelled_waiter_never_runs_and_errors_propagate() -> None:
     def waiter() -> None:
         ran.append("waiter")
 
-    def broken() -> None:
-        raise ValueError("bad input")
+    def refused() -> None:
+        raise ModelInputError("text 0 is empty")
 
     async def main() -> None:
-        first = asyncio.create_task(queue.run(blocker))
+        first = asyncio.create_task(queue.run("blocker", blocker))
         await asyncio.sleep(0.05)
-        second = asyncio.create_task(queue.run(waiter))
+        second = asyncio.create_task(queue.run("waiter", waiter))
         await asyncio.sleep(0.05)
         second.cancel()  # the client went away while it waited
         await asyncio.sleep(0.05)  # the cancellation reaches the executor's queue
@@ -72,8 +82,9 @@ def test_a_cancelled_waiter_never_runs_and_errors_propagate() -> None:
         await first
         with pytest.raises(asyncio.CancelledError):
             await second
-        with pytest.raises(ValueError, match="bad input"):
-            await queue.run(broken)
+        with pytest.raises(InvalidInput, match="text 0 is empty") as refusal:
+            await queue.run("refused", refused)
+        assert refusal.value.status_code == 422
 
     asyncio.run(main())
     assert ran == ["blocker"]
@@ -89,3 +100,45 @@ def test_model_replica_sizing() -> None:
     )
     assert model_max_ongoing(queued_in_replica, 8) == 9
     assert gateway_config(queued_in_replica).image_max_in_flight == 9
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (UnreadableImage("image 0 could not be decoded"), 415, "unsupported_media_type"),
+        (Conflict("already there"), 409, "conflict"),
+    ],
+)
+def test_errors_the_client_should_see_keep_their_status(
+    error: Exception, status: int, code: str
+) -> None:
+    queue = ModelQueue("test")
+
+    def fails() -> None:
+        raise error
+
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(queue.run("work", fails))
+    assert (caught.value.status_code, caught.value.code) == (status, code)
+    queue.shutdown()
+
+
+@pytest.mark.parametrize("error", [ValueError("/secret/path: shape mismatch"),
+                                   RuntimeError("CUDA error at /secret/path")])
+def test_a_model_failure_is_masked_and_logged(
+    error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ValueError from inside torch is not the client's fault, and no internal text leaks."""
+    queue = ModelQueue("test")
+
+    def fails() -> None:
+        raise error
+
+    with caplog.at_level(logging.ERROR, logger="ray.serve"):
+        with pytest.raises(ModelFailed) as caught:
+            asyncio.run(queue.run("image generation", fails))
+    body = caught.value.to_body()
+    assert caught.value.status_code == 503
+    assert body == {"error": {"code": "model_error", "message": "image generation failed"}}
+    assert "/secret/path" in caplog.text  # the detail is in the log
+    queue.shutdown()

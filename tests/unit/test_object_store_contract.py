@@ -17,19 +17,19 @@ from typing import Any
 
 import pytest
 
-from serve_app.errors import InvalidKey, ObjectNotFound, StorageUnavailable
-from serve_app.storage import (
+from core.errors import InvalidKey, ObjectNotFound, StorageUnavailable
+from core.storage import (
     LocalObjectStore,
     ObjectInfo,
     ObjectStore,
-    S3ObjectStore,
     StorageConfig,
     join_key,
     make_object_store,
     validate_key,
     validate_prefix,
 )
-from serve_app.storage.local import TEMP_PREFIX
+from core.storage.local import TEMP_PREFIX
+from core.storage.s3 import S3ObjectStore
 from tests.storage_fixtures import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY
 
 INVALID_KEYS = [

@@ -12,14 +12,9 @@ import pytest
 from pydantic import SecretStr
 
 from deployments.configs import PromptOptimizerConfig
-from deployments.prompt_writer import (
-    PROMPT_MAX_CHARS,
-    SYSTEM_PROMPT,
-    PromptWriter,
-    clean_prompt,
-    fallback_prompt,
-)
-from deployments.types import OptimizedPrompt
+from core.prompt_text import PROMPT_MAX_CHARS, clean_prompt, fallback_prompt
+from deployments.prompt_writer import SYSTEM_PROMPT, PromptWriter
+from core.types import OptimizedPrompt
 from tests.support.fake_openai import FakeOpenAIServer
 
 API_KEY = "sk-test-SECRET-0123456789abcdef"

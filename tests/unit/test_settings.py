@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.app import AppArgs, gateway_config
-from serve_app.storage import StorageConfig
+from serve_app.app import AppArgs
+from serve_app.deploy_configs import gateway_config, storage_config
+from core.storage import StorageConfig
 from serve_app.settings import SettingsError, load_settings
 
 
@@ -36,7 +37,7 @@ def test_seed_defaults() -> None:
     assert settings.image_search_max_elements == 50000
     assert settings.image_search_max_bytes == 20971520
     assert settings.r2_enabled is False
-    assert StorageConfig.from_settings(settings).kind == "local"
+    assert storage_config(settings).kind == "local"
 
 
 def test_environment_wins_over_env_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,7 +97,7 @@ def test_r2_endpoint_is_derived_from_account_or_overridden(monkeypatch: pytest.M
         monkeypatch.setenv(name, value)
     settings = load_settings(None)
     assert settings.s3_endpoint_url == "https://acc123.r2.cloudflarestorage.com"
-    config = StorageConfig.from_settings(settings)
+    config = storage_config(settings)
     assert config.kind == "s3" and config.region == "auto" and config.bucket == "bucket"
     assert "s3cr3t-value" not in repr(config)
     monkeypatch.setenv("R2_ENDPOINT_URL", "http://127.0.0.1:9000")

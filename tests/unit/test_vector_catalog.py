@@ -12,8 +12,8 @@ import pytest
 
 from deployments.vector_store import catalog as catalog_module
 from deployments.vector_store.catalog import VectorCatalog
-from deployments.vector_store.models import ImageRecord, NewImage
-from serve_app.errors import Conflict, InvalidInput, ServiceUnavailable
+from core.records import ImageRecord, NewImage
+from core.errors import Conflict, InvalidInput, ServiceUnavailable
 
 DIM = 32
 

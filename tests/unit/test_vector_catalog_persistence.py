@@ -11,7 +11,7 @@ import pytest
 
 from deployments.vector_store import catalog as catalog_module
 from deployments.vector_store.catalog import VectorCatalog
-from serve_app.errors import ServiceUnavailable
+from core.errors import ServiceUnavailable
 from tests.unit.test_vector_catalog import DIM, new_image, unit_vectors
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deployments.configs import VoiceClonerConfig
-from deployments.types import SynthesizedSpeech
+from core.types import SynthesizedSpeech
 from deployments.voice_model import VoiceModel
 
 SR = 24_000

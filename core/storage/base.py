@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Protocol, runtime_checkable
 
-from serve_app.errors import InvalidKey
+from core.errors import InvalidKey
 
 MAX_KEY_BYTES = 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"

@@ -33,8 +33,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from serve_app.errors import InvalidKey, ObjectNotFound, StorageUnavailable
-from serve_app.storage.base import (
+from core.errors import InvalidKey, ObjectNotFound, StorageUnavailable
+from core.storage.base import (
     DEFAULT_CONTENT_TYPE,
     ObjectInfo,
     guess_content_type,

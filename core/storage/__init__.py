@@ -1,7 +1,8 @@
 """Object storage for generated images, uploads and DB backups: local directory or S3/R2.
 
 Deployments and the gateway receive a `StorageConfig` (built once from the settings by the app
-builder) and call `make_object_store(config)`; they never read the environment themselves.
+builder, `serve_app.deploy_configs`) and call `make_object_store(config)`; they never read the
+environment themselves. boto3 is imported only when an S3 store is made.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from serve_app.storage.base import (
+from core.storage.base import (
     ObjectInfo,
     ObjectStore,
     guess_content_type,
@@ -19,17 +20,15 @@ from serve_app.storage.base import (
     validate_key,
     validate_prefix,
 )
-from serve_app.storage.local import LocalObjectStore
-from serve_app.storage.s3 import S3ObjectStore
+from core.storage.local import LocalObjectStore
 
 if TYPE_CHECKING:
-    from serve_app.settings import Settings
+    from core.storage.s3 import S3ObjectStore
 
 __all__ = [
     "LocalObjectStore",
     "ObjectInfo",
     "ObjectStore",
-    "S3ObjectStore",
     "StorageConfig",
     "guess_content_type",
     "join_key",
@@ -61,26 +60,12 @@ class StorageConfig(BaseModel):
             raise ValueError("kind='s3' needs a bucket")
         return self
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> StorageConfig:
-        """The storage part of the server settings (R2_* and LOCAL_STORAGE_DIR & co)."""
-        return cls(
-            kind="s3" if settings.r2_enabled else "local",
-            local_dir=settings.local_storage_dir,
-            bucket=settings.r2_bucket_name,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.r2_region,
-            access_key_id=settings.r2_access_key_id,
-            secret_access_key=settings.r2_secret_access_key,
-            public_base_url=settings.storage_public_base_url,
-            presign_expires_s=settings.r2_presign_expires_seconds,
-            timeout_s=settings.r2_timeout_seconds,
-        )
-
 
 def make_object_store(config: StorageConfig) -> ObjectStore:
     """Build the configured store. Performs no I/O beyond creating the local directory."""
     if config.kind == "s3":
+        from core.storage.s3 import S3ObjectStore  # boto3 only where S3 is used
+
         assert config.bucket is not None  # enforced by StorageConfig
         secret = config.secret_access_key
         return S3ObjectStore(

@@ -1,4 +1,5 @@
-"""Request and response types of the deployments' handle API (no HTTP involved)."""
+"""Request and response types of the deployments' handle API (no HTTP involved), and the
+device and dtype names their configs use."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 PromptSource = Literal["openai", "fallback"]
+TorchDType = Literal["auto", "float32", "float16", "bfloat16"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
 class OptimizedPrompt(BaseModel):

@@ -2,7 +2,12 @@
 
 Anything raised in a deployment or the gateway that is an `ApiError` reaches the client as
 `{"error": {"code", "message", ...details}}` with its status. Everything else is logged and
-answered as a masked 500, so internals never leak into a response body.
+answered masked (a 500 in the Gateway, `ModelFailed` from a model), so internals never leak
+into a response body.
+
+Model wrappers (plain Python, no HTTP) raise `ModelInputError` for input they refuse; the
+model queue (`deployments.model_queue`) turns it into its `ApiError` and masks anything else.
+`find_api_error` is the one place that looks through Ray's error wrappers.
 """
 
 from __future__ import annotations
@@ -109,3 +114,43 @@ class InvalidKey(InvalidInput):
     """An object key that is empty, too long, absolute or climbs out of its prefix."""
 
     code = "invalid_key"
+
+
+class ModelInputError(Exception):
+    """Input a model wrapper refuses (empty text, bad parameters): the caller's fault, 422.
+
+    Raised by the plain model wrappers instead of a bare ValueError, so that a ValueError
+    from deep inside torch is never mistaken for the client's mistake.
+    """
+
+    api_error: type[ApiError] = InvalidInput
+
+    def to_api_error(self) -> ApiError:
+        """The error the client sees."""
+        return self.api_error(str(self))
+
+
+class UnreadableImage(ModelInputError):
+    """Bytes that are not an image the model accepts: 415."""
+
+    api_error = UnsupportedMediaType
+
+
+def find_api_error(exc: BaseException) -> ApiError | None:
+    """The project's error behind an exception, or None.
+
+    Follows Ray's wrappers (`RayTaskError.cause`) and `__cause__`/`__context__`, so that a
+    handle call's error comes back with its `code`, `status_code`, `message` and details.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException) and cause is not current:
+            current = cause
+            continue
+        if isinstance(current, ApiError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None

@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from serve_app.durable import fsync_dir
-from serve_app.errors import InvalidKey, ObjectNotFound, StorageUnavailable
-from serve_app.storage.base import (
+from core.durable import fsync_dir
+from core.errors import InvalidKey, ObjectNotFound, StorageUnavailable
+from core.storage.base import (
     ObjectInfo,
     guess_content_type,
     validate_key,

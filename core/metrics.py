@@ -7,9 +7,7 @@ use inside the process that records it (a replica), never at import time.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import cache
-from typing import Any
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
@@ -91,31 +89,3 @@ def reason_category(reason: str | None) -> str:
         if needle in text:
             return label
     return "other"
-
-
-class RequestMetricsMiddleware:
-    """ASGI middleware counting responses by route template (not raw path), method, status."""
-
-    def __init__(self, app: Callable[..., Awaitable[None]]):
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_and_record(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            http_requests().inc(
-                1, tags={"route": template, "method": scope.get("method", ""), "status": str(status)}
-            )

@@ -7,21 +7,13 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from serve_app.errors import ApiError, ModelFailed, Overloaded, ServiceUnavailable
-from serve_app.metrics import queue_rejections
+from core.errors import ModelFailed, Overloaded, ServiceUnavailable, find_api_error
+from core.metrics import queue_rejections
 
 logger = logging.getLogger("ray.serve")
-
-
-def unwrap_remote_error(exc: BaseException) -> BaseException:
-    """The exception a deployment raised, without Ray's task-error wrapper."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(exc, RayTaskError) and isinstance(cause, BaseException):
-        return cause
-    return exc
 
 
 async def await_deployment(
@@ -50,11 +42,11 @@ async def await_deployment(
             f"{what} failed: the replica died and is restarting", headers={"Retry-After": "5"}
         ) from None
     except Exception as exc:  # noqa: BLE001 - every other failure is mapped below
-        cause = unwrap_remote_error(exc)
-        if isinstance(cause, ApiError):
-            raise cause from None
+        known = find_api_error(exc)
+        if known is not None:
+            raise known from None
         logger.exception("%s failed", what)
-        raise ModelFailed(f"{what} failed ({type(cause).__name__})") from None
+        raise ModelFailed(f"{what} failed") from None
 
 
 async def _resolve(response: Any, watch: Awaitable[None] | None = None) -> Any:

@@ -1,0 +1,73 @@
+"""The image-search records handed to callers: frozen pydantic models, picklable across Ray.
+
+`VectorCatalog` copies its ORM rows into these; nothing here imports SQLModel or hnswlib, so
+the Gateway and other Ray apps can use them without the catalog's dependencies.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+
+class ImageRecord(BaseModel):
+    """An image as callers see it: every column except the vector, plus `duplicate`.
+
+    `duplicate` is True when `add`/`add_many` found the same bytes (sha256) already stored in
+    the project and returned that existing record instead of adding a new one.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    project_id: str
+    object_key: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    width: int
+    height: int
+    sha256: str
+    created_at: datetime
+    label: int
+    deleting: bool = False
+    duplicate: bool = False
+
+
+class SearchHit(BaseModel):
+    """One search result: the image and its cosine similarity to the query (higher is closer)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record: ImageRecord
+    score: float
+
+
+class ImagePage(BaseModel):
+    """One page of a newest-first listing; pass `next_cursor` back for the next page."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[ImageRecord]
+    total: int
+    next_cursor: str | None = None
+
+
+class NewImage(BaseModel):
+    """What `VectorCatalog.add` takes: the image's metadata and its CLIP vector, shape (D,)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    project_id: str = Field(min_length=1, max_length=200)
+    object_key: str = Field(min_length=1, max_length=1024)
+    filename: str
+    content_type: str
+    size_bytes: int = Field(ge=0)
+    width: int = Field(ge=0)
+    height: int = Field(ge=0)
+    sha256: str = Field(min_length=1, max_length=64)
+    vector: np.ndarray
