@@ -11,6 +11,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from core import defaults
+
 PromptSource = Literal["openai", "fallback"]
 TorchDType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -33,10 +35,10 @@ class ImageParams(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    steps: int = Field(default=1, ge=1, le=150)
-    guidance_scale: float = Field(default=0.0, ge=0.0, le=30.0)
+    width: int = Field(default=defaults.IMAGE_WIDTH, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=defaults.IMAGE_HEIGHT, ge=64, le=2048, multiple_of=8)
+    steps: int = Field(default=defaults.IMAGE_STEPS, ge=1, le=150)
+    guidance_scale: float = Field(default=defaults.IMAGE_GUIDANCE_SCALE, ge=0.0, le=30.0)
     negative_prompt: str | None = Field(default=None, max_length=2000)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
@@ -85,7 +87,7 @@ class VoiceParams(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    nfe_steps: int = Field(default=32, ge=1, le=128, description="Flow-matching steps")
-    cfg_strength: float = Field(default=2.0, ge=0.0, le=10.0)
+    nfe_steps: int = Field(default=defaults.VOICE_NFE_STEPS, ge=1, le=128, description="Flow-matching steps")
+    cfg_strength: float = Field(default=defaults.VOICE_CFG_STRENGTH, ge=0.0, le=10.0)
     speed: float = Field(default=1.0, ge=0.3, le=3.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
+from core import defaults
 from deployments.clip_model import ClipModel
 from deployments.configs import ClipEmbedderConfig
 from deployments.model_queue import ModelQueue
@@ -17,7 +18,7 @@ from deployments.model_queue import ModelQueue
     # the replica and starts the moment the model is free, instead of backing off in Serve's
     # router; the queue bound stays Serve's max_queued_requests.
     max_ongoing_requests=1,
-    max_queued_requests=16,
+    max_queued_requests=defaults.CLIP_MAX_QUEUED_REQUESTS,
     ray_actor_options={"num_cpus": 1},
 )
 class ClipEmbedder:

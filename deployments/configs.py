@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from core import defaults
 from core.storage import StorageConfig
 from core.types import Device, TorchDType
 
@@ -20,11 +21,11 @@ class _Config(BaseModel):
 class PromptOptimizerConfig(_Config):
     """How to reach the OpenAI-compatible chat model that writes image prompts."""
 
-    model: str = "gpt-4.1"
+    model: str = defaults.OPENAI_PROMPT_MODEL
     api_key: SecretStr | None = None
     base_url: str | None = None
-    timeout_s: float = Field(default=20.0, gt=0)
-    max_retries: int = Field(default=2, ge=0)
+    timeout_s: float = Field(default=defaults.OPENAI_TIMEOUT_S, gt=0)
+    max_retries: int = Field(default=defaults.OPENAI_MAX_RETRIES, ge=0)
 
 
 class ImageGeneratorConfig(_Config):
@@ -47,14 +48,14 @@ class ClipEmbedderConfig(_Config):
     """Which open_clip model embeds images and texts, where it runs and how much it accepts."""
 
     model: str = Field(
-        default="ViT-B-32",
+        default=defaults.CLIP_MODEL,
         description=(
             "open_clip model name (e.g. ViT-B-32), 'local-dir:/path' or a local directory "
             "holding open_clip_config.json + weights, or 'hf-hub:org/repo'"
         ),
     )
     pretrained: str | None = Field(
-        default="laion2b_s34b_b79k",
+        default=defaults.CLIP_PRETRAINED,
         description=(
             "open_clip pretrained tag or a local .pt/.bin/.safetensors checkpoint; "
             "ignored for local directories and hf-hub models"
@@ -63,9 +64,9 @@ class ClipEmbedderConfig(_Config):
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
-    max_batch_size: int = Field(default=64, ge=1, description="items per forward pass")
+    max_batch_size: int = Field(default=defaults.CLIP_MAX_BATCH_SIZE, ge=1, description="items per forward pass")
     max_image_pixels: int = Field(
-        default=40_000_000, ge=1, description="reject images with more pixels (decompression bombs)"
+        default=defaults.IMAGE_SEARCH_MAX_PIXELS, ge=1, description="reject images with more pixels (decompression bombs)"
     )
     warm_up: bool = Field(
         default=True,
@@ -80,14 +81,14 @@ class VectorIndexConfig(_Config):
     db_path: Path = Field(description="SQLite file (the source of truth, vectors included)")
     dim: int = Field(ge=1, description="Embedding dimension of the CLIP model")
     max_elements: int = Field(ge=1, description="Images per project")
-    hnsw_m: int = Field(default=32, ge=2)
-    ef_construction: int = Field(default=200, ge=1)
-    ef_search: int = Field(default=128, ge=1)
+    hnsw_m: int = Field(default=defaults.HNSW_M, ge=2)
+    ef_construction: int = Field(default=defaults.HNSW_EF_CONSTRUCTION, ge=1)
+    ef_search: int = Field(default=defaults.HNSW_EF_SEARCH, ge=1)
     storage: StorageConfig = Field(description="Object store that receives the backups")
     backup_enabled: bool = True
-    backup_interval_s: float = Field(default=1800, gt=0)
-    backup_prefix: str = "backups/image_search/"
-    backup_keep: int = Field(default=10, ge=1)
+    backup_interval_s: float = Field(default=defaults.DB_BACKUP_INTERVAL_S, gt=0)
+    backup_prefix: str = defaults.DB_BACKUP_PREFIX
+    backup_keep: int = Field(default=defaults.DB_BACKUP_KEEP, ge=1)
     persist_index: bool = Field(
         default=True,
         description="Save each project's HNSW index beside the database and load it at start "
@@ -111,11 +112,11 @@ class VoiceClonerConfig(_Config):
     """
 
     model_config_name: str = Field(
-        default="F5TTS_v1_Base",
+        default=defaults.VOICE_MODEL_CONFIG,
         description="f5-tts config name (f5_tts/configs/<name>.yaml) or a path to such a yaml",
     )
     checkpoint: str = Field(
-        default="hf://SWivid/F5-TTS/F5TTS_v1_Base/model_1250000.safetensors",
+        default=defaults.VOICE_CHECKPOINT,
         description="Local .pt/.safetensors file, or hf://<owner>/<repo>/<path in repo>",
     )
     use_ema: bool = Field(
@@ -128,18 +129,18 @@ class VoiceClonerConfig(_Config):
         description="Local vocab.txt or hf:// path; None uses the vocab shipped with f5-tts",
     )
     vocoder: str = Field(
-        default="charactr/vocos-mel-24khz",
+        default=defaults.VOICE_VOCODER,
         description="Vocos hub id, or a local directory with config.yaml + pytorch_model.bin",
     )
     asr_model: str = Field(
-        default="openai/whisper-large-v3-turbo",
+        default=defaults.VOICE_ASR_MODEL,
         description="Speech-recognition model (hub id or local directory) for transcribe()",
     )
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
     max_ref_seconds_used: float = Field(
-        default=12.0,
+        default=defaults.VOICE_REF_SECONDS_USED,
         gt=0,
         le=20.0,
         description="The reference is trimmed to this many seconds (at silences when it can)",

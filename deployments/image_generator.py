@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ray import serve
 
+from core import defaults
 from deployments.configs import ImageGeneratorConfig
 from deployments.diffusion_model import DiffusionImageModel
 from deployments.model_queue import ModelQueue
@@ -18,7 +19,7 @@ from core.metrics import image_generation_seconds
     # the replica and starts the moment the model is free, instead of backing off in Serve's
     # router; the queue bound stays Serve's max_queued_requests.
     max_ongoing_requests=1,
-    max_queued_requests=8,
+    max_queued_requests=defaults.IMAGE_MAX_QUEUED_REQUESTS,
     ray_actor_options={"num_cpus": 1},
 )
 class ImageGenerator:

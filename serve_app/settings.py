@@ -9,15 +9,12 @@ deployments receive typed configs derived from it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TorchDType = Literal["auto", "float32", "float16", "bfloat16"]
-Device = Literal["auto", "cpu", "cuda"]
-
-
+from core import defaults
+from core.types import Device, TorchDType
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the environment variable."""
 
@@ -42,23 +39,23 @@ class Settings(BaseSettings):
     r2_enabled: bool = False
     image_search_db_path: Path = Path("app/image_search.db")
     image_search_db_backup_enabled: bool = True
-    image_search_db_backup_interval_seconds: int = Field(default=1800, ge=10)
+    image_search_db_backup_interval_seconds: int = Field(default=defaults.DB_BACKUP_INTERVAL_S, ge=10)
 
     # --- seed 6.2: external services ------------------------------------------------------
     openai_api_key: SecretStr | None = None
-    openai_prompt_model: str = Field(default="gpt-4.1", min_length=1)
+    openai_prompt_model: str = Field(default=defaults.OPENAI_PROMPT_MODEL, min_length=1)
     openai_base_url: str | None = None
-    openai_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
-    openai_max_retries: int = Field(default=2, ge=0, le=10)
+    openai_timeout_seconds: float = Field(default=defaults.OPENAI_TIMEOUT_S, gt=0, le=600)
+    openai_max_retries: int = Field(default=defaults.OPENAI_MAX_RETRIES, ge=0, le=10)
 
     r2_account_id: str | None = None
     r2_access_key_id: str | None = None
     r2_secret_access_key: SecretStr | None = None
     r2_bucket_name: str | None = None
     r2_endpoint_url: str | None = None  # any S3-compatible server; derived from the account id
-    r2_region: str = "auto"
-    r2_presign_expires_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
-    r2_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    r2_region: str = defaults.R2_REGION
+    r2_presign_expires_seconds: int = Field(default=defaults.PRESIGN_EXPIRES_S, ge=1, le=7 * 24 * 3600)
+    r2_timeout_seconds: float = Field(default=defaults.STORAGE_TIMEOUT_S, gt=0, le=300)
 
     # --- seed 6.3: paths and limits -------------------------------------------------------
     image_remote_prefix: str = "AI/POSTER/"
@@ -68,59 +65,57 @@ class Settings(BaseSettings):
     image_search_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
 
     # --- storage --------------------------------------------------------------------------
-    local_storage_dir: Path = Path("data/storage")
+    local_storage_dir: Path = Path(defaults.LOCAL_STORAGE_DIR)
     storage_public_base_url: str | None = None  # e.g. an R2 public bucket or CDN domain
 
     # --- image generation -----------------------------------------------------------------
-    image_model: str = Field(default="stabilityai/sd-turbo", min_length=1)
+    image_model: str = Field(default=defaults.IMAGE_MODEL, min_length=1)
     image_device: Device = "auto"
     image_dtype: TorchDType = "auto"
     image_num_gpus: float = Field(default=1.0, ge=0)
     image_num_cpus: float = Field(default=1.0, gt=0)
-    image_max_queued_requests: int = Field(default=8, ge=-1)
-    image_default_width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    image_default_height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
-    image_default_steps: int = Field(default=1, ge=1, le=150)
-    image_default_guidance_scale: float = Field(default=0.0, ge=0, le=30)
+    image_max_queued_requests: int = Field(default=defaults.IMAGE_MAX_QUEUED_REQUESTS, ge=-1)
+    image_default_width: int = Field(default=defaults.IMAGE_WIDTH, ge=64, le=2048, multiple_of=8)
+    image_default_height: int = Field(default=defaults.IMAGE_HEIGHT, ge=64, le=2048, multiple_of=8)
+    image_default_steps: int = Field(default=defaults.IMAGE_STEPS, ge=1, le=150)
+    image_default_guidance_scale: float = Field(default=defaults.IMAGE_GUIDANCE_SCALE, ge=0, le=30)
     image_max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
 
     # --- image search -----------------------------------------------------------------------
-    clip_model: str = Field(default="ViT-B-32", min_length=1)
-    clip_pretrained: str | None = "laion2b_s34b_b79k"
+    clip_model: str = Field(default=defaults.CLIP_MODEL, min_length=1)
+    clip_pretrained: str | None = defaults.CLIP_PRETRAINED
     clip_embed_dim: int | None = Field(default=None, ge=1)
     clip_device: Device = "auto"
     clip_dtype: TorchDType = "auto"
     clip_num_gpus: float = Field(default=1.0, ge=0)
     clip_num_cpus: float = Field(default=1.0, gt=0)
-    clip_max_queued_requests: int = Field(default=16, ge=-1)
-    clip_max_batch_size: int = Field(default=32, ge=1)
-    image_search_max_pixels: int = Field(default=40_000_000, ge=1)
+    clip_max_queued_requests: int = Field(default=defaults.CLIP_MAX_QUEUED_REQUESTS, ge=-1)
+    clip_max_batch_size: int = Field(default=defaults.CLIP_MAX_BATCH_SIZE, ge=1)
+    image_search_max_pixels: int = Field(default=defaults.IMAGE_SEARCH_MAX_PIXELS, ge=1)
     image_search_max_batch_files: int = Field(default=32, ge=1, le=256)
-    image_search_hnsw_m: int = Field(default=32, ge=2, le=256)
-    image_search_hnsw_ef_construction: int = Field(default=200, ge=1)
-    image_search_hnsw_ef_search: int = Field(default=128, ge=1)
-    image_search_db_backup_prefix: str = "backups/image_search/"
-    image_search_db_backup_keep: int = Field(default=10, ge=1)
+    image_search_hnsw_m: int = Field(default=defaults.HNSW_M, ge=2, le=256)
+    image_search_hnsw_ef_construction: int = Field(default=defaults.HNSW_EF_CONSTRUCTION, ge=1)
+    image_search_hnsw_ef_search: int = Field(default=defaults.HNSW_EF_SEARCH, ge=1)
+    image_search_db_backup_prefix: str = defaults.DB_BACKUP_PREFIX
+    image_search_db_backup_keep: int = Field(default=defaults.DB_BACKUP_KEEP, ge=1)
 
     # --- voice cloning ----------------------------------------------------------------------
-    voice_model_config: str = Field(default="F5TTS_v1_Base", min_length=1)
-    voice_checkpoint: str = Field(
-        default="hf://SWivid/F5-TTS/F5TTS_v1_Base/model_1250000.safetensors", min_length=1
-    )
+    voice_model_config: str = Field(default=defaults.VOICE_MODEL_CONFIG, min_length=1)
+    voice_checkpoint: str = Field(default=defaults.VOICE_CHECKPOINT, min_length=1)
     voice_vocab: str | None = None
-    voice_vocoder: str = Field(default="charactr/vocos-mel-24khz", min_length=1)
-    voice_asr_model: str = Field(default="openai/whisper-large-v3-turbo", min_length=1)
+    voice_vocoder: str = Field(default=defaults.VOICE_VOCODER, min_length=1)
+    voice_asr_model: str = Field(default=defaults.VOICE_ASR_MODEL, min_length=1)
     voice_device: Device = "auto"
     voice_dtype: TorchDType = "auto"
     voice_num_gpus: float = Field(default=1.0, ge=0)
     voice_num_cpus: float = Field(default=1.0, gt=0)
-    voice_max_queued_requests: int = Field(default=8, ge=-1)
+    voice_max_queued_requests: int = Field(default=defaults.VOICE_MAX_QUEUED_REQUESTS, ge=-1)
     voice_max_ref_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     voice_max_ref_seconds: float = Field(default=60.0, gt=0, le=3600)
-    voice_ref_seconds_used: float = Field(default=12.0, gt=0, le=20)
+    voice_ref_seconds_used: float = Field(default=defaults.VOICE_REF_SECONDS_USED, gt=0, le=20)
     voice_max_text_chars: int = Field(default=2000, ge=1, le=100_000)
-    voice_default_nfe_steps: int = Field(default=32, ge=1, le=128)
-    voice_default_cfg_strength: float = Field(default=2.0, ge=0, le=10)
+    voice_default_nfe_steps: int = Field(default=defaults.VOICE_NFE_STEPS, ge=1, le=128)
+    voice_default_cfg_strength: float = Field(default=defaults.VOICE_CFG_STRENGTH, ge=0, le=10)
 
     # --- placement and threads ------------------------------------------------------------
     # Deploy GPU deployments on the CPU when the Ray cluster has no GPU at all, instead of

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from core import defaults
 from core.storage.base import (
     ObjectInfo,
     ObjectStore,
@@ -44,15 +45,15 @@ class StorageConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["local", "s3"] = "local"
-    local_dir: Path = Path("data/storage")
+    local_dir: Path = Path(defaults.LOCAL_STORAGE_DIR)
     bucket: str | None = None
     endpoint_url: str | None = None
-    region: str = "auto"
+    region: str = defaults.R2_REGION
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
     public_base_url: str | None = None
-    presign_expires_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
-    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    presign_expires_s: int = Field(default=defaults.PRESIGN_EXPIRES_S, ge=1, le=7 * 24 * 3600)
+    timeout_s: float = Field(default=defaults.STORAGE_TIMEOUT_S, gt=0, le=300)
 
     @model_validator(mode="after")
     def _check_s3(self) -> StorageConfig:

@@ -1,0 +1,52 @@
+"""The default of every value that both the settings (`serve_app.settings`) and the typed
+configs (`deployments.configs`, `core.types`, `core.storage`) carry: defined once, here.
+
+The settings are what operators change (environment variables); a config built without the
+settings (a test, another Ray app binding a deployment itself) gets the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- prompt step (OpenAI-compatible chat model) -------------------------------------------
+OPENAI_PROMPT_MODEL: Final = "gpt-4.1"
+OPENAI_TIMEOUT_S: Final = 20.0
+OPENAI_MAX_RETRIES: Final = 2
+
+# --- image generation ---------------------------------------------------------------------
+IMAGE_MODEL: Final = "stabilityai/sd-turbo"
+IMAGE_WIDTH: Final = 512
+IMAGE_HEIGHT: Final = 512
+IMAGE_STEPS: Final = 1
+IMAGE_GUIDANCE_SCALE: Final = 0.0
+IMAGE_MAX_QUEUED_REQUESTS: Final = 8
+
+# --- image search -------------------------------------------------------------------------
+CLIP_MODEL: Final = "ViT-B-32"
+CLIP_PRETRAINED: Final = "laion2b_s34b_b79k"
+CLIP_MAX_BATCH_SIZE: Final = 32
+CLIP_MAX_QUEUED_REQUESTS: Final = 16
+IMAGE_SEARCH_MAX_PIXELS: Final = 40_000_000
+HNSW_M: Final = 32
+HNSW_EF_CONSTRUCTION: Final = 200
+HNSW_EF_SEARCH: Final = 128  # recall@10 0.998 on CLIP-like vectors (docs/benchmarks.md §3)
+DB_BACKUP_INTERVAL_S: Final = 1800
+DB_BACKUP_PREFIX: Final = "backups/image_search/"
+DB_BACKUP_KEEP: Final = 10
+
+# --- voice cloning ------------------------------------------------------------------------
+VOICE_MODEL_CONFIG: Final = "F5TTS_v1_Base"
+VOICE_CHECKPOINT: Final = "hf://SWivid/F5-TTS/F5TTS_v1_Base/model_1250000.safetensors"
+VOICE_VOCODER: Final = "charactr/vocos-mel-24khz"
+VOICE_ASR_MODEL: Final = "openai/whisper-large-v3-turbo"
+VOICE_REF_SECONDS_USED: Final = 12.0
+VOICE_NFE_STEPS: Final = 32
+VOICE_CFG_STRENGTH: Final = 2.0
+VOICE_MAX_QUEUED_REQUESTS: Final = 8
+
+# --- object storage -----------------------------------------------------------------------
+LOCAL_STORAGE_DIR: Final = "data/storage"
+R2_REGION: Final = "auto"
+PRESIGN_EXPIRES_S: Final = 3600
+STORAGE_TIMEOUT_S: Final = 10.0
