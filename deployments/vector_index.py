@@ -5,11 +5,15 @@ local database is missing, then opens the per-project HNSW indexes: each is load
 file saved beside the database when that file matches SQLite, else rebuilt from the rows.
 While it runs, one background thread uploads a consistent snapshot every interval and another
 saves changed indexes every `index_save_interval_s` (sooner after `index_save_after_changes`
-changes); they are saved once more when the replica shuts down.
+changes); they are saved once more when the replica shuts down. A third finishes deletes left
+half-done: a tombstone older than `delete_grace_s` (its caller crashed, or the object store
+failed between `begin_delete` and `finish_delete`) has its object deleted from the store, then
+its row and label (`_finish_pending_deletes`, every `delete_sweep_interval_s`).
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import threading
 import time
@@ -18,11 +22,12 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.configs import VectorIndexConfig
-from core.records import ImagePage, ImageRecord, NewImage, SearchHit
-from deployments.vector_store import BackupManager, VectorCatalog
+from core.errors import ApiError
 from core.metrics import index_images
+from core.records import ImagePage, ImageRecord, NewImage, SearchHit
 from core.storage import make_object_store
+from deployments.configs import VectorIndexConfig
+from deployments.vector_store import BackupManager, VectorCatalog
 
 logger = logging.getLogger("ray.serve")
 
@@ -35,15 +40,23 @@ logger = logging.getLogger("ray.serve")
 class VectorIndex:
     """Per-project nearest-neighbour search over CLIP vectors, backed by SQLite."""
 
-    def __init__(self, config: VectorIndexConfig):
+    # How often the sweeper looks for unfinished deletes, and how old a tombstone must be
+    # before it takes over (a live DELETE request finishes its own well within this).
+    delete_sweep_interval_s: float = 300.0
+    delete_grace_s: float = 900.0
+
+    def __init__(self, config: VectorIndexConfig) -> None:
         self._config = config
-        self._backups = BackupManager(
-            make_object_store(config.storage), config.backup_prefix, config.backup_keep
-        )
+        # The store of the images themselves (the Gateway's) and of the database snapshots.
+        self._store = make_object_store(config.storage)
+        self._backups = BackupManager(self._store, config.backup_prefix, config.backup_keep)
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.restored_from: str | None = None
-        self._startup: dict[str, Any] = {"database": "existing", "restored_from": None,
-                                         "skipped_snapshots": []}
+        self._startup: dict[str, Any] = {
+            "database": "existing",
+            "restored_from": None,
+            "skipped_snapshots": [],
+        }
         if not config.db_path.exists():
             report = self._backups.restore(config.db_path)
             self.restored_from = report.key
@@ -80,6 +93,9 @@ class VectorIndex:
         # Ray drops a gauge series that is not set again within about two metric report
         # intervals: republish the index sizes every interval, not only on writes.
         threading.Thread(target=self._metrics_loop, name="index-size-metrics", daemon=True).start()
+        threading.Thread(
+            target=self._delete_sweep_loop, name="image-search-delete-sweeper", daemon=True
+        ).start()
         self._saver_thread: threading.Thread | None = None
         if config.persist_index:
             self._saver_thread = threading.Thread(
@@ -107,11 +123,15 @@ class VectorIndex:
         """One live image, or None."""
         return self._catalog.get(project_id, image_id)
 
+    # `list` is the handle API's name (deployments.api); inside this class body it shadows the
+    # builtin, hence `builtins.list` in the annotations below.
     def list(self, project_id: str, limit: int, cursor: str | None = None) -> ImagePage:
         """A newest-first page of the project's images."""
-        return self._catalog.list(project_id, limit, cursor)
+        return self._catalog.list_images(project_id, limit, cursor)
 
-    def search(self, project_id: str, vector: np.ndarray, limit: int) -> list[SearchHit]:
+    def search(
+        self, project_id: str, vector: np.ndarray[Any, Any], limit: int
+    ) -> builtins.list[SearchHit]:
         """The `limit` images closest to `vector` (cosine), best first."""
         return self._catalog.search(project_id, vector, limit)
 
@@ -124,7 +144,7 @@ class VectorIndex:
         or "new", and the damaged snapshots it skipped with the reasons. Cheap: no I/O."""
         return {**self._startup, "skipped_snapshots": list(self._startup["skipped_snapshots"])}
 
-    def save_indexes(self) -> list[str]:
+    def save_indexes(self) -> builtins.list[str]:
         """Save the changed project indexes now; returns the projects saved."""
         return self._catalog.save_indexes()
 
@@ -136,7 +156,7 @@ class VectorIndex:
         self._publish_sizes()
         return record
 
-    def add_many(self, images: list[NewImage]) -> list[ImageRecord]:
+    def add_many(self, images: builtins.list[NewImage]) -> builtins.list[ImageRecord]:
         """Index a batch in one transaction; records come back in input order."""
         records = self._catalog.add_many(images)
         self._publish_sizes()
@@ -159,7 +179,7 @@ class VectorIndex:
         while not self._stop.wait(_metrics_report_interval_s()):
             try:
                 self._publish_sizes()
-            except Exception:  # noqa: BLE001 - metrics must never take the index down
+            except Exception:  # metrics must never take the index down
                 logger.debug("could not publish the index sizes", exc_info=True)
 
     # --- backups ------------------------------------------------------------------------------
@@ -168,7 +188,7 @@ class VectorIndex:
         """Upload a consistent snapshot now; returns its key."""
         return self._backups.backup(self._config.db_path)
 
-    def list_backups(self) -> list[str]:
+    def list_backups(self) -> builtins.list[str]:
         """Snapshot keys in storage, newest first."""
         return self._backups.list_snapshots()
 
@@ -176,9 +196,10 @@ class VectorIndex:
         while not self._stop.wait(self._config.backup_interval_s):
             try:
                 self.backup_now()
-            except Exception:  # noqa: BLE001 - a failed backup is retried next interval
-                logger.exception("database backup failed; retrying in %ss",
-                                 self._config.backup_interval_s)
+            except Exception:  # a failed backup is retried next interval
+                logger.exception(
+                    "database backup failed; retrying in %ss", self._config.backup_interval_s
+                )
 
     def _index_save_loop(self) -> None:
         catalog = self._catalog
@@ -188,8 +209,39 @@ class VectorIndex:
                 return
             try:
                 catalog.save_indexes()
-            except Exception:  # noqa: BLE001 - the rows are safe in SQLite; retried next time
+            except Exception:  # the rows are safe in SQLite; retried next time
                 logger.exception("saving the search indexes failed")
+
+    # --- unfinished deletes --------------------------------------------------------------
+
+    def _finish_pending_deletes(self) -> int:
+        """Finish every delete tombstoned at least `delete_grace_s` ago: delete its object
+        from the store (absent is fine), then its row and label. Returns how many finished;
+        one that fails is logged and left for the next sweep."""
+        finished = 0
+        for record in self._catalog.pending_deletes(older_than_s=self.delete_grace_s):
+            try:
+                self._store.delete(record.object_key)
+                self._catalog.finish_delete(record.project_id, record.id)
+            except ApiError as exc:
+                logger.warning(
+                    "could not finish deleting image %s of project %s: %s",
+                    record.id, record.project_id, exc.message,
+                )
+                continue
+            finished += 1
+        if finished:
+            logger.info("finished %d interrupted image delete(s)", finished)
+        return finished
+
+    def _delete_sweep_loop(self) -> None:
+        while not self._stop.wait(self.delete_sweep_interval_s):
+            try:
+                self._finish_pending_deletes()
+            except Exception:  # the tombstones stay; retried next interval
+                if self._stop.is_set():
+                    return  # shutting down: the catalog closed under the sweep
+                logger.exception("sweeping unfinished image deletes failed")
 
     def __del__(self) -> None:
         stop = getattr(self, "_stop", None)
@@ -206,7 +258,7 @@ def _metrics_report_interval_s() -> float:
     try:
         import ray
 
-        interval_ms = ray._config.metrics_report_interval_ms()
+        interval_ms = float(ray._config.metrics_report_interval_ms())
     except Exception:  # noqa: BLE001 - a private API: fall back to Ray's default
-        interval_ms = 10_000
+        interval_ms = 10_000.0
     return max(1.0, interval_ms / 1000)

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from deployments.vector_store.models import REQUIRED_TABLES
 from core.durable import fsync_dir
 from core.errors import ObjectNotFound
 from core.storage import ObjectStore, validate_key, validate_prefix
+from deployments.vector_store.models import REQUIRED_TABLES
 
 __all__ = ["BackupManager", "RestoreReport", "snapshot_to_file", "verify_database"]
 

@@ -1,240 +1,68 @@
-"""`VectorCatalog`: per-project hnswlib indexes backed by one SQLite file (the source of truth).
+"""`VectorCatalog`: the image-search catalog's API, per-project hnswlib indexes backed by one
+SQLite file (the source of truth).
 
 SQLite (WAL, synchronous=NORMAL) keeps every image row together with its float32 vector; each
-project's hnswlib index ('ip' space on L2-normalised vectors, so score = cosine) is a cache of
-it, so a restart loses nothing that was committed.
-
-Persistence: rebuilding a 50k-vector index from SQLite takes minutes on a small CPU, so each
-project's index is also saved beside the database (`<db>.hnsw/<sha256(project)[:40]>.hnsw`):
-`save_index` to a temporary file, fsync, rename, fsync the directory, then the file's sha256,
-size and the state it holds are recorded in SQLite (`index_state`). Every change to a
-project's rows bumps its `generation` in the same transaction, so at open a saved file is
-loaded only when its recorded generation, row count, live count, largest label, index
-parameters, size and checksum all match SQLite; any mismatch (a crash after the last save, a
-damaged or foreign file) rebuilds that project from the rows, as before. Saving is explicit
-(`save_indexes`, which the VectorIndex deployment runs on a schedule and after
-`save_after_changes` changes) and happens at `close()`.
+project's hnswlib index (`hnsw_index.ProjectIndex`, 'ip' space on unit vectors, so score =
+cosine) is a cache of it, so a restart loses nothing that was committed. The SQL lives in
+`queries`. Each index is also saved beside the database and loaded at open only when it still
+matches SQLite, else rebuilt from the rows (`index_files`); saving is explicit
+(`save_indexes`, which the VectorIndex deployment runs on a schedule and as soon as
+`save_after_changes` changes are unsaved, see `save_due`) and happens at `close()`.
 
 Writes are all-or-nothing: a row is inserted and flushed, its vector is added to hnswlib, then
 the transaction commits; if any step fails the transaction is rolled back and the label is
 marked deleted in hnswlib, so neither a row without a vector nor a searchable vector without a
 row survives.
 
-Deletes are two-phase so the caller can remove the stored object in between:
-`begin_delete` sets a tombstone (the image disappears from get/list/search at once and its label
-is marked deleted), the caller deletes the object, then `finish_delete` drops the row.
-`pending_deletes` lists tombstones left behind by a crash, for a sweeper.
+Deletes are two-phase so the caller can remove the stored object in between: `begin_delete`
+sets a tombstone (the image disappears from get/list/search at once and its label is marked
+deleted), the caller deletes the object, then `finish_delete` drops the row. A tombstone the
+caller never finished (it crashed, or the object store failed in between) is listed by
+`pending_deletes`; the VectorIndex deployment's sweeper deletes its object and finishes it
+once it is older than a grace period. A tombstone's age is this process's: from its
+`begin_delete`, or from the open for one that was already in the database.
 
-Exactly one process owns the file (the single writer), but calls may come from several threads:
-one `threading.RLock` serialises every hnswlib and SQLite operation (hnswlib's `add_items` is not
-safe alongside `knn_query` or `resize_index`).
+Exactly one process owns the file (the single writer), but calls may come from several
+threads: one `threading.RLock` serialises every hnswlib and SQLite operation.
 
-hnswlib labels are allocated per project from a counter that starts at `max(label) + 1` (from
-SQLite) and never goes back within a process, because a label once marked deleted cannot be
-reused while `allow_replace_deleted` is on. Deleted slots *are* reused (`replace_deleted=True`),
-so the index holds at most the live images plus whatever it has grown to; it starts small and
-doubles up to `max_elements`.
+Why this file is over 400 lines: it is one class, and every method of it takes that lock
+around SQLite and hnswlib together (or, for a save, hands it over in steps); the parts that
+need no lock already live in `queries`, `hnsw_index` and `index_files`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import builtins
-import hashlib
 import logging
-import math
-import os
-import sqlite3
-import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import hnswlib
 import numpy as np
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Table,
-    bindparam,
-    case,
-    event,
-    false,
-    func,
-    or_,
-    true,
-)
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import QueryableAttribute, defer
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, select
 
-from core.durable import fsync_dir
-from core.records import ImagePage, ImageRecord, NewImage, SearchHit
-from deployments.vector_store.models import ImageRow, IndexState, Project, utcnow
 from core.errors import Conflict, InvalidInput, ServiceUnavailable
+from core.records import ImagePage, ImageRecord, NewImage, SearchHit
+from deployments.vector_store import queries as q
+from deployments.vector_store.hnsw_index import (
+    MIN_CAPACITY,
+    HnswParams,
+    Labels,
+    ProjectIndex,
+    Vectors,
+    unit_vector,
+)
+from deployments.vector_store.index_files import IndexFiles, SavedIndex
+from deployments.vector_store.models import ImageRow, IndexState, Project, utcnow
 
 __all__ = ["VectorCatalog"]
 
 log = logging.getLogger(__name__)
-
-BUSY_TIMEOUT_MS = 10_000
-PAGE_SIZE = 16_384
-_MIN_CAPACITY = 1024  # first allocation of a project's index (grows by doubling)
-_WAL_RESET_FIX = (3, 51, 3)  # SQLite release that fixed the WAL-reset race
-
-
-@dataclass
-class _ProjectIndex:
-    """A project's hnswlib index plus the counters kept beside it (guarded by the catalog lock).
-
-    `live` is the number of non-deleted labels in the index, which equals the number of live
-    (not tombstoned) rows in SQLite once every write has committed or rolled back.
-    """
-
-    index: hnswlib.Index
-    next_label: int
-    live: int = 0
-    generation: int = 0  # the project's generation in SQLite (bumped with every change)
-    saved_generation: int | None = None  # the generation of the file on disk, if it matches
-
-    @property
-    def capacity(self) -> int:
-        """Slots allocated in the index."""
-        return int(self.index.get_max_elements())
-
-    def reserve(self, extra: int, max_elements: int) -> None:
-        """Make room for `extra` more live items (deleted slots are reused first)."""
-        needed = self.live + extra
-        if needed <= self.capacity:
-            return
-        new_capacity = max(needed, min(self.capacity * 2, max_elements))
-        self.index.resize_index(new_capacity)
-
-    def add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
-        """Add `vectors` (n, D) under `labels` (n,), reusing deleted slots."""
-        self.index.add_items(vectors, labels, replace_deleted=True)
-
-    def mark_deleted(self, labels: Sequence[int]) -> None:
-        """Mark labels deleted; labels that are absent or already deleted are skipped."""
-        for label in labels:
-            try:
-                self.index.mark_deleted(int(label))
-            except RuntimeError:
-                pass  # "Label not found" / "already deleted": nothing to hide
-
-    def knn(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to `k` nearest labels and their inner products, best first.
-
-        hnswlib raises when it cannot find `k` live neighbours (few live items, or a graph
-        fragmented by deletions); then k is lowered until it can.
-        """
-        while k > 0:
-            try:
-                labels, distances = self.index.knn_query(vector, k=k, num_threads=1)
-                return labels[0], 1.0 - distances[0]
-            except RuntimeError:
-                if k == 1:
-                    break
-                k = max(1, k // 2)
-        return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
-
-
-def _new_index(dim: int, capacity: int, m: int, ef_construction: int, ef: int) -> hnswlib.Index:
-    index = hnswlib.Index(space="ip", dim=dim)
-    index.init_index(
-        max_elements=max(1, capacity),
-        M=m,
-        ef_construction=ef_construction,
-        allow_replace_deleted=True,
-    )
-    index.set_ef(ef)  # ef is not part of the saved/initialised state: set it every time
-    return index
-
-
-def _set_sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        # Only takes effect on a new, empty file: a ~2.3 KB row (2 KB vector) fits once in a
-        # 4 KB page but seven times in a 16 KB one, halving the file and its backups.
-        cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
-
-
-def _encode_cursor(created_at: datetime, image_id: str) -> str:
-    raw = f"{created_at.isoformat()}\n{image_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        raw = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
-        stamp, image_id = raw.split("\n", 1)
-        created_at = datetime.fromisoformat(stamp)
-    except (ValueError, UnicodeError, binascii.Error):
-        raise InvalidInput("malformed cursor", cursor=cursor[:80]) from None
-    if created_at.tzinfo is None or not image_id:
-        raise InvalidInput("malformed cursor", cursor=cursor[:80])
-    return created_at, image_id
-
-
-_IMAGE: Table = SQLModel.metadata.tables[ImageRow.__tablename__]
-_PROJECT: Table = SQLModel.metadata.tables[Project.__tablename__]
-_INDEX_STATE: Table = SQLModel.metadata.tables[IndexState.__tablename__]
-_NO_VECTOR = defer(cast("QueryableAttribute[bytes]", ImageRow.vector))  # rows without the blob
-_RECORD_COLUMNS = [column for column in _IMAGE.c if column.name != "vector"]
-_LIVE = (_IMAGE.c.project_id == bindparam("project_id")) & (_IMAGE.c.deleting == false())
-_NEWEST_FIRST = (_IMAGE.c.created_at.desc(), _IMAGE.c.id.desc())
-# Built once: SQLAlchemy then reuses their compiled SQL, which keeps reads in the 100 us range.
-_BY_ID = select(*_RECORD_COLUMNS).where(_LIVE, _IMAGE.c.id == bindparam("image_id"))
-_BY_SHA = select(*_RECORD_COLUMNS).where(_LIVE, _IMAGE.c.sha256 == bindparam("sha256"))
-_BY_LABELS = select(*_RECORD_COLUMNS).where(
-    _LIVE, _IMAGE.c.label.in_(bindparam("labels", expanding=True))
-)
-_COUNT_LIVE = select(func.count()).select_from(_IMAGE).where(_LIVE)
-_PAGE_FIRST = (
-    select(*_RECORD_COLUMNS).where(_LIVE).order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
-)
-_PAGE_AFTER = (
-    select(*_RECORD_COLUMNS)
-    .where(
-        _LIVE,
-        or_(
-            _IMAGE.c.created_at < bindparam("after_created"),
-            (_IMAGE.c.created_at == bindparam("after_created"))
-            & (_IMAGE.c.id < bindparam("after_id")),
-        ),
-    )
-    .order_by(*_NEWEST_FIRST)
-    .limit(bindparam("limit"))
-)
-# (rows, live rows, largest label) of a project: what a saved index file must still match.
-_COUNTS = select(
-    func.count(),
-    func.coalesce(func.sum(case((_IMAGE.c.deleting == false(), 1), else_=0)), 0),
-    func.max(_IMAGE.c.label),
-).where(_IMAGE.c.project_id == bindparam("project_id"))
-_TOMBSTONED = (
-    select(*_RECORD_COLUMNS)
-    .where(_IMAGE.c.deleting == true())
-    .order_by(_IMAGE.c.created_at, _IMAGE.c.id)
-)
-
-
-def _record(row: Any, *, duplicate: bool = False) -> ImageRecord:
-    """An `ImageRecord` from a Core row of `_RECORD_COLUMNS` (already typed by the columns)."""
-    return ImageRecord.model_construct(**row._mapping, duplicate=duplicate)
 
 
 class VectorCatalog:
@@ -267,11 +95,13 @@ class VectorCatalog:
         self.hnsw_m = hnsw_m
         self.ef_construction = ef_construction
         self.ef_search = ef_search
+        self._params = HnswParams(dim, hnsw_m, ef_construction, ef_search)
         self._lock = threading.RLock()
-        self._indexes: dict[str, _ProjectIndex] = {}
+        self._indexes: dict[str, ProjectIndex] = {}
         self._closed = False
         self.persist_indexes = persist_indexes
-        self.index_dir = self.db_path.with_name(self.db_path.name + ".hnsw")
+        self._files = IndexFiles(self.db_path)
+        self.index_dir = self._files.directory
         self.save_after_changes = max(1, save_after_changes)
         # Set once `save_after_changes` changes are unsaved; the owner's saver thread waits on it.
         self.save_due = threading.Event()
@@ -279,18 +109,12 @@ class VectorCatalog:
         self._unsaved_changes = 0
         # project -> "loaded" or "rebuilt (<why the saved file was not used>)", from the open
         self.open_report: dict[str, str] = {}
+        # image id -> time.monotonic() of its begin_delete in this process (tombstones only)
+        self._tombstoned_at: dict[str, float] = {}
+        self._opened_at = time.monotonic()
 
-        if sqlite3.sqlite_version_info < _WAL_RESET_FIX:
-            # The race needs two connections writing/checkpointing at once: here every write
-            # goes through the catalog lock and backups read through a read-only connection.
-            log.debug("SQLite %s predates the WAL-reset fix of 3.51.3", sqlite3.sqlite_version)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine: Engine = create_engine(
-            f"sqlite:///{self.db_path}",
-            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
-        )
-        event.listen(self._engine, "connect", _set_sqlite_pragmas)
-        SQLModel.metadata.create_all(self._engine, tables=[_PROJECT, _IMAGE, _INDEX_STATE])
+        self._engine: Engine = q.open_engine(self.db_path)
         self._open_all()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -332,19 +156,21 @@ class VectorCatalog:
 
     def _open_project(
         self, session: Session, project_id: str, marker: IndexState | None
-    ) -> _ProjectIndex:
-        rows, live, max_label = session.connection().execute(
-            _COUNTS, {"project_id": project_id}
-        ).one()
+    ) -> ProjectIndex:
+        conn = session.connection()
+        rows, live, max_label = conn.execute(q.COUNTS, {"project_id": project_id}).one()
         rows, live = int(rows), int(live)
-        state: _ProjectIndex | None = None
-        reason = "persistence off"
+        state: ProjectIndex | None = None
+        reason: str | None = "persistence off"
         if self.persist_indexes:
-            reason = self._saved_index_problem(project_id, marker, rows, live, max_label)
+            reason = self._files.problem(
+                project_id, marker, rows, live, max_label, self._params.signature
+            )
             if reason is None:
-                assert marker is not None
                 try:
-                    state = self._load_saved(project_id, live, max_label)
+                    state = ProjectIndex.load(
+                        self._params, self._files.path(project_id), live, max_label
+                    )
                 except Exception as exc:  # noqa: BLE001 - any failure: rebuild from the rows
                     reason = f"load failed: {type(exc).__name__}: {exc}"[:300]
         if state is not None:
@@ -352,66 +178,19 @@ class VectorCatalog:
             state.saved_generation = marker.saved_generation
             self.open_report[project_id] = "loaded"
         else:
-            state = self._build_project(session, project_id, max_label)
+            found = conn.execute(q.LIVE_VECTORS, {"project_id": project_id}).all()
+            labels = np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
+            vectors = np.frombuffer(b"".join(r[1] for r in found), dtype=np.float32)
+            state = ProjectIndex.build(self._params, labels, vectors, self.max_elements, max_label)
             self.open_report[project_id] = f"rebuilt ({reason})"
             if self.persist_indexes:
                 log.info("project %s: index rebuilt from SQLite: %s", project_id, reason)
         state.generation = marker.generation if marker is not None else 0
         return state
 
-    def _params(self) -> str:
-        return f"ip dim={self.dim} M={self.hnsw_m} ef_construction={self.ef_construction}"
-
     def index_path(self, project_id: str) -> Path:
         """Where the project's saved index lives (its name does not depend on the id's text)."""
-        digest = hashlib.sha256(project_id.encode("utf-8")).hexdigest()[:40]
-        return self.index_dir / f"{digest}.hnsw"
-
-    def _saved_index_problem(
-        self,
-        project_id: str,
-        marker: IndexState | None,
-        rows: int,
-        live: int,
-        max_label: int | None,
-    ) -> str | None:
-        """None when the saved file may be loaded; else why not."""
-        if marker is None or marker.saved_generation is None or marker.saved_sha256 is None:
-            return "no saved index"
-        if marker.saved_generation != marker.generation:
-            return f"stale: saved at generation {marker.saved_generation}, database at " \
-                   f"{marker.generation}"
-        if (marker.saved_rows, marker.saved_live, marker.saved_max_label) != (
-            rows, live, max_label
-        ):
-            return "stale: the rows differ from the saved index's"
-        if marker.saved_params != self._params():
-            return f"saved with other parameters ({marker.saved_params})"
-        path = self.index_path(project_id)
-        try:
-            size = path.stat().st_size
-        except OSError:
-            return "index file missing"
-        if size != marker.saved_bytes:
-            return f"index file is {size} bytes, {marker.saved_bytes} were saved"
-        with path.open("rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
-        if digest != marker.saved_sha256:
-            return "index file checksum mismatch"
-        return None
-
-    def _load_saved(self, project_id: str, live: int, max_label: int | None) -> _ProjectIndex:
-        index = hnswlib.Index(space="ip", dim=self.dim)
-        index.load_index(str(self.index_path(project_id)), allow_replace_deleted=True)
-        if index.element_count < live:
-            raise ValueError(f"{index.element_count} elements for {live} live rows")
-        index.set_ef(self.ef_search)  # ef is not saved with the index
-        # Labels once used (deleted ones included) stay taken: never hand them out again.
-        ids = index.get_ids_list()
-        next_label = max(
-            (max_label + 1) if max_label is not None else 0, (max(ids) + 1) if ids else 0
-        )
-        return _ProjectIndex(index=index, next_label=int(next_label), live=live)
+        return self._files.path(project_id)
 
     # --- persistence ----------------------------------------------------------------------
 
@@ -448,95 +227,52 @@ class VectorCatalog:
                 try:
                     if self._save_project(project_id, state):
                         saved.append(project_id)
-                except Exception:  # noqa: BLE001 - the rows are safe in SQLite; retried later
+                except Exception:  # the rows are safe in SQLite; retried later
                     log.exception("could not save the index of project %s", project_id)
         return saved
 
-    def _save_project(self, project_id: str, state: _ProjectIndex) -> bool:
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        path = self.index_path(project_id)
-        fd, tmp_name = tempfile.mkstemp(dir=self.index_dir, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+    def _save_project(self, project_id: str, state: ProjectIndex) -> bool:
+        with self._files.staging(project_id) as tmp:
             with self._lock:
                 if self._closed:
                     return False
                 generation = state.generation
                 with self._engine.connect() as conn:
                     rows, live, max_label = conn.execute(
-                        _COUNTS, {"project_id": project_id}
+                        q.COUNTS, {"project_id": project_id}
                     ).one()
-                state.index.save_index(tmp_name)
-            with tmp.open("rb") as file:
-                os.fsync(file.fileno())
-                digest = hashlib.file_digest(file, "sha256").hexdigest()
-            size = tmp.stat().st_size
-            os.replace(tmp, path)
-            fsync_dir(self.index_dir)
-        finally:
-            tmp.unlink(missing_ok=True)
-        marker = {
-            "saved_generation": generation,
-            "saved_sha256": digest,
-            "saved_bytes": size,
-            "saved_rows": int(rows),
-            "saved_live": int(live),
-            "saved_max_label": max_label,
-            "saved_params": self._params(),
-        }
+                state.save(tmp)
+            digest, size = self._files.install(tmp, project_id)
+        saved = SavedIndex(
+            saved_generation=generation,
+            saved_sha256=digest,
+            saved_bytes=size,
+            saved_rows=int(rows),
+            saved_live=int(live),
+            saved_max_label=max_label,
+            saved_params=self._params.signature,
+        )
         with self._lock:
             if self._closed:
                 return False
             with self._engine.begin() as conn:
-                conn.execute(
-                    sqlite_insert(_INDEX_STATE)
-                    .values(project_id=project_id, generation=generation, **marker)
-                    .on_conflict_do_update(index_elements=[_INDEX_STATE.c.project_id], set_=marker)
-                )
+                conn.execute(q.save_marker(project_id, generation, saved.marker()))
             state.saved_generation = generation
         return True
 
     def _bump_generation(self, session: Session, project_id: str) -> int:
         """Count one change of the project in the session's transaction; the new generation."""
-        statement = (
-            sqlite_insert(_INDEX_STATE)
-            .values(project_id=project_id, generation=1)
-            .on_conflict_do_update(
-                index_elements=[_INDEX_STATE.c.project_id],
-                set_={"generation": _INDEX_STATE.c.generation + 1},
-            )
-            .returning(_INDEX_STATE.c.generation)
-        )
-        return int(session.connection().execute(statement).scalar_one())
+        conn = session.connection()
+        return int(conn.execute(q.BUMP_GENERATION, {"project_id": project_id}).scalar_one())
 
-    def _changed(self, state: _ProjectIndex, generation: int) -> None:
+    def _changed(self, state: ProjectIndex, generation: int) -> None:
         """After a commit: the project is at `generation`; wake the saver after enough changes."""
         state.generation = generation
         self._unsaved_changes += 1
         if self._unsaved_changes >= self.save_after_changes:
             self.save_due.set()
 
-    def _build_project(
-        self, session: Session, project_id: str, max_label: int | None
-    ) -> _ProjectIndex:
-        rows = session.exec(
-            select(ImageRow.label, ImageRow.vector).where(
-                ImageRow.project_id == project_id,
-                ImageRow.deleting == False,  # noqa: E712
-            )
-        ).all()
-        capacity = min(max(_MIN_CAPACITY, len(rows)), max(self.max_elements, len(rows)))
-        state = _ProjectIndex(
-            index=_new_index(self.dim, capacity, self.hnsw_m, self.ef_construction, self.ef_search),
-            next_label=(max_label + 1) if max_label is not None else 0,
-        )
-        if rows:
-            labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-            state.add(vectors.reshape(len(rows), self.dim), labels)
-            state.live = len(rows)
-        return state
+    # --- plumbing -------------------------------------------------------------------------
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -556,41 +292,17 @@ class VectorCatalog:
             with self._engine.connect() as conn:
                 yield conn
 
-    def _state(self, project_id: str) -> _ProjectIndex:
+    def _state(self, project_id: str) -> ProjectIndex:
+        """The project's index, created empty for a project's first write."""
         state = self._indexes.get(project_id)
         if state is None:
-            state = _ProjectIndex(
-                index=_new_index(
-                    self.dim,
-                    min(_MIN_CAPACITY, self.max_elements),
-                    self.hnsw_m,
-                    self.ef_construction,
-                    self.ef_search,
-                ),
-                next_label=0,
-            )
+            state = ProjectIndex.create(self._params, min(MIN_CAPACITY, self.max_elements))
             self._indexes[project_id] = state
         return state
 
-    # --- validation -----------------------------------------------------------------------
-
-    def _vector(self, vector: Any) -> np.ndarray:
+    def _vector(self, vector: Any) -> Vectors:
         """A float32 (D,) unit vector, or `InvalidInput`."""
-        try:
-            arr = np.asarray(vector, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise InvalidInput("vector must be an array of numbers") from None
-        if arr.shape != (self.dim,):
-            raise InvalidInput(
-                f"vector must have shape ({self.dim},), got {tuple(arr.shape)}",
-                expected_dim=self.dim,
-            )
-        if not np.all(np.isfinite(arr)):
-            raise InvalidInput("vector contains NaN or infinite values")
-        norm = float(np.linalg.norm(arr))
-        if not math.isfinite(norm) or norm < 1e-12:
-            raise InvalidInput("vector must have a non-zero norm")
-        return np.ascontiguousarray(arr / norm, dtype=np.float32)
+        return unit_vector(vector, self.dim)
 
     def _full(self, project_id: str) -> Conflict:
         return Conflict(
@@ -609,16 +321,16 @@ class VectorCatalog:
     def find_duplicate(self, project_id: str, sha256: str) -> ImageRecord | None:
         """The live image with these bytes (sha256) in the project, flagged `duplicate=True`."""
         with self._reader() as conn:
-            row = conn.execute(_BY_SHA, {"project_id": project_id, "sha256": sha256}).first()
-        return _record(row, duplicate=True) if row is not None else None
+            row = conn.execute(q.BY_SHA, {"project_id": project_id, "sha256": sha256}).first()
+        return q.record_from_row(row, duplicate=True) if row is not None else None
 
     def get(self, project_id: str, image_id: str) -> ImageRecord | None:
         """The live image, or None when it is absent or being deleted."""
         with self._reader() as conn:
-            row = conn.execute(_BY_ID, {"project_id": project_id, "image_id": image_id}).first()
-        return _record(row) if row is not None else None
+            row = conn.execute(q.BY_ID, {"project_id": project_id, "image_id": image_id}).first()
+        return q.record_from_row(row) if row is not None else None
 
-    def list(self, project_id: str, limit: int, cursor: str | None = None) -> ImagePage:
+    def list_images(self, project_id: str, limit: int, cursor: str | None = None) -> ImagePage:
         """Live images newest first (created_at desc, id desc), keyset-paginated.
 
         `cursor` is the `next_cursor` of the previous page (opaque); a malformed one raises
@@ -626,16 +338,16 @@ class VectorCatalog:
         """
         if limit < 1:
             raise InvalidInput("limit must be at least 1", limit=limit)
-        after = _decode_cursor(cursor) if cursor else None
+        after = q.decode_cursor(cursor) if cursor else None
         with self._reader() as conn:
-            total = conn.execute(_COUNT_LIVE, {"project_id": project_id}).scalar_one()
+            total = int(conn.execute(q.COUNT_LIVE, {"project_id": project_id}).scalar_one())
             if after is None:
                 rows = conn.execute(
-                    _PAGE_FIRST, {"project_id": project_id, "limit": limit + 1}
+                    q.PAGE_FIRST, {"project_id": project_id, "limit": limit + 1}
                 ).all()
             else:
                 rows = conn.execute(
-                    _PAGE_AFTER,
+                    q.PAGE_AFTER,
                     {
                         "project_id": project_id,
                         "limit": limit + 1,
@@ -643,9 +355,9 @@ class VectorCatalog:
                         "after_id": after[1],
                     },
                 ).all()
-        items = [_record(row) for row in rows[:limit]]
+        items = [q.record_from_row(row) for row in rows[:limit]]
         next_cursor = (
-            _encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
+            q.encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
         )
         return ImagePage(items=items, total=total, next_cursor=next_cursor)
 
@@ -666,29 +378,36 @@ class VectorCatalog:
                 return []
             score_of = {int(lab): float(s) for lab, s in zip(labels, scores, strict=True)}
             rows = conn.execute(
-                _BY_LABELS, {"project_id": project_id, "labels": builtins.list(score_of)}
+                q.BY_LABELS, {"project_id": project_id, "labels": builtins.list(score_of)}
             ).all()
-        hits = [SearchHit.model_construct(record=_record(r), score=score_of[r.label]) for r in rows]
+        hits = [
+            SearchHit.model_construct(record=q.record_from_row(r), score=score_of[r.label])
+            for r in rows
+        ]
         hits.sort(key=lambda hit: (-hit.score, hit.record.id))
         return hits
 
-    def pending_deletes(self) -> builtins.list[ImageRecord]:
-        """Tombstoned images (a delete began but did not finish), oldest first, all projects."""
+    def pending_deletes(self, older_than_s: float = 0.0) -> builtins.list[ImageRecord]:
+        """Tombstoned images of all projects, oldest image first, whose delete began at least
+        `older_than_s` seconds ago (0: every one), so that their owner can finish them.
+
+        A tombstone found in the database at open counts from the open.
+        """
         with self._reader() as conn:
-            return [_record(row) for row in conn.execute(_TOMBSTONED).all()]
+            rows = conn.execute(q.TOMBSTONED).all()
+            now = time.monotonic()
+            return [
+                q.record_from_row(row)
+                for row in rows
+                if now - self._tombstoned_at.get(row.id, self._opened_at) >= older_than_s
+            ]
 
     def stats(self) -> dict[str, int]:
         """Live images per project (every known project, zero included)."""
-        with self._session() as session:
-            counts = dict(
-                session.exec(
-                    select(ImageRow.project_id, func.count())
-                    .where(ImageRow.deleting == False)  # noqa: E712
-                    .group_by(ImageRow.project_id)
-                ).all()
-            )
-            projects = session.exec(select(Project.id)).all()
-            return {project_id: int(counts.get(project_id, 0)) for project_id in projects}
+        with self._reader() as conn:
+            counts = {row[0]: int(row[1]) for row in conn.execute(q.LIVE_PER_PROJECT)}
+            projects = conn.execute(q.PROJECT_IDS).scalars().all()
+        return {project_id: counts.get(project_id, 0) for project_id in projects}
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -724,7 +443,7 @@ class VectorCatalog:
                 row.sha256: row
                 for row in session.exec(
                     select(ImageRow)
-                    .options(_NO_VECTOR)
+                    .options(q.NO_VECTOR)
                     .where(
                         ImageRow.project_id == project_id,
                         col(ImageRow.sha256).in_({img.sha256 for img in images}),
@@ -733,11 +452,11 @@ class VectorCatalog:
                 ).all()
             }
             results: builtins.list[ImageRecord | None] = []
-            fresh: builtins.list[tuple[int, NewImage, np.ndarray]] = []  # (position, image, vector)
+            fresh: builtins.list[tuple[int, NewImage, Vectors]] = []  # (position, image, vector)
             first_of_sha: dict[str, int] = {}
             for pos, (img, vec) in enumerate(zip(images, vectors, strict=True)):
                 if img.sha256 in existing:
-                    results.append(_record(existing[img.sha256], duplicate=True))
+                    results.append(q.record_from_orm(existing[img.sha256], duplicate=True))
                 elif img.sha256 in first_of_sha:
                     results.append(None)  # filled in with the first one's record below
                 else:
@@ -775,7 +494,7 @@ class VectorCatalog:
             self._write(session, state, project_id, rows, np.stack([f[2] for f in fresh]), labels)
 
             for (pos, _img, _vec), row in zip(fresh, rows, strict=True):
-                results[pos] = _record(row)
+                results[pos] = q.record_from_orm(row)
             for pos, img in enumerate(images):
                 if results[pos] is None:
                     first = results[first_of_sha[img.sha256]]
@@ -786,11 +505,11 @@ class VectorCatalog:
     def _write(
         self,
         session: Session,
-        state: _ProjectIndex,
+        state: ProjectIndex,
         project_id: str,
         rows: builtins.list[ImageRow],
-        vectors: np.ndarray,
-        labels: np.ndarray,
+        vectors: Vectors,
+        labels: Labels,
     ) -> None:
         """Insert rows, add vectors, commit: all of it or (after cleanup) none of it."""
         vectors_added = False
@@ -820,17 +539,21 @@ class VectorCatalog:
         state.live += len(rows)
         self._changed(state, generation)
 
+    def _row(self, session: Session, project_id: str, image_id: str) -> ImageRow | None:
+        """The image's ORM row (live or tombstoned, without its vector), or None."""
+        return session.exec(
+            select(ImageRow)
+            .options(q.NO_VECTOR)
+            .where(ImageRow.project_id == project_id, ImageRow.id == image_id)
+        ).first()
+
     def begin_delete(self, project_id: str, image_id: str) -> ImageRecord | None:
         """Tombstone the image and hide its vector; None when no such row exists.
 
         An image already being deleted is returned again, so a retried DELETE can finish.
         """
         with self._session() as session:
-            row = session.exec(
-                select(ImageRow)
-                .options(_NO_VECTOR)
-                .where(ImageRow.project_id == project_id, ImageRow.id == image_id)
-            ).first()
+            row = self._row(session, project_id, image_id)
             if row is None:
                 return None
             state = self._indexes.get(project_id)
@@ -839,22 +562,19 @@ class VectorCatalog:
                 session.add(row)
                 generation = self._bump_generation(session, project_id)
                 session.commit()
+                self._tombstoned_at[image_id] = time.monotonic()
                 if state is not None:
                     state.mark_deleted([row.label])
                     state.live -= 1
                     self._changed(state, generation)
             elif state is not None:
                 state.mark_deleted([row.label])  # harmless if already hidden
-            return _record(row)
+            return q.record_from_orm(row)
 
     def finish_delete(self, project_id: str, image_id: str) -> None:
         """Remove the image's row (after its stored object is gone); a no-op when absent."""
         with self._session() as session:
-            row = session.exec(
-                select(ImageRow)
-                .options(_NO_VECTOR)
-                .where(ImageRow.project_id == project_id, ImageRow.id == image_id)
-            ).first()
+            row = self._row(session, project_id, image_id)
             if row is None:
                 return
             was_live = not row.deleting
@@ -862,16 +582,10 @@ class VectorCatalog:
             session.delete(row)
             generation = self._bump_generation(session, project_id)
             session.commit()
+            self._tombstoned_at.pop(image_id, None)
             state = self._indexes.get(project_id)
             if state is not None:
                 state.mark_deleted([label])
                 if was_live:
                     state.live -= 1
                 self._changed(state, generation)
-
-
-def _record(row: ImageRow, *, duplicate: bool = False) -> ImageRecord:
-    """Copy an ORM row into a detached record."""
-    return ImageRecord.model_validate(row, from_attributes=True).model_copy(
-        update={"duplicate": duplicate}
-    )

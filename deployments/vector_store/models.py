@@ -10,7 +10,10 @@ Constraints worth knowing:
   an image whose delete is still in progress does not block re-uploading the same bytes.
 - `(project_id, label)` is unique: a label is the image's id inside the project's hnswlib index.
 - `deleting` is a tombstone: set while a delete is in progress; such rows are hidden from
-  get/list/search and finished by a sweeper (`VectorCatalog.pending_deletes`).
+  get/list/search. The caller normally finishes the delete at once; one left behind (a crash,
+  or the object store failing in between) is listed by `VectorCatalog.pending_deletes` and
+  finished by the `VectorIndex` deployment's sweeper. The partial index
+  `ix_image_tombstones` (only rows with `deleting = 1`) keeps that listing cheap.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class ImageRow(SQLModel, table=True):
             sqlite_where=text("deleting = 0"),
         ),
         Index("ix_image_project_created", "project_id", "created_at", "id"),
+        Index("ix_image_tombstones", "created_at", "id", sqlite_where=text("deleting = 1")),
     )
 
     id: str = Field(primary_key=True, max_length=200)

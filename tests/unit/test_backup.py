@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.vector_store.backup import BackupManager, snapshot_to_file, verify_database
-from deployments.vector_store.catalog import VectorCatalog
 from core.records import NewImage
 from core.storage import ObjectStore
+from deployments.vector_store.backup import BackupManager, snapshot_to_file, verify_database
+from deployments.vector_store.catalog import VectorCatalog
 
 DIM = 16
 PREFIX = "backups/image_search/"

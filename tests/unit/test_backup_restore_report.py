@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.storage import ObjectStore
 from deployments.vector_store.backup import BackupManager, RestoreReport
 from deployments.vector_store.catalog import VectorCatalog
-from core.storage import ObjectStore
 from tests.unit.test_backup import DIM, PREFIX, new_image
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.vector_store import catalog as catalog_module
-from deployments.vector_store.catalog import VectorCatalog
-from core.records import ImageRecord, NewImage
 from core.errors import Conflict, InvalidInput, ServiceUnavailable
+from core.records import ImageRecord, NewImage
+from deployments.vector_store import hnsw_index
+from deployments.vector_store.catalog import VectorCatalog
 
 DIM = 32
 
@@ -164,7 +164,7 @@ def test_delete_flow(catalog: VectorCatalog) -> None:
     record = catalog.begin_delete("p1", "img-4")
     assert record is not None and record.id == "img-4" and record.deleting is True
     assert catalog.get("p1", "img-4") is None
-    page = catalog.list("p1", 100, None)
+    page = catalog.list_images("p1", 100, None)
     assert "img-4" not in {r.id for r in page.items} and page.total == 9
     hits = catalog.search("p1", vectors[4], 10)
     assert len(hits) == 9 and "img-4" not in {h.record.id for h in hits}
@@ -182,6 +182,29 @@ def test_delete_flow(catalog: VectorCatalog) -> None:
     again_added = catalog.add(new_image("4b", vectors[4], sha="sha-p1-4"))
     assert again_added.duplicate is False
     assert catalog.search("p1", vectors[4], 1)[0].record.id == "img-4b"
+
+
+def test_pending_deletes_waits_for_the_grace_period(db_path: Path) -> None:
+    """A tombstone is offered to the sweeper only once it is `older_than_s` old; one found in
+    the database at open counts from the open; a finished one is gone."""
+    grace = 0.3
+    vectors = unit_vectors(3, seed=17)
+    with VectorCatalog(db_path, dim=DIM, max_elements=10) as cat:
+        for i, v in enumerate(vectors):
+            cat.add(new_image(i, v))
+        cat.begin_delete("p1", "img-1")
+        assert cat.pending_deletes(older_than_s=grace) == []  # its DELETE may still be running
+        assert [r.id for r in cat.pending_deletes()] == ["img-1"]
+        time.sleep(grace + 0.05)
+        cat.begin_delete("p1", "img-2")  # a fresh one, next to the old one
+        assert [r.id for r in cat.pending_deletes(older_than_s=grace)] == ["img-1"]
+        cat.finish_delete("p1", "img-1")
+        assert cat.pending_deletes(older_than_s=grace) == []
+    with VectorCatalog(db_path, dim=DIM, max_elements=10) as reopened:
+        assert reopened.pending_deletes(older_than_s=grace) == []  # counts from the open
+        time.sleep(grace + 0.05)
+        pending = reopened.pending_deletes(older_than_s=grace)
+        assert [r.id for r in pending] == ["img-2"] and pending[0].deleting is True
 
 
 def test_reupload_while_delete_pending_is_not_a_duplicate(catalog: VectorCatalog) -> None:
@@ -218,7 +241,7 @@ def test_restart_rebuilds_from_sqlite(db_path: Path) -> None:
         for i, v in enumerate(vectors[30:], start=30):
             cat.add(new_image(i, v, project="a"))
         assert cat.search("a", vectors[35], 1)[0].record.id == "img-35"
-        labels = [r.label for r in cat.list("a", 100, None).items]
+        labels = [r.label for r in cat.list_images("a", 100, None).items]
         assert len(labels) == len(set(labels))
     with VectorCatalog(db_path, dim=DIM, max_elements=100) as cat:
         assert cat.stats() == {"a": 24, "b": 14}
@@ -237,7 +260,7 @@ def test_list_pagination_newest_first(catalog: VectorCatalog) -> None:
     cursor: str | None = None
     pages = 0
     while True:
-        page = catalog.list("p1", 5, cursor)
+        page = catalog.list_images("p1", 5, cursor)
         pages += 1
         assert page.total == 22
         assert len(page.items) <= 5
@@ -253,16 +276,16 @@ def test_list_pagination_newest_first(catalog: VectorCatalog) -> None:
     assert keys == sorted(keys, reverse=True)
     assert ids[0] == "img-22" and ids[-1] == "img-00"
 
-    exact = catalog.list("p1", 22, None)
+    exact = catalog.list_images("p1", 22, None)
     assert len(exact.items) == 22 and exact.next_cursor is None
     for bad in ("not base64 !!", "Zm9v", "", "////"):
         if bad == "":
             continue  # an empty cursor is the first page
         with pytest.raises(InvalidInput):
-            catalog.list("p1", 5, bad)
+            catalog.list_images("p1", 5, bad)
     with pytest.raises(InvalidInput):
-        catalog.list("p1", 0, None)
-    empty = catalog.list("nobody", 10, None)
+        catalog.list_images("p1", 0, None)
+    empty = catalog.list_images("nobody", 10, None)
     assert empty.items == [] and empty.total == 0 and empty.next_cursor is None
 
 
@@ -313,7 +336,7 @@ def test_index_failure_leaves_nothing_behind(
     def broken_add(self: object, vectors: np.ndarray, labels: np.ndarray) -> None:
         raise RuntimeError("injected hnswlib failure")
 
-    monkeypatch.setattr(catalog_module._ProjectIndex, "add", broken_add)
+    monkeypatch.setattr(hnsw_index.ProjectIndex, "add", broken_add)
     with pytest.raises(ServiceUnavailable):
         catalog.add(new_image(1, vectors[1]))
     with pytest.raises(ServiceUnavailable):
@@ -334,13 +357,13 @@ def test_failure_after_the_vector_landed_hides_it(
 ) -> None:
     vectors = unit_vectors(3, seed=15)
     catalog.add(new_image(0, vectors[0]))
-    real_add = catalog_module._ProjectIndex.add
+    real_add = hnsw_index.ProjectIndex.add
 
-    def add_then_fail(self: catalog_module._ProjectIndex, v: np.ndarray, lab: np.ndarray) -> None:
+    def add_then_fail(self: hnsw_index.ProjectIndex, v: np.ndarray, lab: np.ndarray) -> None:
         real_add(self, v, lab)
         raise RuntimeError("injected failure after add_items")
 
-    monkeypatch.setattr(catalog_module._ProjectIndex, "add", add_then_fail)
+    monkeypatch.setattr(hnsw_index.ProjectIndex, "add", add_then_fail)
     with pytest.raises(ServiceUnavailable):
         catalog.add(new_image(1, vectors[1]))
     monkeypatch.undo()
@@ -433,7 +456,7 @@ def test_concurrent_add_search_delete(db_path: Path) -> None:
     page_ids: set[str] = set()
     cursor: str | None = None
     while True:
-        page = cat.list("p1", 500, cursor)
+        page = cat.list_images("p1", 500, cursor)
         page_ids |= {r.id for r in page.items}
         cursor = page.next_cursor
         if cursor is None:

@@ -9,9 +9,9 @@ import hnswlib
 import numpy as np
 import pytest
 
-from deployments.vector_store import catalog as catalog_module
-from deployments.vector_store.catalog import VectorCatalog
 from core.errors import ServiceUnavailable
+from deployments.vector_store import hnsw_index
+from deployments.vector_store.catalog import VectorCatalog
 from tests.unit.test_vector_catalog import DIM, new_image, unit_vectors
 
 
@@ -58,7 +58,7 @@ def test_saved_index_is_loaded_on_open(db_path: Path) -> None:
         for i in range(40, 60):
             cat.add(new_image(i, vectors[i], project="a"))
         assert_all_found(cat, vectors, list(range(40, 60)), project="a")
-        labels = [r.label for r in cat.list("a", 100, None).items]
+        labels = [r.label for r in cat.list_images("a", 100, None).items]
         assert len(labels) == len(set(labels))
         assert cat.save_indexes() == ["a"]  # only the changed project is written again
         assert cat.save_indexes() == []
@@ -169,7 +169,7 @@ def test_deleted_labels_of_a_loaded_index_are_never_handed_out_again(db_path: Pa
             reopened.add(new_image(i, vectors[i]))
         alive = [i for i in range(40) if i not in (5, 18, 19)]
         assert_all_found(reopened, vectors, alive)
-        labels = [r.label for r in reopened.list("p1", 100, None).items]
+        labels = [r.label for r in reopened.list_images("p1", 100, None).items]
         assert len(labels) == len(set(labels)) == 37
 
 
@@ -213,7 +213,7 @@ def test_a_rolled_back_first_write_saves_nothing(
         raise RuntimeError("injected hnswlib failure")
 
     with open_catalog(db_path) as cat:
-        monkeypatch.setattr(catalog_module._ProjectIndex, "add", broken_add)
+        monkeypatch.setattr(hnsw_index.ProjectIndex, "add", broken_add)
         with pytest.raises(ServiceUnavailable):
             cat.add(new_image(0, vectors[0], project="never"))
         monkeypatch.undo()
