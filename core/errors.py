@@ -31,11 +31,13 @@ class ApiError(Exception):
         """The JSON body sent to the client."""
         return {"error": {"code": self.code, "message": self.message, **self.details}}
 
-    def __reduce__(self):  # keep details and headers when pickled across Ray processes
+    def __reduce__(self) -> tuple[Any, ...]:  # keep details and headers across Ray processes
         return (_rebuild, (type(self), self.message, self.headers, self.details))
 
 
-def _rebuild(cls: type[ApiError], message: str, headers: dict[str, str], details: dict) -> ApiError:
+def _rebuild(
+    cls: type[ApiError], message: str, headers: dict[str, str], details: dict[str, Any]
+) -> ApiError:
     return cls(message, headers=headers, **details)
 
 

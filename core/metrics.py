@@ -19,7 +19,7 @@ def http_requests() -> Counter:
     return Counter(
         "ai_http_requests",
         description="HTTP requests answered by the gateway, by route template and status.",
-        tag_keys=("route", "method", "status"),
+        tag_keys=("route", "method", "status"),  # type: ignore[arg-type]  # Ray types it as tuple[str]
     )
 
 
@@ -75,7 +75,7 @@ def audio_seconds_produced() -> Counter:
     return Counter(
         "ai_audio_seconds_produced",
         description="Seconds of speech synthesised.",
-        tag_keys=(),
+        tag_keys=(),  # type: ignore[arg-type]  # Ray types it as tuple[str]
     )
 
 

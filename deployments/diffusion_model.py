@@ -40,7 +40,7 @@ class DiffusionImageModel:
         self.dtype = pick_dtype(config.dtype, self.device)
         with quiet_progress_bars():
             # `dtype` is diffusers 0.42's name for the deprecated `torch_dtype`.
-            pipeline = AutoPipelineForText2Image.from_pretrained(
+            pipeline = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
                 self.model_path,
                 dtype=self.dtype,
                 local_files_only=self.is_local,

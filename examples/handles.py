@@ -32,6 +32,7 @@ from deployments.api import (
     ImageParams,
     InvalidInput,
     VoiceParams,
+    api_error,
 )
 
 SERVER = os.environ.get("SERVER_URL", "http://127.0.0.1:8000")
@@ -89,7 +90,8 @@ def main() -> None:
     try:
         generator.generate.remote("", params).result()
     except InvalidInput as exc:
-        error = exc.cause
+        error = api_error(exc)
+        assert error is not None
         print(f"error: {type(error).__name__} {error.status_code} {error.code}: {error.message}")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
+from core.types import Device
 from serve_app import deploy_configs
 from serve_app.gateway import Gateway
 from serve_app.placement import (
@@ -89,10 +90,10 @@ def build_graph(settings: Settings) -> Application:
 
 
 def bind_model(
-    deployment: Deployment,
+    deployment: Any,  # a @serve.deployment class (Ray's stubs type it as the bare class)
     settings: Settings,
     placement: ModelPlacement,
-    make_config: Callable[[str, int], Any],
+    make_config: Callable[[Device, int], Any],
 ) -> Application:
     """Bind a model deployment: its GPUs (or the CPU fallback), CPUs, queue bounds, and the
     config `make_config(device, torch_threads)` for the device it was placed on."""

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from core.storage import StorageConfig
-from core.types import ImageParams
+from core.types import Device, ImageParams
 from deployments.configs import (
     ClipEmbedderConfig,
     ImageGeneratorConfig,
@@ -130,7 +130,7 @@ def prompt_optimizer_config(settings: Settings) -> PromptOptimizerConfig:
     )
 
 
-def image_generator_config(settings: Settings, device: str, threads: int) -> ImageGeneratorConfig:
+def image_generator_config(settings: Settings, device: Device, threads: int) -> ImageGeneratorConfig:
     """The diffusers pipeline's config, for the device the placement chose."""
     return ImageGeneratorConfig(
         model=settings.image_model,
@@ -143,7 +143,7 @@ def image_generator_config(settings: Settings, device: str, threads: int) -> Ima
     )
 
 
-def clip_embedder_config(settings: Settings, device: str, threads: int) -> ClipEmbedderConfig:
+def clip_embedder_config(settings: Settings, device: Device, threads: int) -> ClipEmbedderConfig:
     """The CLIP model's config, for the device the placement chose."""
     return ClipEmbedderConfig(
         model=settings.clip_model,
@@ -157,7 +157,7 @@ def clip_embedder_config(settings: Settings, device: str, threads: int) -> ClipE
     )
 
 
-def voice_cloner_config(settings: Settings, device: str, threads: int) -> VoiceClonerConfig:
+def voice_cloner_config(settings: Settings, device: Device, threads: int) -> VoiceClonerConfig:
     """The F5-TTS model's config, for the device the placement chose."""
     return VoiceClonerConfig(
         model_config_name=settings.voice_model_config,

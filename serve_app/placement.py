@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from ray.serve import Deployment
 
+from core.types import Device
 from serve_app.settings import Settings
 
 logger = logging.getLogger("ray.serve")
@@ -21,7 +22,7 @@ class ModelPlacement(NamedTuple):
 
     num_gpus: float
     num_cpus: float
-    device: str
+    device: Device
     max_queued_requests: int
 
 
@@ -38,7 +39,7 @@ def model_actor_options(settings: Settings, num_cpus: float, num_gpus: float) ->
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
-def on_head_node(deployment: Deployment, settings: Settings) -> Deployment:
+def on_head_node(deployment: Any, settings: Settings) -> Deployment:
     """Pin a CPU deployment to the head node when the models have nodes of their own.
 
     With MODEL_NODE_RESOURCE set, the cluster has dedicated (GPU) model nodes that may come
@@ -53,7 +54,9 @@ def on_head_node(deployment: Deployment, settings: Settings) -> Deployment:
     return deployment.options(ray_actor_options=options)
 
 
-def gpu_placement(requested_gpus: float, device: str, settings: Settings) -> tuple[float, str]:
+def gpu_placement(
+    requested_gpus: float, device: Device, settings: Settings
+) -> tuple[float, Device]:
     """GPUs to reserve and the torch device for a model deployment.
 
     A deployment asking for GPUs on a cluster that has none would stay pending forever; with
@@ -76,7 +79,8 @@ def cluster_gpu_count() -> float | None:
 
     if not ray.is_initialized():
         return None
-    return float(ray.cluster_resources().get("GPU", 0))
+    resources: dict[str, float] = ray.cluster_resources()
+    return float(resources.get("GPU", 0))
 
 
 def model_max_ongoing(settings: Settings, max_queued: int) -> int:

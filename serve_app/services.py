@@ -58,12 +58,13 @@ class Services:
     config: GatewayConfig
     store: ObjectStore
     board: ModuleBoard
-    # DeploymentHandles of the enabled modules (None when the module is off)
-    prompt_optimizer: Any | None = None
-    image_generator: Any | None = None
-    clip_embedder: Any | None = None
-    vector_index: Any | None = None
-    voice_cloner: Any | None = None
+    # DeploymentHandles of the enabled modules; None when the module is off, which the routes
+    # check through the module board (ModuleDisabled) before they use a handle.
+    prompt_optimizer: Any = None
+    image_generator: Any = None
+    clip_embedder: Any = None
+    vector_index: Any = None
+    voice_cloner: Any = None
 
 
     @cached_property
@@ -74,4 +75,5 @@ class Services:
 
 def get_services(request: Request) -> Services:
     """FastAPI dependency: the gateway's services."""
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services

@@ -8,6 +8,7 @@ deployments receive typed configs derived from it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -195,7 +196,7 @@ class Settings(BaseSettings):
 
 
 def load_settings(
-    env_files: str | Path | list[str | Path] | tuple[str | Path, ...] | None = ".env",
+    env_files: str | Path | Sequence[str | Path] | None = ".env",
     overrides: dict[str, object] | None = None,
 ) -> Settings:
     """Read and validate the settings; raise SettingsError naming each bad variable.
@@ -207,10 +208,10 @@ def load_settings(
     unknown = sorted(name.upper() for name in given if name not in Settings.model_fields)
     if unknown:
         raise SettingsError(f"unknown settings: {', '.join(unknown)}")
-    if isinstance(env_files, list):
+    if env_files is not None and not isinstance(env_files, (str, Path)):
         env_files = tuple(env_files)
     try:
-        return Settings(_env_file=env_files, **given)  # type: ignore[call-arg]
+        return Settings(_env_file=env_files, **given)  # type: ignore[call-arg,arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
+from starlette.types import Message, Receive
 
 from core.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from serve_app.image_formats import trailing_bytes
@@ -178,12 +177,10 @@ def _clean_filename(name: str | None) -> str:
     return printable[:255] or "upload"
 
 
-def _limited_receive(
-    receive: Callable[[], Awaitable[dict[str, Any]]], budget: int, too_large: PayloadTooLarge
-) -> Callable[[], Awaitable[dict[str, Any]]]:
+def _limited_receive(receive: Receive, budget: int, too_large: PayloadTooLarge) -> Receive:
     received = 0
 
-    async def limited() -> dict[str, Any]:
+    async def limited() -> Message:
         nonlocal received
         message = await receive()
         if message["type"] == "http.request":

@@ -121,7 +121,8 @@ class S3ObjectStore:
         def fetch() -> bytes:
             body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
             try:
-                return body.read()
+                data: bytes = body.read()
+                return data
             finally:
                 body.close()
 
@@ -167,12 +168,13 @@ class S3ObjectStore:
         expires = self.presign_expires_s if expires_s is None else expires_s
         if not 1 <= expires <= MAX_PRESIGN_EXPIRES_S:
             raise ValueError(f"expires_s must be in 1..{MAX_PRESIGN_EXPIRES_S}")
-        return self._call(
+        url: str = self._call(
             "PresignGetObject",
             lambda: self._client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
             ),
         )
+        return url
 
     def check(self) -> None:
         """HEAD the bucket; raise `StorageUnavailable` when it is unreachable or inaccessible."""

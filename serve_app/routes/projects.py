@@ -4,7 +4,7 @@ and search by image."""
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -44,14 +44,14 @@ ProjectId = Annotated[
 ]
 ImageId = Annotated[str, Path(pattern=IMAGE_ID_PATTERN)]
 
-UPLOAD_RESPONSES: dict[int | str, dict] = {
+UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
     413: {"model": ErrorResponse, "description": "Over IMAGE_SEARCH_MAX_BYTES or too many pixels"},
     415: {"model": ErrorResponse, "description": "Not an image in an accepted format"},
 }
 
 
-def _multipart_body(field: str, many: bool) -> dict:
+def _multipart_body(field: str, many: bool) -> dict[str, Any]:
     file_schema = {"type": "string", "format": "binary"}
     schema = {"type": "array", "items": file_schema} if many else file_schema
     return {

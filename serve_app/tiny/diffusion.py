@@ -164,7 +164,7 @@ def _save_pipeline(
         requires_safety_checker=False,
     )
     with quiet_progress_bars():
-        pipeline.save_pretrained(target, safe_serialization=True)
+        pipeline.save_pretrained(target, safe_serialization=True)  # type: ignore[attr-defined]
 
 
 def build_tiny_diffusion_pipeline(
