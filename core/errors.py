@@ -46,6 +46,13 @@ class BadRequest(ApiError):
     code = "bad_request"
 
 
+class Unauthorized(ApiError):
+    """No valid API key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
 class NotFound(ApiError):
     status_code = 404
     code = "not_found"

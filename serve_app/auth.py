@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.errors import Unauthorized
+from serve_app.http_errors import api_error_response
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def digest(key: str) -> str:
@@ -47,20 +45,11 @@ class ApiKeyMiddleware:
         if self._authorized(scope):
             await self.app(scope, receive, send)
             return
-        body = json.dumps(
-            {"error": {"code": "unauthorized",
-                       "message": "a valid API key is required: Authorization: Bearer <key>"}}
-        ).encode()
-        await send({
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="common-ai-server"'),
-            ],
-        })
-        await send({"type": "http.response.body", "body": body})
+        refusal = Unauthorized(
+            "a valid API key is required: Authorization: Bearer <key>",
+            headers={"WWW-Authenticate": 'Bearer realm="common-ai-server"'},
+        )
+        await api_error_response(refusal)(scope, receive, send)
 
     @staticmethod
     def _is_open(scope: Scope) -> bool:
