@@ -24,7 +24,9 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import REPO, Context, Section, git_revision, machine_info
+from bench.context import Context, Section
+from bench.env import REPO, prepare_environment
+from bench.machine import git_revision, machine_info
 
 BENCHMARKS = ("coldstart", "index", "serving", "embedding", "mixed", "models")
 # Run by default only where CUDA is available (real-sized models are slow on a small CPU).
@@ -85,6 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_environment()  # before anything imports huggingface_hub or Ray
     args = parse_args(argv)
     command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else
                                    " " + shlex.join(sys.argv[1:] if argv is None else argv))
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         models = args.models
         if models is None:
-            from bench.common import build_models
+            from bench.inputs import build_models
 
             print("building the tiny models ...", flush=True)
             models = build_models(work / "models")

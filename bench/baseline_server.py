@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Module level: FastAPI resolves the route annotations from this namespace.
+from fastapi import File, Form, UploadFile
+from pydantic import BaseModel
 
-from fastapi import File, Form, UploadFile  # noqa: E402 - module level: FastAPI resolves
-from pydantic import BaseModel  # noqa: E402   the route annotations from this namespace
+from bench.env import prepare_environment
+from bench.inputs import fill_catalog
+
+if TYPE_CHECKING:
+    from serve_app.audio import AudioFormat
 
 
 class EmbeddingsBody(BaseModel):
@@ -84,11 +88,11 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
     from fastapi import FastAPI
     from fastapi.responses import Response
 
+    from core.prompt_text import fallback_prompt
+    from core.types import ImageParams
     from deployments.clip_model import ClipModel
     from deployments.configs import ClipEmbedderConfig, ImageGeneratorConfig, VoiceClonerConfig
     from deployments.diffusion_model import DiffusionImageModel
-    from core.prompt_text import fallback_prompt
-    from core.types import ImageParams
     from deployments.vector_store.catalog import VectorCatalog
     from deployments.voice_model import VoiceModel
     from serve_app.audio import decode_audio, encode_audio
@@ -143,48 +147,27 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
 
     @app.post("/v1/voice/generate")
     def speak(
-        ref_audio: UploadFile = File(...),
+        ref_audio: UploadFile = File(...),  # noqa: B008 - FastAPI's form-field default
         text: str = Form(...),
         ref_text: str = Form(...),
         nfe_steps: int = Form(8),
         seed: int | None = Form(None),
-        format: str = Form("mp3"),  # noqa: A002 - the route's field name
+        format: str = Form("mp3"),  # the route's field name, shadowing the builtin
     ) -> Response:
         data = ref_audio.file.read()
         decoded = decode_audio(data, target_sr=24_000, max_seconds=60, max_bytes=10 * 2**20)
         with global_lock:
             speech = voice.synthesize(decoded.samples, decoded.sample_rate, ref_text, text,
                                       nfe_steps=nfe_steps, seed=seed)
-        audio, content_type = encode_audio(speech.samples, speech.sample_rate, format)
+        audio, content_type = encode_audio(speech.samples, speech.sample_rate,
+                                           cast("AudioFormat", format))
         return Response(audio, media_type=content_type)
 
     return app
 
 
-def fill_catalog(catalog: Any, project: str, count: int, dim: int, seed: int = 7) -> None:
-    """`count` random unit vectors as images of `project` (search cost, not content, matters)."""
-    import numpy as np
-
-    if count <= 0:
-        return
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((count, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    catalog.add_many([new_image(project, i, vectors[i]) for i in range(count)])
-
-
-def new_image(project: str, i: int, vector: Any) -> Any:
-    from core.records import NewImage
-
-    return NewImage(
-        id=f"bench-{project}-{i:06d}", project_id=project,
-        object_key=f"AI/SEARCH/{project}/bench-{i:06d}.jpg", filename=f"{i}.jpg",
-        content_type="image/jpeg", size_bytes=1, width=1, height=1, sha256=f"{i:064x}",
-        vector=vector,
-    )
-
-
 def main() -> None:
+    prepare_environment()  # before the models (huggingface_hub) are imported
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["embed", "mixed"], required=True)
     parser.add_argument("--models", type=Path, required=True)

@@ -13,7 +13,6 @@ the warm-up off for the comparison.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ from typing import Any
 
 import httpx
 
-from bench.common import (
-    REPO,
-    Context,
-    Section,
-    fmt,
-    free_port,
-    md_table,
-    median,
-    random_images,
-    reference_wav,
-    stop_process,
-)
+from bench.context import Context, Section
+from bench.env import REPO, child_environment
+from bench.inputs import random_images, reference_wav
+from bench.machine import free_port
+from bench.servers import stop_process
+from bench.stats import median
+from bench.tables import fmt, md_table
 from serve_app.tiny import model_settings
 
 MODULES = ("image", "image_search", "voice")
@@ -94,7 +88,7 @@ def _start(ctx: Context, target: str, warm: bool, images: Any) -> dict[str, Any]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = _settings(ctx, target, warm, str(work))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = child_environment()
     env.pop("OPENAI_API_KEY", None)
     log = open(ctx.log_dir / f"coldstart-{target}-{warm}.log", "ab")  # noqa: SIM115
     t0 = time.perf_counter()
@@ -184,8 +178,6 @@ def _report(results: list[dict[str, Any]], model_level: list[dict[str, Any]], se
         on = [r["first_ms"][module] for r in both if r["warm_up"]]
         off = [r["first_ms"][module] for r in both if not r["warm_up"]]
         second = [r["second_ms"][module] for r in both]
-        ready_on = [r["ready_s"] for r in both if r["warm_up"]]
-        ready_off = [r["ready_s"] for r in both if not r["warm_up"]]
         if on and off:
             figures["warm_up_effect"][module] = {
                 "first_ms_with": median(on), "first_ms_without": median(off),
@@ -201,16 +193,16 @@ def _report(results: list[dict[str, Any]], model_level: list[dict[str, Any]], se
     figures["model_warm_up_effect"] = {}
     for model in ("clip", "voice", "image"):
         runs = [m for m in model_level if m["model"] == model]
-        off = median(m["first_ms"] for m in runs if not m["warm_up"])
-        on = median(m["first_ms"] for m in runs if m["warm_up"])
-        second = median(m["second_ms"] for m in runs)
+        off_ms = median(m["first_ms"] for m in runs if not m["warm_up"])
+        on_ms = median(m["first_ms"] for m in runs if m["warm_up"])
+        second_ms = median(m["second_ms"] for m in runs)
         cost = median(m["warm_up_ms"] for m in runs if m["warm_up"])
         figures["model_warm_up_effect"][model] = {
-            "first_ms_without": off, "first_ms_with": on, "second_ms": second,
+            "first_ms_without": off_ms, "first_ms_with": on_ms, "second_ms": second_ms,
             "warm_up_ms": cost, "samples": len(runs) // 2,
         }
-        model_rows.append([model, fmt(off, 1), fmt(on, 1), fmt(off / on, 2) + "x",
-                           fmt(second, 1), fmt(cost, 0)])
+        model_rows.append([model, fmt(off_ms, 1), fmt(on_ms, 1), fmt(off_ms / on_ms, 2) + "x",
+                           fmt(second_ms, 1), fmt(cost, 0)])
     ready: dict[str, list[float]] = {}
     for r in results:
         ready.setdefault(f"{r['target']}/{'warm' if r['warm_up'] else 'cold'}", []).append(

@@ -14,18 +14,13 @@ import asyncio
 import time
 from typing import Any
 
-from bench.common import (
-    Context,
-    Section,
-    cpu_seconds_of_tree,
-    expect_ok,
-    fmt,
-    http_session,
-    md_table,
-    median,
-    offline_settings,
-    random_images,
-)
+from bench.app_settings import offline_settings
+from bench.context import Context, Section
+from bench.inputs import random_images
+from bench.load import expect_ok, http_session
+from bench.machine import cpu_seconds_of_tree
+from bench.stats import median
+from bench.tables import fmt, md_table
 
 BATCH = 32
 VARIANTS = ("batch of 32", "32 single, one at a time", "32 single, 8 at a time")

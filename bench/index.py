@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Context, Section, fmt, md_table
+from bench.context import Context, Section
 from bench.index_bench import (
-    K,
     PROJECT,
+    K,
     exact_topk,
     make_data,
     ms,
@@ -30,6 +30,7 @@ from bench.index_bench import (
     search_paths,
     timed,
 )
+from bench.tables import fmt, md_table
 
 SWEEP = (16, 32, 64, 128, 256)
 RECALL_TARGET = 0.99
@@ -47,8 +48,8 @@ def run(ctx: Context, sizes: list[int], data_kinds: list[str]) -> Section:
 
 
 def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) -> dict[str, Any]:
-    from deployments.vector_store.catalog import VectorCatalog
     from core.records import NewImage
+    from deployments.vector_store.catalog import VectorCatalog
 
     dim = 512
     data = make_data(kind, n, dim, seed=0)

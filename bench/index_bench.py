@@ -28,8 +28,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from deployments.vector_store.catalog import VectorCatalog
 from core.records import NewImage
+from deployments.vector_store.catalog import VectorCatalog
 
 K = 10
 PROJECT = "bench"

@@ -23,25 +23,14 @@ import asyncio
 import time
 from typing import Any
 
-from bench.baseline_server import fill_catalog
-from bench.common import (
-    Context,
-    Sample,
-    Section,
-    clip_dim,
-    closed_loop,
-    cpu_seconds_of_tree,
-    expect_ok,
-    fmt,
-    free_port,
-    geomean,
-    http_session,
-    md_table,
-    offline_settings,
-    reference_wav,
-    subprocess_server,
-    wait_http_ok,
-)
+from bench.app_settings import offline_settings
+from bench.context import Context, Section
+from bench.inputs import clip_dim, fill_catalog, reference_wav
+from bench.load import closed_loop, expect_ok, http_session
+from bench.machine import cpu_seconds_of_tree, free_port
+from bench.servers import subprocess_server, wait_http_ok
+from bench.stats import Sample, geomean
+from bench.tables import fmt, md_table
 
 ROUTES = ("image", "search", "voice")
 CLIENTS = {"image": 2, "search": 4, "voice": 2}

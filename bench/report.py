@@ -6,7 +6,8 @@ import argparse
 from datetime import datetime
 from typing import Any
 
-from bench.common import Section, fmt, md_table
+from bench.context import Section
+from bench.tables import fmt, md_table
 
 ORDER = ("serving", "mixed", "index", "embedding", "coldstart", "models")
 
@@ -162,7 +163,7 @@ def _best(variants: dict[str, Any], key: Any) -> tuple[str, Any] | None:
     return min(ok, key=lambda kv: key(kv[1])) if ok else None
 
 
-def _models_summary(sections: dict[str, Section]) -> list[list[str]]:
+def models_summary(sections: dict[str, Section]) -> list[list[str]]:
     """Rows for benchmark 6: fp32 and the fastest variant of each real-sized model."""
     figures = sections["models"].figures if "models" in sections else None
     if not figures:
@@ -285,7 +286,7 @@ def _summary(sections: dict[str, Section]) -> str:
                          for m, e in effect.items())
         rows.append(["First request after ready, without → with warm-up", "faster", text,
                      "—"])
-    rows += _models_summary(sections)
+    rows += models_summary(sections)
     if not rows:
         return "(no benchmark ran)"
     return md_table(["figure", "target", "measured (this run)", "verdict"], rows)

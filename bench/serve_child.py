@@ -17,11 +17,11 @@ import os
 import signal
 import threading
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from bench.env import prepare_environment
 
 
 def main() -> None:
+    prepare_environment()  # before Ray and the app (huggingface_hub) are imported
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--settings", default="{}")

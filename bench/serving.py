@@ -32,23 +32,13 @@ import json
 import time
 from typing import Any
 
-from bench.common import (
-    Context,
-    Sample,
-    Section,
-    closed_loop,
-    expect_ok,
-    fast_path_env,
-    fmt,
-    free_port,
-    http_session,
-    md_table,
-    median,
-    offline_settings,
-    subprocess_server,
-    threaded_closed_loop,
-    wait_http_ok,
-)
+from bench.app_settings import fast_path_env, offline_settings
+from bench.context import Context, Section
+from bench.load import closed_loop, expect_ok, http_session, threaded_closed_loop
+from bench.machine import free_port
+from bench.servers import subprocess_server, wait_http_ok
+from bench.stats import Sample, median
+from bench.tables import fmt, md_table
 
 TEXT = "a photo of a cat"
 CONCURRENCY = (1, 8, 32)
@@ -211,7 +201,7 @@ def _report(
     healthz_p50 = median(r[(NO_MODEL, 1)].p50_ms for r in rounds)
     fast_added = added(FAST, 1)
     fast_healthz_p50 = median(r[(FAST_NO_MODEL, 1)].p50_ms for r in rounds)
-    figures = {
+    figures: dict[str, Any] = {
         "healthz_p50_ms_c1": healthz_p50,
         "fast_path_healthz_p50_ms_c1": fast_healthz_p50,
         "serve_http_fast_path_added_ms_c1": fast_added,

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import Section
-from bench.models import SHORT_TEXT, Device, Settings, _report, measure
-from bench.report import _models_summary
+from bench.context import Section
+from bench.model_device import Device
+from bench.model_measure import measure
+from bench.model_report import report
+from bench.model_workload import SHORT_TEXT, Settings
+from bench.report import models_summary
 
 
 def test_measures_and_reports_on_tiny_models(tiny_models_dir: Path) -> None:
@@ -30,12 +33,12 @@ def test_measures_and_reports_on_tiny_models(tiny_models_dir: Path) -> None:
     voice = figures["voice"]["fp32"]
     assert set(voice["rtf"]) == {"2", "1"} and all(v > 0 for v in voice["audio_s"].values())
 
-    section = _report(figures, settings, 1.0)
+    section = report(figures, settings, 1.0)
     assert section.title.startswith("6.")
     assert "failed" not in section.markdown
     for text in ("UNet forward", "batch 4, images/s", "real-time factor", "tiny models"):
         assert text in section.markdown
-    rows = _models_summary({"models": Section(section.title, section.markdown, figures)})
+    rows = models_summary({"models": Section(section.title, section.markdown, figures)})
     assert [row[0].split(",")[0] for row in rows] == [
         "sd-turbo-sized 512x512 generation", "CLIP ViT-B-32 embedding",
         "F5-TTS v1 base real-time factor (synthesis s / audio s)"]

@@ -1,5 +1,6 @@
-"""The real-sized architectures of benchmark 6 (`bench.models`) have the parameter counts of
-the production models they stand in for. Built on the meta device: no memory, a few seconds.
+"""The real-sized architectures of benchmark 6 (`bench.real_models`) have the parameter counts
+of the production models they stand in for. Built on the meta device: no memory, a few
+seconds.
 
 Exact counts seen with the pinned libraries are in the comments; the asserts allow 2%.
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.models import SD_TURBO, VOCOS_SIZE, clip_model_cfg, f5_arch, f5_tokens
+from bench.real_models import SD_TURBO, VOCOS_SIZE, clip_model_cfg, f5_arch, f5_tokens
 
 
 def _params(module: torch.nn.Module) -> int:
@@ -40,7 +41,7 @@ def test_clip_vit_b_32_size() -> None:
 
 
 def test_f5tts_v1_base_size() -> None:
-    from serve_app.tiny.voice import make_f5tts
+    from serve_app.tiny.f5tts import make_f5tts
 
     tokens = f5_tokens()
     assert len(tokens) == 2545  # f5-tts's packaged vocab.txt
@@ -56,7 +57,7 @@ def test_vocos_size(tmp_path: Path) -> None:
     import yaml
     from vocos import Vocos
 
-    from serve_app.tiny.voice import vocos_config
+    from serve_app.tiny.f5tts import vocos_config
 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(vocos_config(**VOCOS_SIZE)), "utf-8")

@@ -1,0 +1,87 @@
+"""What the benchmarks feed the models: the tiny models of the offline profile, a reference
+voice clip, distinct JPEGs, and random unit vectors stored as the images of a project.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from core.records import NewImage
+
+
+def build_models(root: Path) -> Path:
+    """The tiny local models of the offline profile, built into `root` (idempotent)."""
+    from serve_app.tiny import build_tiny_models
+
+    build_tiny_models(root)
+    return root
+
+
+def clip_dim(models: Path) -> int:
+    """The embedding size of the tiny CLIP under `models`."""
+    config = json.loads((models / "clip" / "open_clip_config.json").read_text())
+    return int(config["model_cfg"]["embed_dim"])
+
+
+def reference_wav(seconds: float = 3.0, sr: int = 24_000) -> bytes:
+    """A voiced-sounding reference clip (a modulated tone with pauses), as WAV bytes."""
+    import soundfile as sf
+
+    t = np.arange(int(seconds * sr), dtype=np.float32) / sr
+    tone = 0.3 * np.sin(2 * np.pi * 180 * t) + 0.1 * np.sin(2 * np.pi * 360 * t)
+    envelope = (np.sin(2 * np.pi * 2.5 * t) > -0.6).astype(np.float32)
+    buffer = io.BytesIO()
+    sf.write(buffer, (tone * envelope).astype(np.float32), sr, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def random_images(count: int, seed: int, size: int = 192) -> list[bytes]:
+    """`count` distinct JPEGs (smooth colour fields plus noise)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for _ in range(count):
+        a, b, c = rng.random(3)
+        base = np.stack([xx * a, yy * b, (xx + yy) * c / 2], axis=-1) * 200
+        pixels = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=85)
+        images.append(buffer.getvalue())
+    return images
+
+
+class AddsImages(Protocol):
+    """A `VectorCatalog`, or anything with its `add_many` (a VectorIndex handle's wrapper)."""
+
+    def add_many(self, images: list[NewImage], /) -> object: ...
+
+
+def fill_catalog(catalog: AddsImages, project: str, count: int, dim: int, seed: int = 7
+                 ) -> None:
+    """`count` random unit vectors as images of `project` (search cost, not content, matters)."""
+    if count <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    catalog.add_many([new_image(project, i, vectors[i]) for i in range(count)])
+
+
+def new_image(project: str, i: int, vector: Any) -> NewImage:
+    """The `i`-th benchmark image of `project`, with `vector` as its embedding."""
+    from core.records import NewImage
+
+    return NewImage(
+        id=f"bench-{project}-{i:06d}", project_id=project,
+        object_key=f"AI/SEARCH/{project}/bench-{i:06d}.jpg", filename=f"{i}.jpg",
+        content_type="image/jpeg", size_bytes=1, width=1, height=1, sha256=f"{i:064x}",
+        vector=vector,
+    )
