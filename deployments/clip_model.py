@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from core.errors import ModelInputError, UnreadableImage
 from deployments.configs import ClipEmbedderConfig
+from deployments.gpu_budget import apply_memory_budget, loading_within_budget
 from deployments.model_loading import pick_device, pick_dtype, resolve_model_ref, set_torch_threads
 
 # Formats Pillow may try; anything else is rejected before a decoder runs. Bad input of any
@@ -49,12 +50,14 @@ class ClipModel:
         self.model_name, self.pretrained, self.source = _resolve_source(config)
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            self.model_name,
-            pretrained=self.pretrained,
-            precision=_PRECISIONS[self.dtype],
-            device=self.device,
-        )
+        apply_memory_budget(self.device, config.gpu_memory_fraction)
+        with loading_within_budget("the CLIP model", self.device, config.gpu_memory_fraction):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.model_name,
+                pretrained=self.pretrained,
+                precision=_PRECISIONS[self.dtype],
+                device=self.device,
+            )
         self.model = model.eval()
         self.preprocess: Callable[[Image.Image], torch.Tensor] = preprocess
         # Local directories and built-in names use the BPE vocabulary shipped in the wheel.

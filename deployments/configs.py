@@ -35,6 +35,11 @@ class ImageGeneratorConfig(_Config):
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
+    gpu_memory_fraction: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Cap on the share of the GPU's memory this replica may use (the card is "
+        "shared); None: no cap",
+    )
     warm_up: bool = Field(
         default=True,
         description="Run one tiny request in the constructor, so that the first real request "
@@ -64,6 +69,11 @@ class ClipEmbedderConfig(_Config):
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
+    gpu_memory_fraction: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Cap on the share of the GPU's memory this replica may use (the card is "
+        "shared); None: no cap",
+    )
     max_batch_size: int = Field(default=defaults.CLIP_MAX_BATCH_SIZE, ge=1, description="items per forward pass")
     max_image_pixels: int = Field(
         default=defaults.IMAGE_SEARCH_MAX_PIXELS, ge=1, description="reject images with more pixels (decompression bombs)"
@@ -139,6 +149,11 @@ class VoiceClonerConfig(_Config):
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
+    gpu_memory_fraction: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Cap on the share of the GPU's memory this replica may use (the card is "
+        "shared); None: no cap",
+    )
     max_ref_seconds_used: float = Field(
         default=defaults.VOICE_REF_SECONDS_USED,
         gt=0,

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from core.errors import ModelInputError
+from core.types import GeneratedImage, ImageParams
 from deployments.configs import ImageGeneratorConfig
+from deployments.gpu_budget import apply_memory_budget, loading_within_budget
 from deployments.model_loading import (
     pick_device,
     pick_dtype,
@@ -24,7 +26,6 @@ from deployments.model_loading import (
     resolve_model_ref,
     set_torch_threads,
 )
-from core.types import GeneratedImage, ImageParams
 
 
 class DiffusionImageModel:
@@ -38,7 +39,9 @@ class DiffusionImageModel:
         self.model_path, self.is_local = resolve_model_ref(config.model)
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
-        with quiet_progress_bars():
+        apply_memory_budget(self.device, config.gpu_memory_fraction)
+        budget = loading_within_budget("the image model", self.device, config.gpu_memory_fraction)
+        with budget, quiet_progress_bars():
             # `dtype` is diffusers 0.42's name for the deprecated `torch_dtype`.
             pipeline = AutoPipelineForText2Image.from_pretrained(  # type: ignore[no-untyped-call]
                 self.model_path,
@@ -49,7 +52,8 @@ class DiffusionImageModel:
         if getattr(pipeline, "safety_checker", None) is not None:
             pipeline.safety_checker = None
         pipeline.set_progress_bar_config(disable=True)
-        self.pipeline = pipeline.to(self.device)
+        with loading_within_budget("the image model", self.device, config.gpu_memory_fraction):
+            self.pipeline = pipeline.to(self.device)
         # Pipelines keep per-call state (scheduler timesteps): one call at a time.
         self._lock = threading.Lock()
 

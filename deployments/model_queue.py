@@ -9,7 +9,8 @@ queue without running.
 
 It is also the one place where a model's failure becomes the client's answer: the wrapper's
 `ModelInputError` becomes its 4xx `ApiError`, an `ApiError` passes as it is, and anything else
-is logged here with the request id and answered as a masked `ModelFailed` (503).
+is logged here with the request id and answered as a masked `ModelFailed` (503). Running out
+of GPU memory answers 503 too, with a reason, and the replica stays up.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from core.errors import ApiError, ModelFailed, ModelInputError
+from core.errors import ApiError, ModelFailed, ModelInputError, ServiceUnavailable
 
 T = TypeVar("T")
 logger = logging.getLogger("ray.serve")
@@ -48,7 +50,14 @@ class ModelQueue:
             raise exc.to_api_error() from None
         except ApiError:
             raise
-        except Exception:
+        except Exception as exc:
+            if _is_out_of_memory(exc):  # this request was too big for the model's share
+                _release_cached_memory()
+                logger.warning("%s ran out of GPU memory (request %s)", task, current_request_id())
+                raise ServiceUnavailable(
+                    f"{task} ran out of GPU memory; retry later or with a smaller request",
+                    headers={"Retry-After": "1"},
+                ) from None
             logger.exception("%s failed (request %s)", task, current_request_id())
             raise ModelFailed(f"{task} failed") from None
 
@@ -68,3 +77,14 @@ def current_request_id() -> str | None:
     except ImportError:  # pragma: no cover - a Ray without request contexts
         return None
     return _get_serve_request_context().request_id or None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # only replicas that run torch can run out of GPU memory
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def _release_cached_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -2,7 +2,8 @@
 
 `serve_app.app:build_app` is the `import_path` of every Serve config in this repository. It
 reads the settings once, includes only the enabled modules and binds each deployment with its
-config (`serve_app.deploy_configs`) and its placement (`serve_app.placement`).
+config (`serve_app.deploy_configs`), its GPUs (`serve_app.gpu_plan`) and its other resources
+(`serve_app.placement`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from ray.serve import Application, Deployment
 from core.types import Device
 from serve_app import deploy_configs
 from serve_app.gateway import Gateway
+from serve_app.gpu_plan import GpuPlan, describe, log_plans, plan_gpus, read_node_gpus
 from serve_app.placement import (
-    ModelPlacement,
-    gpu_placement,
+    ModelResources,
     model_actor_options,
     model_max_ongoing,
     on_head_node,
@@ -50,6 +51,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 def build_graph(settings: Settings) -> Application:
     """Bind the Gateway and the deployments of every enabled module."""
+    plans = plan_gpus(settings, read_node_gpus(settings.model_node_resource))
+    log_plans(plans)
     handles: dict[str, Any] = {}
     if settings.image_enabled:
         from deployments.image_generator import ImageGenerator
@@ -59,20 +62,20 @@ def build_graph(settings: Settings) -> Application:
             deploy_configs.prompt_optimizer_config(settings)
         )
         handles["image_generator"] = bind_model(
-            ImageGenerator, settings, ModelPlacement(
-                settings.image_num_gpus, settings.image_num_cpus, settings.image_device,
-                settings.image_max_queued_requests),
-            lambda device, threads: deploy_configs.image_generator_config(settings, device, threads),
+            ImageGenerator, settings, plans["image"],
+            ModelResources(settings.image_num_cpus, settings.image_max_queued_requests),
+            lambda device, threads, memory: deploy_configs.image_generator_config(
+                settings, device, threads, memory),
         )
     if settings.image_search_enabled:
         from deployments.clip_embedder import ClipEmbedder
         from deployments.vector_index import VectorIndex
 
         handles["clip_embedder"] = bind_model(
-            ClipEmbedder, settings, ModelPlacement(
-                settings.clip_num_gpus, settings.clip_num_cpus, settings.clip_device,
-                settings.clip_max_queued_requests),
-            lambda device, threads: deploy_configs.clip_embedder_config(settings, device, threads),
+            ClipEmbedder, settings, plans["image_search"],
+            ModelResources(settings.clip_num_cpus, settings.clip_max_queued_requests),
+            lambda device, threads, memory: deploy_configs.clip_embedder_config(
+                settings, device, threads, memory),
         )
         handles["vector_index"] = on_head_node(VectorIndex, settings).bind(
             deploy_configs.vector_index_config(settings)
@@ -81,25 +84,30 @@ def build_graph(settings: Settings) -> Application:
         from deployments.voice_cloner import VoiceCloner
 
         handles["voice_cloner"] = bind_model(
-            VoiceCloner, settings, ModelPlacement(
-                settings.voice_num_gpus, settings.voice_num_cpus, settings.voice_device,
-                settings.voice_max_queued_requests),
-            lambda device, threads: deploy_configs.voice_cloner_config(settings, device, threads),
+            VoiceCloner, settings, plans["voice"],
+            ModelResources(settings.voice_num_cpus, settings.voice_max_queued_requests),
+            lambda device, threads, memory: deploy_configs.voice_cloner_config(
+                settings, device, threads, memory),
         )
-    return on_head_node(Gateway, settings).bind(deploy_configs.gateway_config(settings), **handles)
+    placement: dict[str, str] = {module: describe(plan) for module, plan in plans.items()}
+    return on_head_node(Gateway, settings).bind(
+        deploy_configs.gateway_config(settings, placement), **handles
+    )
 
 
 def bind_model(
     deployment: Any,  # a @serve.deployment class (Ray's stubs type it as the bare class)
     settings: Settings,
-    placement: ModelPlacement,
-    make_config: Callable[[Device, int], Any],
+    plan: GpuPlan,
+    resources: ModelResources,
+    make_config: Callable[[Device, int, float | None], Any],
 ) -> Application:
-    """Bind a model deployment: its GPUs (or the CPU fallback), CPUs, queue bounds, and the
-    config `make_config(device, torch_threads)` for the device it was placed on."""
-    num_gpus, device = gpu_placement(placement.num_gpus, placement.device, settings)
+    """Bind a model deployment where `plan` put it, with its CPUs and queue bounds, and the
+    config `make_config(device, torch_threads, gpu_memory_fraction)`."""
     return deployment.options(
-        max_ongoing_requests=model_max_ongoing(settings, placement.max_queued_requests),
-        max_queued_requests=placement.max_queued_requests,
-        ray_actor_options=model_actor_options(settings, placement.num_cpus, num_gpus),
-    ).bind(make_config(device, torch_threads(settings, placement.num_cpus)))
+        max_ongoing_requests=model_max_ongoing(settings, resources.max_queued_requests),
+        max_queued_requests=resources.max_queued_requests,
+        ray_actor_options=model_actor_options(settings, resources.num_cpus, plan.num_gpus),
+    ).bind(make_config(
+        plan.device, torch_threads(settings, resources.num_cpus), plan.memory_fraction
+    ))

@@ -40,7 +40,9 @@ def storage_config(settings: Settings) -> StorageConfig:
     )
 
 
-def gateway_config(settings: Settings) -> GatewayConfig:
+def gateway_config(
+    settings: Settings, placement: dict[str, str] | None = None
+) -> GatewayConfig:
     """The ingress's config: enabled modules, storage, prefixes, request defaults."""
     return GatewayConfig(
         enabled={
@@ -76,6 +78,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
             if settings.image_max_queued_requests >= 0 else None
         ),
         api_key_digests=tuple(digest(key) for key in settings.api_key_list()),
+        placement=placement or {},
     )
 
 
@@ -130,20 +133,25 @@ def prompt_optimizer_config(settings: Settings) -> PromptOptimizerConfig:
     )
 
 
-def image_generator_config(settings: Settings, device: Device, threads: int) -> ImageGeneratorConfig:
+def image_generator_config(
+    settings: Settings, device: Device, threads: int, gpu_memory_fraction: float | None = None
+) -> ImageGeneratorConfig:
     """The diffusers pipeline's config, for the device the placement chose."""
     return ImageGeneratorConfig(
         model=settings.image_model,
         device=device,
         dtype=settings.image_dtype,
         torch_threads=threads,
+        gpu_memory_fraction=gpu_memory_fraction,
         warm_up=settings.model_warm_up,
         warm_up_width=settings.image_default_width,
         warm_up_height=settings.image_default_height,
     )
 
 
-def clip_embedder_config(settings: Settings, device: Device, threads: int) -> ClipEmbedderConfig:
+def clip_embedder_config(
+    settings: Settings, device: Device, threads: int, gpu_memory_fraction: float | None = None
+) -> ClipEmbedderConfig:
     """The CLIP model's config, for the device the placement chose."""
     return ClipEmbedderConfig(
         model=settings.clip_model,
@@ -151,13 +159,16 @@ def clip_embedder_config(settings: Settings, device: Device, threads: int) -> Cl
         device=device,
         dtype=settings.clip_dtype,
         torch_threads=threads,
+        gpu_memory_fraction=gpu_memory_fraction,
         max_batch_size=settings.clip_max_batch_size,
         max_image_pixels=settings.image_search_max_pixels,
         warm_up=settings.model_warm_up,
     )
 
 
-def voice_cloner_config(settings: Settings, device: Device, threads: int) -> VoiceClonerConfig:
+def voice_cloner_config(
+    settings: Settings, device: Device, threads: int, gpu_memory_fraction: float | None = None
+) -> VoiceClonerConfig:
     """The F5-TTS model's config, for the device the placement chose."""
     return VoiceClonerConfig(
         model_config_name=settings.voice_model_config,
@@ -168,6 +179,7 @@ def voice_cloner_config(settings: Settings, device: Device, threads: int) -> Voi
         device=device,
         dtype=settings.voice_dtype,
         torch_threads=threads,
+        gpu_memory_fraction=gpu_memory_fraction,
         max_ref_seconds_used=settings.voice_ref_seconds_used,
         warm_up=settings.model_warm_up,
     )

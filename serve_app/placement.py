@@ -1,28 +1,21 @@
-"""Where each deployment runs: GPUs or the CPU fallback, CPUs, torch threads, head pinning.
-
-The app builder asks this module how to place every deployment; nothing here builds a config.
+"""Where each deployment runs besides its GPUs (`serve_app.gpu_plan`): CPUs, torch threads,
+the model-node resource, head pinning. Nothing here builds a config.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, NamedTuple
 
 from ray.serve import Deployment
 
-from core.types import Device
 from serve_app.settings import Settings
 
-logger = logging.getLogger("ray.serve")
 
+class ModelResources(NamedTuple):
+    """A model deployment's CPU and queue settings (*_NUM_CPUS, *_MAX_QUEUED_REQUESTS); its
+    GPUs come from `serve_app.gpu_plan`."""
 
-class ModelPlacement(NamedTuple):
-    """A model deployment's resource settings (its module's *_NUM_GPUS, *_NUM_CPUS,
-    *_DEVICE and *_MAX_QUEUED_REQUESTS)."""
-
-    num_gpus: float
     num_cpus: float
-    device: Device
     max_queued_requests: int
 
 
@@ -52,35 +45,6 @@ def on_head_node(deployment: Any, settings: Settings) -> Deployment:
     options = dict(deployment.ray_actor_options or {})
     options["resources"] = {**(options.get("resources") or {}), HEAD_NODE_RESOURCE: 0.001}
     return deployment.options(ray_actor_options=options)
-
-
-def gpu_placement(
-    requested_gpus: float, device: Device, settings: Settings
-) -> tuple[float, Device]:
-    """GPUs to reserve and the torch device for a model deployment.
-
-    A deployment asking for GPUs on a cluster that has none would stay pending forever; with
-    CPU_FALLBACK=1 (the default) it is placed on the CPU instead, with a warning.
-    """
-    if device == "cpu" or requested_gpus <= 0:
-        return 0.0, "cpu"
-    available = cluster_gpu_count()
-    if available == 0 and settings.cpu_fallback:
-        logger.warning(
-            "the Ray cluster has no GPU: deploying on the CPU (set CPU_FALLBACK=0 to wait for one)"
-        )
-        return 0.0, "cpu"
-    return requested_gpus, device
-
-
-def cluster_gpu_count() -> float | None:
-    """GPUs in the connected Ray cluster, or None when Ray is not initialised here."""
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    resources: dict[str, float] = ray.cluster_resources()
-    return float(resources.get("GPU", 0))
 
 
 def model_max_ongoing(settings: Settings, max_queued: int) -> int:

@@ -88,6 +88,10 @@ class ReadinessResponse(BaseModel):
     ready: bool
     modules: dict[str, ComponentStatus]
     storage: ComponentStatus
+    placement: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where each GPU model runs and why, by module (IMAGE/CLIP/VOICE_NUM_GPUS)",
+    )
 
 
 class ErrorDetail(BaseModel):

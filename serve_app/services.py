@@ -41,6 +41,9 @@ class GatewayConfig(BaseModel):
         description="Generations one gateway replica lets in at once (the ImageGenerator's "
         "running + queued); the excess is refused before the prompt step. None: no limit",
     )
+    placement: dict[str, str] = Field(
+        default_factory=dict, description="Where each GPU model runs and why (serve_app.gpu_plan)"
+    )
     api_key_digests: tuple[str, ...] = Field(
         default=(), description="SHA-256 digests of the API keys; empty means no auth", repr=False
     )

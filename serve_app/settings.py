@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core import defaults
 from core.types import Device, TorchDType
+# A model's GPUs: "auto" (share the cluster's GPUs, serve_app.gpu_plan) or a number
+# (0 = CPU; a fraction below 1 shares a card; a whole number above 1 is several cards).
+GpuRequest = Annotated[float, Field(ge=0)] | Literal["auto"]
+
+
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the environment variable."""
 
@@ -73,7 +79,7 @@ class Settings(BaseSettings):
     image_model: str = Field(default=defaults.IMAGE_MODEL, min_length=1)
     image_device: Device = "auto"
     image_dtype: TorchDType = "auto"
-    image_num_gpus: float = Field(default=1.0, ge=0)
+    image_num_gpus: GpuRequest = "auto"
     image_num_cpus: float = Field(default=1.0, gt=0)
     image_max_queued_requests: int = Field(default=defaults.IMAGE_MAX_QUEUED_REQUESTS, ge=-1)
     image_default_width: int = Field(default=defaults.IMAGE_WIDTH, ge=64, le=2048, multiple_of=8)
@@ -88,7 +94,7 @@ class Settings(BaseSettings):
     clip_embed_dim: int | None = Field(default=None, ge=1)
     clip_device: Device = "auto"
     clip_dtype: TorchDType = "auto"
-    clip_num_gpus: float = Field(default=1.0, ge=0)
+    clip_num_gpus: GpuRequest = "auto"
     clip_num_cpus: float = Field(default=1.0, gt=0)
     clip_max_queued_requests: int = Field(default=defaults.CLIP_MAX_QUEUED_REQUESTS, ge=-1)
     clip_max_batch_size: int = Field(default=defaults.CLIP_MAX_BATCH_SIZE, ge=1)
@@ -108,7 +114,7 @@ class Settings(BaseSettings):
     voice_asr_model: str = Field(default=defaults.VOICE_ASR_MODEL, min_length=1)
     voice_device: Device = "auto"
     voice_dtype: TorchDType = "auto"
-    voice_num_gpus: float = Field(default=1.0, ge=0)
+    voice_num_gpus: GpuRequest = "auto"
     voice_num_cpus: float = Field(default=1.0, gt=0)
     voice_max_queued_requests: int = Field(default=defaults.VOICE_MAX_QUEUED_REQUESTS, ge=-1)
     voice_max_ref_bytes: int = Field(default=10 * 1024 * 1024, ge=1)

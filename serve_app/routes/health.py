@@ -41,7 +41,9 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     ready = storage.state == "ready" and all(
         state.state in ("ready", "disabled") for state in modules.values()
     )
-    body = ReadinessResponse(ready=ready, modules=modules, storage=storage)
+    body = ReadinessResponse(
+        ready=ready, modules=modules, storage=storage, placement=services.config.placement
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
 
 

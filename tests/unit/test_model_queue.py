@@ -16,6 +16,7 @@ from core.errors import (
     InvalidInput,
     ModelFailed,
     ModelInputError,
+    ServiceUnavailable,
     UnreadableImage,
 )
 from deployments.model_queue import ModelQueue
@@ -142,3 +143,29 @@ def test_a_model_failure_is_masked_and_logged(
     assert body == {"error": {"code": "model_error", "message": "image generation failed"}}
     assert "/secret/path" in caplog.text  # the detail is in the log
     queue.shutdown()
+
+
+def test_out_of_gpu_memory_answers_503_and_the_queue_keeps_serving() -> None:
+    import torch
+
+    queue = ModelQueue("test")
+
+    def too_big() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with pytest.raises(ServiceUnavailable, match="ran out of GPU memory") as caught:
+        asyncio.run(queue.run("image generation", too_big))
+    assert caught.value.status_code == 503 and caught.value.headers["Retry-After"] == "1"
+    assert "20.00 GiB" not in caught.value.message
+    assert asyncio.run(queue.run("work", lambda: 42)) == 42  # the replica goes on
+    queue.shutdown()
+
+
+def test_a_model_that_does_not_fit_its_share_says_how_to_give_it_more() -> None:
+    import torch
+
+    from deployments.gpu_budget import ModelDoesNotFit, loading_within_budget
+
+    with pytest.raises(ModelDoesNotFit, match=r"37% of the card.*\*_NUM_GPUS"):
+        with loading_within_budget("the image model", torch.device("cpu"), 0.37):
+            raise torch.OutOfMemoryError("CUDA out of memory")
