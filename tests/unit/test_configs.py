@@ -83,7 +83,7 @@ def test_gpu_workers_declare_the_model_resource(rayservice: dict[str, Any]) -> N
     head, worker = containers(rayservice)
     (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     # KubeRay passes the value to `ray start --resources` as is: a quoted JSON object.
-    resources = json.loads(json.loads(group["rayStartParams"]["resources"]))
+    resources = json.loads(group["rayStartParams"]["resources"].strip("'"))  # KubeRay strips the quotes
     assert resources == {env_of(worker)["MODEL_NODE_RESOURCE"]: 1}
     assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) >= 1
     assert "nvidia.com/gpu" not in head["resources"]["limits"]
