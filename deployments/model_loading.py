@@ -1,4 +1,8 @@
-"""Shared helpers every model wrapper uses to locate weights and pick device, dtype, threads."""
+"""Shared helpers every model wrapper uses to locate weights and pick device, dtype, threads.
+
+Weights are named by a local path, a hub id (`resolve_model_ref`, `resolve_model_files`) or,
+for one file, an `hf://<owner>/<repo>/<file>` path (`resolve_file`, downloaded on use).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+HF_PREFIX = "hf://"
 _PATH_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -35,6 +40,51 @@ def resolve_model_ref(ref: str) -> tuple[str, bool]:
             "give an existing local directory or a hub id such as 'stabilityai/sd-turbo'"
         )
     return ref, False
+
+
+def split_hf_path(ref: str) -> tuple[str, str]:
+    """hf://owner/repo/path/in/repo -> ("owner/repo", "path/in/repo")."""
+    parts = ref.removeprefix(HF_PREFIX).strip("/").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"{ref!r} is not an hf://<owner>/<repo>/<file> path")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def resolve_file(ref: str, what: str) -> tuple[str, str]:
+    """(local file path, "local" | "hub") for a local file or an hf:// path (downloaded).
+
+    `what` names the file in the error for a missing local one ("checkpoint", "vocab").
+    """
+    if ref.startswith(HF_PREFIX):
+        from huggingface_hub import hf_hub_download
+
+        repo_id, filename = split_hf_path(ref)
+        return hf_hub_download(repo_id=repo_id, filename=filename), "hub"
+    path, is_local = resolve_model_ref(ref)
+    if not is_local or not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{what} {ref!r} is not an existing file; give a local path or an "
+            "hf://<owner>/<repo>/<file> path"
+        )
+    return path, "local"
+
+
+def resolve_model_files(ref: str, names: tuple[str, ...], what: str) -> tuple[str, str]:
+    """(local directory holding every file in `names`, "local" | "hub") for a model ref.
+
+    A local directory must already hold them all; a hub id has each one downloaded (into
+    one snapshot directory, which is returned).
+    """
+    path, is_local = resolve_model_ref(ref)
+    if is_local:
+        missing = [name for name in names if not (Path(path) / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{what} directory {path} lacks {missing}")
+        return path, "local"
+    from huggingface_hub import hf_hub_download
+
+    downloaded = [hf_hub_download(repo_id=path, filename=name) for name in names]
+    return str(Path(downloaded[-1]).parent), "hub"
 
 
 def pick_device(requested: str) -> torch.device:

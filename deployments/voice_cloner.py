@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
+from core.metrics import audio_seconds_produced, voice_synthesis_seconds
+from core.types import SynthesizedSpeech, VoiceParams
 from deployments.configs import VoiceClonerConfig
 from deployments.model_queue import ModelQueue
-from core.types import SynthesizedSpeech, VoiceParams
 from deployments.voice_model import VoiceModel
-from core.metrics import audio_seconds_produced, voice_synthesis_seconds
 
 
 @serve.deployment(

@@ -1,13 +1,14 @@
-"""Plain-Python voice cloner over F5-TTS, a Vocos vocoder and a Whisper-style ASR (no Ray).
+"""Plain-Python voice cloner over F5-TTS and a Vocos vocoder (no Ray).
 
 Owns loading the models named by a `VoiceClonerConfig` through f5-tts's own loaders
-(`load_model`, `load_vocoder`) from local paths or the hub, and turning a reference clip,
-its transcript and a text into seeded, reproducible speech (`synthesize`), or audio into
-text (`transcribe`). Text is chunked and synthesized the way f5-tts's `infer_process` does
-(`chunk_text` sized from the reference's speaking rate, `infer_batch_process` per chunk,
-cross-faded), but without temporary files and one chunk at a time so that a seed fixes
-every chunk's noise. The ASR pipeline loads lazily on the first `transcribe`. The Ray
-deployment is a thin shell around `VoiceModel`.
+(`load_model`, `load_vocoder`) from local paths or the hub (`deployments.model_loading`
+resolves them), and turning a reference clip, its transcript and a text into seeded,
+reproducible speech (`synthesize`). Text is chunked and synthesized the way f5-tts's
+`infer_process` does (`chunk_text` sized from the reference's speaking rate,
+`infer_batch_process` per chunk, cross-faded), but without temporary files and one chunk at
+a time so that a seed fixes every chunk's noise. `transcribe` hands audio to a
+`SpeechRecognizer` (Whisper, loaded on first use). Input the model refuses raises
+`ModelInputError`. The Ray deployment is a thin shell around `VoiceModel`.
 """
 
 from __future__ import annotations
@@ -19,34 +20,38 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
+from core.errors import ModelInputError
+from core.resample import resample
+from core.types import SynthesizedSpeech
 from deployments.configs import VoiceClonerConfig
 from deployments.model_loading import (
     pick_device,
     pick_dtype,
-    quiet_progress_bars,
-    resolve_model_ref,
+    resolve_file,
+    resolve_model_files,
     set_torch_threads,
 )
-from core.types import SynthesizedSpeech
+from deployments.speech_recognizer import SpeechRecognizer
 
 logger = logging.getLogger(__name__)
 
-HF_PREFIX = "hf://"
-ASR_SAMPLE_RATE = 16_000
-ASR_WINDOW_SECONDS = 30
+Samples = npt.NDArray[np.float32]
 BACKBONES = ("DiT", "UNetT", "MMDiT")
 MIN_REF_SECONDS = 0.5
 MIN_REF_RMS = 1e-4  # about -80 dBFS: quieter than this is silence
 # Sampling constants f5-tts's infer_process uses by default.
 SWAY_SAMPLING_COEF = -1.0
 CROSS_FADE_SECONDS = 0.15
+VOCOS_FILES = ("config.yaml", "pytorch_model.bin")  # what load_vocoder reads from a directory
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -63,18 +68,19 @@ class VoiceModel:
         self._utils = utils_infer
 
         model_cls, arch, self.model_config_path = _load_model_config(config.model_config_name)
-        self.checkpoint_path, self.checkpoint_source = _resolve_file(
+        self.checkpoint_path, self.checkpoint_source = resolve_file(
             config.checkpoint, "checkpoint"
         )
         if config.vocab is None:  # the vocabulary f5-tts's own load_model defaults to
             self.vocab_path = str(files("f5_tts").joinpath("infer/examples/vocab.txt"))
             self.vocab_source = "package"
         else:
-            self.vocab_path, self.vocab_source = _resolve_file(config.vocab, "vocab")
-        self.vocoder_path, self.vocoder_source = _resolve_vocoder(config.vocoder)
+            self.vocab_path, self.vocab_source = resolve_file(config.vocab, "vocab")
+        self.vocoder_path, self.vocoder_source = resolve_model_files(
+            config.vocoder, VOCOS_FILES, "vocoder"
+        )
         # Resolved now so a missing local ASR directory fails at start, not on first use.
-        self.asr_path, asr_is_local = resolve_model_ref(config.asr_model)
-        self.asr_source = "local" if asr_is_local else "hub"
+        self.recognizer = SpeechRecognizer(config.asr_model, self.device, self.dtype)
 
         with _captured_stdout("loading F5-TTS"):  # f5-tts prints while loading
             # Loaded in float32 on the CPU, then moved: on CUDA load_model would pick fp16
@@ -93,7 +99,6 @@ class VoiceModel:
             )
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.vocoder = vocoder.eval()  # float32: f5-tts casts the mel to float32 before it
-        self._asr: Any = None
         # One model, one device: one synthesis or transcription at a time.
         self._lock = threading.Lock()
 
@@ -128,22 +133,22 @@ class VoiceModel:
         """Speak `text` in the voice of `ref_audio` (whose transcript is `ref_text`).
 
         The same inputs and seed give identical samples. Empty text or ref_text, a silent or
-        too short reference, or bad parameters raise ValueError.
+        too short reference, or bad parameters raise ModelInputError.
         """
         if not text or not text.strip():
-            raise ValueError("text must not be empty")
+            raise ModelInputError("text must not be empty")
         if not ref_text or not ref_text.strip():
-            raise ValueError("ref_text must not be empty (transcribe the reference first)")
+            raise ModelInputError("ref_text must not be empty (transcribe the reference first)")
         if nfe_steps < 1:
-            raise ValueError(f"nfe_steps must be >= 1, got {nfe_steps}")
+            raise ModelInputError(f"nfe_steps must be >= 1, got {nfe_steps}")
         if not speed > 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
+            raise ModelInputError(f"speed must be > 0, got {speed}")
         if not cfg_strength >= 0:
-            raise ValueError(f"cfg_strength must be >= 0, got {cfg_strength}")
+            raise ModelInputError(f"cfg_strength must be >= 0, got {cfg_strength}")
         if seed is None:
             seed = secrets.randbits(63)
         elif not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+            raise ModelInputError(f"seed must be in [0, 2**63), got {seed}")
 
         sr = self.sample_rate
         reference = self.prepare_reference(ref_audio, ref_sr)
@@ -153,7 +158,7 @@ class VoiceModel:
         max_chars = int(len(ref_text.encode("utf-8")) / ref_seconds * (22 - ref_seconds) * speed)
         chunks = self._utils.chunk_text(text.strip(), max_chars=max(max_chars, 1))
         if not chunks:
-            raise ValueError("text has nothing to synthesize")
+            raise ModelInputError("text has nothing to synthesize")
 
         ref_tensor = torch.from_numpy(reference).unsqueeze(0)
         fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -193,20 +198,12 @@ class VoiceModel:
         )
 
     def transcribe(self, audio: np.ndarray, sr: int) -> str:
-        """Transcribe mono audio at `sr` with the ASR model (loaded on first use)."""
+        """Transcribe mono audio at `sr` with the speech recogniser (loaded on first use)."""
         samples = _mono_float32(audio, "audio")
         if sr <= 0:
-            raise ValueError(f"sample rate must be positive, got {sr}")
-        samples = _resample(samples, sr, ASR_SAMPLE_RATE)
-        kwargs: dict[str, Any] = {"generate_kwargs": {"task": "transcribe"}}
-        if samples.shape[0] > ASR_WINDOW_SECONDS * ASR_SAMPLE_RATE:
-            # Longer than Whisper's window: the pipeline's 30 s chunking, as f5-tts uses.
-            kwargs.update(chunk_length_s=ASR_WINDOW_SECONDS, batch_size=8, ignore_warning=True)
+            raise ModelInputError(f"sample rate must be positive, got {sr}")
         with self._lock:
-            pipe = self._asr_pipeline()
-            with torch.inference_mode():
-                result = pipe({"raw": samples, "sampling_rate": ASR_SAMPLE_RATE}, **kwargs)
-        return str(result["text"]).strip()
+            return self.recognizer.transcribe(samples, sr)
 
     def describe(self) -> dict[str, str]:
         """Model references, where they came from, device and dtype, for health and info routes."""
@@ -219,43 +216,27 @@ class VoiceModel:
             "vocoder": self.config.vocoder,
             "vocoder_source": self.vocoder_source,
             "asr_model": self.config.asr_model,
-            "asr_source": self.asr_source,
-            "asr_loaded": str(self._asr is not None).lower(),
+            "asr_source": self.recognizer.source,
+            "asr_loaded": str(self.recognizer.loaded).lower(),
             "sample_rate": str(self.sample_rate),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
-    def _asr_pipeline(self) -> Any:
-        """The ASR pipeline, created on first call (the caller holds the lock)."""
-        if self._asr is None:
-            from transformers import pipeline
-
-            # Whisper in half precision on CUDA, float32 on the CPU, as f5-tts does.
-            dtype = self.dtype if self.device.type == "cuda" else torch.float32
-            with quiet_progress_bars():
-                self._asr = pipeline(
-                    "automatic-speech-recognition",
-                    model=self.asr_path,
-                    dtype=dtype,
-                    device=self.device,
-                )
-        return self._asr
-
-    def prepare_reference(self, ref_audio: np.ndarray, ref_sr: int) -> np.ndarray:
+    def prepare_reference(self, ref_audio: np.ndarray, ref_sr: int) -> Samples:
         """Mono float32 at the model rate, trimmed as f5-tts's preprocess_ref_audio_text does."""
         samples = _mono_float32(ref_audio, "ref_audio")
         if ref_sr <= 0:
-            raise ValueError(f"ref_sr must be positive, got {ref_sr}")
+            raise ModelInputError(f"ref_sr must be positive, got {ref_sr}")
         sr = self.sample_rate
-        samples = _resample(samples, ref_sr, sr)
+        samples = resample(samples, ref_sr, sr)
         trimmed = _trim_reference(samples, sr, self.config.max_ref_seconds_used)
         if trimmed.shape[0] < MIN_REF_SECONDS * sr:  # silence trimming ate it: hard cut instead
             trimmed = samples[: int(self.config.max_ref_seconds_used * sr)]
         if trimmed.shape[0] < MIN_REF_SECONDS * sr:
-            raise ValueError(f"reference audio is shorter than {MIN_REF_SECONDS} s")
+            raise ModelInputError(f"reference audio is shorter than {MIN_REF_SECONDS} s")
         if float(np.sqrt(np.mean(np.square(trimmed, dtype=np.float64)))) < MIN_REF_RMS:
-            raise ValueError("reference audio is silent")
+            raise ModelInputError("reference audio is silent")
         return np.ascontiguousarray(trimmed, dtype=np.float32)
 
 
@@ -299,51 +280,14 @@ def _load_model_config(name: str) -> tuple[type, dict[str, Any], str]:
             f"f5-tts's loader uses ({expected})"
         )
     arch = OmegaConf.to_container(cfg.model.arch, resolve=True)
-    return getattr(f5_tts.model, backbone), dict(arch), str(path.absolute())
-
-
-def _split_hf_path(ref: str) -> tuple[str, str]:
-    """hf://owner/repo/path/in/repo -> ("owner/repo", "path/in/repo")."""
-    parts = ref.removeprefix(HF_PREFIX).strip("/").split("/")
-    if len(parts) < 3 or not all(parts):
-        raise ValueError(f"{ref!r} is not an hf://<owner>/<repo>/<file> path")
-    return "/".join(parts[:2]), "/".join(parts[2:])
-
-
-def _resolve_file(ref: str, what: str) -> tuple[str, str]:
-    """(local file path, "local" | "hub") for a local file or an hf:// path (downloaded)."""
-    if ref.startswith(HF_PREFIX):
-        from huggingface_hub import hf_hub_download
-
-        repo_id, filename = _split_hf_path(ref)
-        return hf_hub_download(repo_id=repo_id, filename=filename), "hub"
-    path, is_local = resolve_model_ref(ref)
-    if not is_local or not Path(path).is_file():
-        raise FileNotFoundError(
-            f"{what} {ref!r} is not an existing file; give a local path or an "
-            "hf://<owner>/<repo>/<file> path"
-        )
-    return path, "local"
-
-
-def _resolve_vocoder(ref: str) -> tuple[str, str]:
-    """(local directory holding config.yaml + pytorch_model.bin, source) for a Vocos ref."""
-    path, is_local = resolve_model_ref(ref)
-    if is_local:
-        missing = [
-            n for n in ("config.yaml", "pytorch_model.bin") if not (Path(path) / n).is_file()
-        ]
-        if missing:
-            raise FileNotFoundError(f"vocoder directory {path} lacks {missing}")
-        return path, "local"
-    from huggingface_hub import hf_hub_download
-
-    hf_hub_download(repo_id=path, filename="pytorch_model.bin")
-    return str(Path(hf_hub_download(repo_id=path, filename="config.yaml")).parent), "hub"
+    if not isinstance(arch, dict):
+        raise ValueError(f"model config {name!r}: model.arch is not a mapping")
+    kwargs = {str(key): value for key, value in arch.items()}
+    return getattr(f5_tts.model, backbone), kwargs, str(path.absolute())
 
 
 @contextlib.contextmanager
-def _captured_stdout(what: str):  # type: ignore[no-untyped-def]
+def _captured_stdout(what: str) -> Iterator[None]:
     """Send library prints to the debug log instead of the process's stdout."""
     buffer = io.StringIO()
     try:
@@ -354,31 +298,27 @@ def _captured_stdout(what: str):  # type: ignore[no-untyped-def]
             logger.debug("%s: %s", what, buffer.getvalue().strip())
 
 
-def _mono_float32(audio: np.ndarray, name: str) -> np.ndarray:
-    """Finite, non-empty float32 mono samples; (n, c) input with c <= 8 channels is averaged."""
-    samples = np.asarray(audio, dtype=np.float32)
+def _mono_float32(audio: np.ndarray, name: str) -> Samples:
+    """Finite, non-empty float32 mono samples; (n, c) input with c <= 8 channels is averaged.
+
+    Anything else raises ModelInputError naming `name`.
+    """
+    try:
+        samples = np.asarray(audio, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ModelInputError(f"{name} must be an array of float samples") from None
     if samples.ndim == 2 and samples.shape[1] <= 8:
-        samples = samples.mean(axis=1)
+        samples = samples.mean(axis=1, dtype=np.float32)
     if samples.ndim != 1:
-        raise ValueError(f"{name} must be mono samples of shape (n,), got {samples.shape}")
+        raise ModelInputError(f"{name} must be mono samples of shape (n,), got {samples.shape}")
     if samples.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise ModelInputError(f"{name} is empty")
     if not np.isfinite(samples).all():
-        raise ValueError(f"{name} contains NaN or infinite samples")
+        raise ModelInputError(f"{name} contains NaN or infinite samples")
     return samples
 
 
-def _resample(samples: np.ndarray, source_sr: int, target_sr: int) -> np.ndarray:
-    """Resample mono float32 samples with torchaudio (a no-op at equal rates)."""
-    if source_sr == target_sr:
-        return samples
-    import torchaudio.functional as AF
-
-    tensor = torch.from_numpy(np.ascontiguousarray(samples))
-    return AF.resample(tensor, source_sr, target_sr).numpy().astype(np.float32, copy=False)
-
-
-def _trim_reference(samples: np.ndarray, sr: int, max_seconds: float) -> np.ndarray:
+def _trim_reference(samples: Samples, sr: int, max_seconds: float) -> Samples:
     """Clip to `max_seconds` at silences when possible, strip edge silence, add 50 ms.
 
     The steps and thresholds of f5-tts's `preprocess_ref_audio_text`, on samples in memory.
@@ -423,7 +363,7 @@ def _normalize_ref_text(ref_text: str) -> str:
     return ref_text + " " if ref_text.endswith(".") else ref_text + ". "
 
 
-def _cross_fade(waves: list[np.ndarray], fade_samples: int) -> np.ndarray:
+def _cross_fade(waves: list[Samples], fade_samples: int) -> Samples:
     """Join chunk waves with linear cross-fades (f5-tts's infer_batch_process joining)."""
     final = waves[0]
     for wave in waves[1:]:

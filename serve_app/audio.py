@@ -6,7 +6,7 @@ limits allow: a WAV whose header declares an hour is refused from the header alo
 decoder ever returns more than `max_seconds` of samples. WAV/FLAC/OGG/MP3/AIFF are read with
 soundfile; anything else (m4a/aac/webm/...) goes through an `ffmpeg` subprocess restricted to
 local-file input and a whitelist of audio demuxers. `encode_audio` writes mp3 (lameenc),
-wav/flac/ogg-vorbis/opus (soundfile).
+wav/flac/ogg-vorbis/opus (soundfile). Rates are changed by `core.resample`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from core.errors import PayloadTooLarge, UnsupportedMediaType
+from core.resample import resample
 
 logger = logging.getLogger(__name__)
 
@@ -147,15 +148,6 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: AudioFormat) -> tup
         audio = np.clip(resample(audio, sample_rate, rate), -1.0, 1.0)
         sf.write(buffer, audio, rate, format="OGG", subtype="OPUS")
     return buffer.getvalue(), CONTENT_TYPES[fmt]
-
-
-def resample(samples: np.ndarray, source_sr: int, target_sr: int) -> np.ndarray:
-    """Resample mono float32 samples with soxr (high quality); a no-op at equal rates."""
-    if source_sr == target_sr:
-        return samples.astype(np.float32, copy=False)
-    import soxr
-
-    return soxr.resample(samples.astype(np.float32, copy=False), source_sr, target_sr, "HQ")
 
 
 def _too_long(seconds: float, max_seconds: float, *, at_least: bool = False) -> PayloadTooLarge:

@@ -7,7 +7,15 @@ from fastapi import FastAPI
 from serve_app.auth import ApiKeyMiddleware
 from serve_app.http_errors import install_error_handlers
 from serve_app.request_metrics import RequestMetricsMiddleware
-from serve_app.routes import files, health, images, openai_compat, projects, voice, voices
+from serve_app.routes import (
+    files,
+    health,
+    images,
+    openai_compat,
+    projects,
+    saved_voices,
+    voice_generation,
+)
 from serve_app.services import Services
 
 API_TITLE = "Common AI Server"
@@ -29,8 +37,8 @@ def create_http_app(services: Services) -> FastAPI:
     app.include_router(health.router)
     app.include_router(images.router)
     app.include_router(projects.router)
-    app.include_router(voice.router)
-    app.include_router(voices.router)
+    app.include_router(voice_generation.router)
+    app.include_router(saved_voices.router)
     app.include_router(files.router)
     app.include_router(openai_compat.router)
     return app

@@ -43,7 +43,7 @@ from serve_app.openai_schemas import (
 from serve_app.deployment_calls import await_deployment
 from serve_app.schemas import ERROR_RESPONSES
 from serve_app.services import Services, get_services
-from serve_app.voice import checked_text, load_stored_reference, speak, voice_params
+from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], responses=ERROR_RESPONSES)
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from serve_app.tiny.clip import build_tiny_clip
 from serve_app.tiny.diffusion import build_tiny_diffusion_pipeline
-from serve_app.tiny.voice import (
+from serve_app.tiny.f5tts import (
     F5_CHECKPOINT_FILE,
     F5_CONFIG_FILE,
     F5_VOCAB_FILE,

@@ -1,4 +1,5 @@
-"""Audio decoding and encoding for the gateway: formats, limits and what is refused."""
+"""Audio decoding and encoding for the gateway: formats, limits and what is refused; and the
+one resampler (`core.resample`) the gateway and the voice model share."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.audio import CONTENT_TYPES, DecodedAudio, decode_audio, encode_audio
 from core.errors import PayloadTooLarge, UnsupportedMediaType
+from core.resample import resample
+from serve_app.audio import CONTENT_TYPES, DecodedAudio, decode_audio, encode_audio
 
 SR = 24_000
 LIMITS = {"target_sr": SR, "max_seconds": 30.0, "max_bytes": 10_000_000}
@@ -181,3 +183,40 @@ def test_encode_rejects_bad_input() -> None:
         encode_audio(np.zeros((2, 100), np.float32), SR, "wav")
     with pytest.raises(ValueError):
         encode_audio(np.zeros(100, np.float32), SR, "aiff")  # type: ignore[arg-type]
+
+
+def _tone_error_db(samples: np.ndarray, freq: float, sr: int) -> float:
+    """RMS distance (dB below the amplitude) of the middle half from the best-fitting tone."""
+    t = np.arange(samples.size) / sr
+    basis = np.stack([np.sin(2 * np.pi * freq * t), np.cos(2 * np.pi * freq * t)], axis=1)
+    middle = slice(samples.size // 4, 3 * samples.size // 4)
+    coef, *_ = np.linalg.lstsq(basis[middle], samples[middle], rcond=None)
+    residual = samples[middle] - basis[middle] @ coef
+    return float(20 * np.log10(np.sqrt(np.mean(residual**2)) / np.hypot(*coef)))
+
+
+@pytest.mark.parametrize(("source", "target"), [(16_000, 24_000), (44_100, 24_000),
+                                                 (24_000, 16_000)])
+def test_resample_keeps_tones_clean(source: int, target: int) -> None:
+    freq = 0.4 * min(source, target)  # near the top of the shared band
+    out = resample(tone(1.0, sr=source, freq=freq), source, target)
+    assert out.dtype == np.float32 and out.shape == (target,)
+    assert _tone_error_db(out, freq, target) < -100
+
+
+def test_resample_removes_what_the_new_rate_cannot_hold() -> None:
+    out = resample(tone(1.0, sr=48_000, freq=13_200), 48_000, 24_000)  # above 12 kHz
+    assert float(np.sqrt(np.mean(out[6000:18000] ** 2))) < 1e-4
+
+
+def test_resample_at_the_same_rate_is_a_no_op() -> None:
+    samples = tone(0.1)
+    assert resample(samples, SR, SR) is samples
+    assert resample(samples.astype(np.float64), SR, SR).dtype == np.float32
+
+
+def test_resample_refuses_bad_rates_and_channels() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        resample(tone(0.1), 0, SR)
+    with pytest.raises(ValueError, match="mono"):
+        resample(np.zeros((10, 2), np.float32), SR, 16_000)

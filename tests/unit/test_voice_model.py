@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.configs import VoiceClonerConfig
+from core.errors import ModelInputError
 from core.types import SynthesizedSpeech
+from deployments.configs import VoiceClonerConfig
+from deployments.model_loading import resolve_model_files, split_hf_path
 from deployments.voice_model import VoiceModel
 
 SR = 24_000
@@ -112,18 +114,87 @@ def test_transcribe_returns_text_offline(voice_model: VoiceModel) -> None:
 
 
 @pytest.mark.parametrize(
-    ("ref_text", "text"), [(REF_TEXT, ""), (REF_TEXT, "   "), ("", "Hello."), (" ", "Hello.")]
+    ("ref_text", "text", "message"),
+    [
+        (REF_TEXT, "", "text must not be empty"),
+        (REF_TEXT, "   ", "text must not be empty"),
+        ("", "Hello.", "ref_text must not be empty"),
+        (" ", "Hello.", "ref_text must not be empty"),
+    ],
 )
-def test_empty_text_raises(voice_model: VoiceModel, ref_text: str, text: str) -> None:
-    with pytest.raises(ValueError, match="must not be empty"):
+def test_empty_text_is_refused(
+    voice_model: VoiceModel, ref_text: str, text: str, message: str
+) -> None:
+    with pytest.raises(ModelInputError, match=f"^{message}"):
         voice_model.synthesize(reference(), SR, ref_text, text, nfe_steps=NFE)
 
 
-def test_silent_or_empty_reference_raises(voice_model: VoiceModel) -> None:
-    with pytest.raises(ValueError, match="silent"):
-        voice_model.synthesize(np.zeros(3 * SR, np.float32), SR, REF_TEXT, "Hello.", nfe_steps=NFE)
-    with pytest.raises(ValueError, match="empty"):
-        voice_model.synthesize(np.zeros(0, np.float32), SR, REF_TEXT, "Hello.", nfe_steps=NFE)
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"nfe_steps": 0}, "nfe_steps must be >= 1, got 0"),
+        ({"speed": 0.0}, "speed must be > 0, got 0.0"),
+        ({"speed": float("nan")}, "speed must be > 0, got nan"),
+        ({"cfg_strength": -1.0}, "cfg_strength must be >= 0, got -1.0"),
+        ({"seed": -1}, r"seed must be in \[0, 2\*\*63\), got -1"),
+        ({"seed": 2**63}, r"seed must be in \[0, 2\*\*63\)"),
+    ],
+)
+def test_bad_parameters_are_refused(
+    voice_model: VoiceModel, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ModelInputError, match=f"^{message}"):
+        synth(voice_model, **options)
+
+
+@pytest.mark.parametrize(
+    ("ref_audio", "ref_sr", "message"),
+    [
+        (np.zeros(3 * SR, np.float32), SR, "reference audio is silent"),
+        (reference(0.2), SR, r"reference audio is shorter than 0.5 s"),
+        (np.zeros(0, np.float32), SR, "ref_audio is empty"),
+        (np.full(SR, np.nan, np.float32), SR, "ref_audio contains NaN or infinite samples"),
+        (np.zeros((2, 3, SR), np.float32), SR, r"ref_audio must be mono samples of shape \(n,\)"),
+        (reference(), 0, "ref_sr must be positive, got 0"),
+    ],
+    ids=["silent", "too-short", "empty", "nan", "not-mono", "bad-rate"],
+)
+def test_unusable_reference_is_refused(
+    voice_model: VoiceModel, ref_audio: np.ndarray, ref_sr: int, message: str
+) -> None:
+    with pytest.raises(ModelInputError, match=f"^{message}"):
+        voice_model.synthesize(ref_audio, ref_sr, REF_TEXT, "Hello.", nfe_steps=NFE)
+
+
+def test_stereo_reference_is_averaged(voice_model: VoiceModel) -> None:
+    mono = reference()
+    prepared = voice_model.prepare_reference(np.stack([mono, mono], axis=1), SR)
+    np.testing.assert_array_equal(prepared, voice_model.prepare_reference(mono, SR))
+
+
+def test_transcribe_refuses_bad_audio(voice_model: VoiceModel) -> None:
+    with pytest.raises(ModelInputError, match="^audio is empty"):
+        voice_model.transcribe(np.zeros(0, np.float32), SR)
+    with pytest.raises(ModelInputError, match="^sample rate must be positive, got -1"):
+        voice_model.transcribe(reference(1.0), -1)
+
+
+def test_hf_paths_split_into_repo_and_file() -> None:
+    assert split_hf_path("hf://SWivid/F5-TTS/F5TTS_v1_Base/model_1250000.safetensors") == (
+        "SWivid/F5-TTS",
+        "F5TTS_v1_Base/model_1250000.safetensors",
+    )
+    for bad in ("hf://SWivid/F5-TTS", "hf://owner//file", "hf://"):
+        with pytest.raises(ValueError, match="is not an hf://<owner>/<repo>/<file> path"):
+            split_hf_path(bad)
+
+
+def test_vocoder_directory_must_hold_its_files(tiny_models_dir: Path, tmp_path: Path) -> None:
+    vocos = tiny_models_dir / "vocos"
+    names = ("config.yaml", "pytorch_model.bin")
+    assert resolve_model_files(str(vocos), names, "vocoder") == (str(vocos.absolute()), "local")
+    with pytest.raises(FileNotFoundError, match=r"vocoder directory .* lacks \['config.yaml'"):
+        resolve_model_files(str(tmp_path), names, "vocoder")
 
 
 def test_missing_local_checkpoint_fails_at_load(tiny_models_dir: Path, tmp_path: Path) -> None:

@@ -253,7 +253,11 @@ def _write_whisper(target: Path, seed: int) -> None:
         model_max_length=448,
     )
     shutil.rmtree(scratch)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in WHISPER_SPECIALS}
+    ids: dict[str, int] = {}
+    for token in WHISPER_SPECIALS:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        assert isinstance(token_id, int), (token, token_id)  # one token in, one id out
+        ids[token] = token_id
     eot = ids[EOT]
     # Random weights favour special tokens, which decode to nothing: suppress them (as the
     # real models suppress some tokens) so the tiny model always "hears" some text.

@@ -1,4 +1,5 @@
-"""The voice flow shared by the routes: reference -> transcript -> speech -> encoded audio.
+"""The Gateway side of voice cloning, shared by the voice routes (`routes.voice_generation`,
+`routes.openai_compat`): reference -> transcript -> speech -> encoded audio.
 
 Reference decoding, transcript caching, encoding and storage happen here, on the gateway;
 the VoiceCloner replica only runs models. A missing reference transcript is looked up
@@ -14,13 +15,13 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from core.types import SynthesizedSpeech, VoiceParams
-from serve_app.audio import DecodedAudio, decode_audio, encode_audio
 from core.errors import InvalidInput, ObjectNotFound, PayloadTooLarge
-from serve_app.modules import VOICE
-from serve_app.deployment_calls import await_deployment
-from serve_app.services import Services
 from core.storage import join_key
+from core.types import SynthesizedSpeech, VoiceParams
+from serve_app.audio import AudioFormat, DecodedAudio, decode_audio, encode_audio
+from serve_app.deployment_calls import await_deployment
+from serve_app.modules import VOICE
+from serve_app.services import Services
 
 MODEL_SAMPLE_RATE = 24_000  # F5-TTS's vocos front end; decoding straight to it saves a resample
 
@@ -92,7 +93,7 @@ async def speak(
     reference: bytes,
     ref_text: str | None,
     text: str,
-    fmt: str,
+    fmt: AudioFormat,
     params: VoiceParams,
     user_id: str | None = None,
 ) -> SpokenAudio:

@@ -14,14 +14,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
-from serve_app.audio import decode_audio, encode_audio
 from core.errors import InvalidInput, ObjectNotFound
+from core.storage import join_key
+from serve_app.audio import decode_audio, encode_audio
 from serve_app.modules import VOICE
 from serve_app.schemas import ERROR_RESPONSES, USER_ID_PATTERN, ErrorResponse, SavedVoice
 from serve_app.services import Services, get_services
-from core.storage import join_key
 from serve_app.uploads import read_multipart
-from serve_app.voice import MODEL_SAMPLE_RATE, reference_key
+from serve_app.voice_pipeline import MODEL_SAMPLE_RATE, reference_key
 
 router = APIRouter(prefix="/v1/voices", tags=["voice"])
 ServicesDep = Annotated[Services, Depends(get_services)]

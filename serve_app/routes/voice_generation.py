@@ -1,5 +1,6 @@
-"""Voice routes of the seed: clone from an uploaded reference (audio back), or from the
-user's stored reference (stored result, JSON back)."""
+"""Voice generation routes of the seed: clone from an uploaded reference (audio back), or
+from the user's stored reference (stored result, JSON back). The flow itself is
+`serve_app.voice_pipeline`; saved references are `serve_app.routes.saved_voices`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import Field, ValidationError
 
-from core.errors import InvalidInput
+from core.storage import join_key
 from serve_app.modules import VOICE
 from serve_app.schemas import (
     ERROR_RESPONSES,
@@ -24,9 +26,8 @@ from serve_app.schemas import (
     _Strict,
 )
 from serve_app.services import Services, get_services
-from core.storage import join_key
 from serve_app.uploads import read_multipart
-from serve_app.voice import checked_text, load_stored_reference, speak, voice_params
+from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
 
 router = APIRouter(tags=["voice"])
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -88,9 +89,10 @@ async def generate_voice(request: Request, services: ServicesDep) -> Response:
     try:
         fields = VoiceFormFields.model_validate(body.fields)
     except ValidationError as exc:
-        problems = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
-        names = ", ".join(sorted({p["field"] for p in problems}))
-        raise InvalidInput(f"invalid request: {names}", fields=problems) from None
+        # Located in the body, as FastAPI locates form fields it parses itself, and answered
+        # by the one validation handler (serve_app.http_errors): the shape every route uses.
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
     spoken = await speak(
         services,
         reference=reference.data,
