@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
+from core import defaults
 from core.metrics import audio_seconds_produced, voice_synthesis_seconds
 from core.types import SynthesizedSpeech, VoiceParams
 from deployments.configs import VoiceClonerConfig
@@ -19,7 +20,7 @@ from deployments.voice_model import VoiceModel
     # the replica and starts the moment the model is free, instead of backing off in Serve's
     # router; the queue bound stays Serve's max_queued_requests.
     max_ongoing_requests=1,
-    max_queued_requests=8,
+    max_queued_requests=defaults.VOICE_MAX_QUEUED_REQUESTS,
     ray_actor_options={"num_cpus": 1},
 )
 class VoiceCloner:

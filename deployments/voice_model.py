@@ -33,6 +33,7 @@ from core.errors import ModelInputError
 from core.resample import resample
 from core.types import SynthesizedSpeech
 from deployments.configs import VoiceClonerConfig
+from deployments.gpu_budget import apply_memory_budget, loading_within_budget
 from deployments.model_loading import (
     pick_device,
     pick_dtype,
@@ -65,6 +66,7 @@ class VoiceModel:
         set_torch_threads(config.torch_threads)
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
+        apply_memory_budget(self.device, config.gpu_memory_fraction)
         self._utils = utils_infer
 
         model_cls, arch, self.model_config_path = _load_model_config(config.model_config_name)
@@ -97,7 +99,9 @@ class VoiceModel:
             vocoder = utils_infer.load_vocoder(
                 "vocos", is_local=True, local_path=self.vocoder_path, device=str(self.device)
             )
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        budget = loading_within_budget("the voice model", self.device, config.gpu_memory_fraction)
+        with budget:
+            self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.vocoder = vocoder.eval()  # float32: f5-tts casts the mel to float32 before it
         # One model, one device: one synthesis or transcription at a time.
         self._lock = threading.Lock()
