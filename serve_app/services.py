@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.storage import ObjectStore, StorageConfig
 from core.types import ImageParams
 from serve_app.admission import InFlightLimit
 from serve_app.modules import ModuleBoard
-from core.storage import ObjectStore, StorageConfig
 
 
 class GatewayConfig(BaseModel):
@@ -49,9 +49,20 @@ class GatewayConfig(BaseModel):
     )
 
     @property
+    def generated_voice_prefix(self) -> str:
+        """Where synthesized speech is stored: a folder of its own under VOICE_REMOTE_PREFIX,
+        apart from the reference voices and transcripts (ids cannot contain '/')."""
+        return f"{self.voice_remote_prefix}generated/"
+
+    @property
     def public_prefixes(self) -> tuple[str, ...]:
-        """Object prefixes whose files may be served by the local-store file route."""
-        return (self.image_remote_prefix, self.image_search_remote_prefix)
+        """Object prefixes whose files may be served by the local-store file route: results
+        and uploads, never reference voices, transcripts or backups."""
+        return (
+            self.image_remote_prefix,
+            self.image_search_remote_prefix,
+            self.generated_voice_prefix,
+        )
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """GET /v1/storage/{key}: fetch a stored result (generated images, uploaded originals).
 
 With the local store this streams the file; with S3/R2 it redirects (307) to a presigned or
-public URL. Only keys under the public result prefixes are served: backups and voice
-references stay private.
+public URL. Only keys under the public result prefixes are served (generated images, search
+uploads, synthesized speech): backups, voice references and transcripts stay private.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from core.errors import ObjectNotFound
+from core.storage import validate_key
 from serve_app.schemas import ErrorResponse
 from serve_app.services import Services, get_services
-from core.storage import validate_key
 
 router = APIRouter(tags=["storage"])
 ServicesDep = Annotated[Services, Depends(get_services)]

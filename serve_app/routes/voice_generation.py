@@ -133,8 +133,7 @@ async def generate_voice_from_storage(
         user_id=body.user_id,
     )
     key = join_key(
-        services.config.voice_remote_prefix, "generated", body.user_id,
-        f"{uuid.uuid4().hex}.{body.format}",
+        services.config.generated_voice_prefix, body.user_id, f"{uuid.uuid4().hex}.{body.format}"
     )
     stored_at = time.perf_counter()
     await asyncio.to_thread(services.store.put, key, spoken.data, spoken.content_type)
