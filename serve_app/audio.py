@@ -11,6 +11,8 @@ wav/flac/ogg-vorbis/opus (soundfile). Rates are changed by `core.resample`.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 import logging
 import math
@@ -18,9 +20,10 @@ import re
 import struct
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -235,6 +238,7 @@ def _decode_with_ffmpeg(
         path.write_bytes(data)
         command = [
             "ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
+            "-threads", "1",  # one core per decode; AUDIO_DECODE_WORKERS bounds how many
             "-protocol_whitelist", "file", "-format_whitelist", FFMPEG_DEMUXERS,
             "-i", str(path),
             "-map", "0:a:0", "-vn", "-sn", "-dn",
@@ -296,3 +300,18 @@ def _encode_mp3(audio: np.ndarray, sample_rate: int) -> bytes:
     encoder.set_channels(1)
     encoder.set_quality(2)
     return bytes(encoder.encode(pcm.tobytes()) + encoder.flush())
+
+
+class AudioDecoder:
+    """Decodes on a bounded pool of its own (AUDIO_DECODE_WORKERS), apart from the threads that
+    do storage I/O, so a burst of uploads cannot take every thread of the Gateway."""
+
+    def __init__(self, workers: int):
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audio-decode")
+
+    async def decode(self, data: bytes, **options: Any) -> DecodedAudio:
+        """`decode_audio(data, **options)` on the pool; waits its turn when all workers are busy."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(decode_audio, data, **options)
+        )

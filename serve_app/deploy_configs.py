@@ -70,6 +70,10 @@ def gateway_config(
         voice_default_nfe_steps=settings.voice_default_nfe_steps,
         voice_default_cfg_strength=settings.voice_default_cfg_strength,
         request_timeout_s=settings.request_timeout_seconds,
+        json_max_bytes=settings.gateway_max_json_bytes,
+        upload_max_bytes=settings.gateway_max_upload_bytes,
+        body_bytes_in_flight=settings.gateway_max_body_bytes_in_flight,
+        audio_decode_workers=settings.audio_decode_workers,
         # ImageGenerator: one replica, one running request and IMAGE_MAX_QUEUED_REQUESTS
         # waiting (in the replica by default, see model_max_ongoing, else in Serve's queue)
         image_max_in_flight=(

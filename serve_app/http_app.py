@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from serve_app.auth import ApiKeyMiddleware
+from serve_app.body_limits import BodyLimitMiddleware, BodyLimits
 from serve_app.http_errors import install_error_handlers
 from serve_app.request_metrics import RequestMetricsMiddleware
 from serve_app.routes import (
@@ -30,6 +31,11 @@ def create_http_app(services: Services) -> FastAPI:
         description="Image generation, semantic image search and voice cloning on Ray Serve.",
     )
     app.state.services = services
+    config = services.config
+    limits = BodyLimits(config.json_max_bytes, config.upload_max_bytes, config.body_bytes_in_flight)
+    # Starlette runs the middleware added last first: metrics, then keys, then body limits
+    # (no body is read or reserved for a request without a valid key).
+    app.add_middleware(BodyLimitMiddleware, limits=limits)
     if services.config.api_key_digests:
         app.add_middleware(ApiKeyMiddleware, key_digests=services.config.api_key_digests)
     app.add_middleware(RequestMetricsMiddleware)  # outermost: 401s are counted too

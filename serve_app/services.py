@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.storage import ObjectStore, StorageConfig
 from core.types import ImageParams
 from serve_app.admission import InFlightLimit
+from serve_app.audio import AudioDecoder
 from serve_app.modules import ModuleBoard
 
 
@@ -36,6 +37,10 @@ class GatewayConfig(BaseModel):
     voice_default_nfe_steps: int = Field(ge=1)
     voice_default_cfg_strength: float = Field(ge=0)
     request_timeout_s: float = Field(gt=0)
+    json_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
+    upload_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
+    body_bytes_in_flight: int = Field(default=512 * 1024 * 1024, ge=1)
+    audio_decode_workers: int = Field(default=2, ge=1)
     image_max_in_flight: int | None = Field(
         default=None, ge=1,
         description="Generations one gateway replica lets in at once (the ImageGenerator's "
@@ -80,6 +85,11 @@ class Services:
     vector_index: Any = None
     voice_cloner: Any = None
 
+
+    @cached_property
+    def audio_decoder(self) -> AudioDecoder:
+        """This replica's bounded pool for audio decoding (AUDIO_DECODE_WORKERS)."""
+        return AudioDecoder(self.config.audio_decode_workers)
 
     @cached_property
     def image_admission(self) -> InFlightLimit:

@@ -141,6 +141,14 @@ class Settings(BaseSettings):
 
     # --- gateway --------------------------------------------------------------------------
     request_timeout_seconds: float = Field(default=300.0, gt=0)
+    # Request bodies (serve_app/body_limits.py): a JSON body's cap, a multipart upload's total
+    # cap (per file: IMAGE_SEARCH_MAX_BYTES, VOICE_MAX_REF_BYTES), and the bytes of bodies one
+    # Gateway replica holds at once (past it: 503 with Retry-After).
+    gateway_max_json_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    gateway_max_upload_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    gateway_max_body_bytes_in_flight: int = Field(default=512 * 1024 * 1024, ge=1024)
+    # Audio decodes (ffmpeg or libsndfile) running at once in one Gateway replica.
+    audio_decode_workers: int = Field(default=2, ge=1, le=64)
     # Comma-separated bearer keys and/or a file of keys (one per line). Unset: no auth.
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None

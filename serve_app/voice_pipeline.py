@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from core.errors import InvalidInput, ObjectNotFound, PayloadTooLarge
 from core.storage import join_key
 from core.types import SynthesizedSpeech, VoiceParams
-from serve_app.audio import AudioFormat, DecodedAudio, decode_audio, encode_audio
+from serve_app.audio import AudioFormat, DecodedAudio, encode_audio
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import VOICE
 from serve_app.services import Services
@@ -102,8 +102,7 @@ async def speak(
     config = services.config
     text = checked_text(services, text)
     started = time.perf_counter()
-    decoded = await asyncio.to_thread(
-        decode_audio,
+    decoded = await services.audio_decoder.decode(
         reference,
         target_sr=MODEL_SAMPLE_RATE,
         max_seconds=config.voice_max_ref_seconds,

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from core.errors import InvalidInput, ObjectNotFound
 from core.storage import join_key
-from serve_app.audio import decode_audio, encode_audio
+from serve_app.audio import encode_audio
 from serve_app.modules import VOICE
 from serve_app.schemas import ERROR_RESPONSES, USER_ID_PATTERN, ErrorResponse, SavedVoice
 from serve_app.services import Services, get_services
@@ -63,8 +63,8 @@ async def put_voice(voice_id: VoiceId, request: Request, services: ServicesDep) 
     if len(transcript) > MAX_TRANSCRIPT_CHARS:
         raise InvalidInput(f"transcript is over {MAX_TRANSCRIPT_CHARS} characters",
                            fields=[{"field": "transcript", "message": "too long"}])
-    decoded = await asyncio.to_thread(
-        decode_audio, upload.data, target_sr=MODEL_SAMPLE_RATE,
+    decoded = await services.audio_decoder.decode(
+        upload.data, target_sr=MODEL_SAMPLE_RATE,
         max_seconds=config.voice_max_ref_seconds, max_bytes=config.voice_max_ref_bytes,
     )
     audio = upload.data
