@@ -26,8 +26,9 @@ from tests.support.s3 import RestartableS3
 from tests.storage_fixtures import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, r2_style_client
 
 
-def wait_until_ready(url: str, timeout_s: float = 180.0) -> httpx.Response:
-    """Poll /readyz until it answers 200; fail with its last body."""
+def wait_until_ready(url: str, timeout_s: float = 300.0) -> httpx.Response:
+    """Poll /readyz until it answers 200; fail with its last body. The default gives a loaded
+    two-core machine room to load the tiny models; a ready app answers in well under it."""
     deadline = time.monotonic() + timeout_s
     last: httpx.Response | None = None
     while time.monotonic() < deadline:
@@ -68,8 +69,8 @@ def local_ray() -> Iterator[LocalRay]:
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
     finally:
-        # test_zz_cluster.py shuts this Ray down for a cluster of its own; with no Ray left,
-        # serve.shutdown() would ray.init() again and attach to any Ray on the machine.
+        # With no Ray left (a test shut it down), serve.shutdown() would ray.init() again and
+        # attach to any Ray on the machine.
         if ray.is_initialized():
             serve.shutdown()
             ray.shutdown()

@@ -200,6 +200,9 @@ def cases() -> list[Case]:
     return listed
 
 
+# Two schemathesis runs of up to RUN_LIMIT_S each, the hand-made cases, and (when this test
+# comes first) the session's Ray and apps starting: more than the suite's default timeout.
+@pytest.mark.timeout(2 * RUN_LIMIT_S + 600)
 def test_hostile_input_gets_4xx_and_leaves_nothing(
     app: DeployedApp,
     search_app: SearchApp,

@@ -76,7 +76,7 @@ def test_replica_crashes_mid_burst_lose_nothing(
             if i + 1 == KILL_INDEX_AT:
                 # Something acknowledged must be at stake: on a slow machine, wait (bounded)
                 # for the first acknowledgements before pulling the plug.
-                for _ in range(100):
+                for _ in range(600):  # at most a minute
                     if acked_so_far() >= MIN_ACKED_BEFORE_KILL:
                         break
                     time.sleep(0.1)

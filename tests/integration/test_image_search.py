@@ -373,10 +373,30 @@ def test_snapshot_restored_on_an_empty_disk_gives_back_every_upload(search_app: 
 
 
 def test_objects_and_rows_match(search_app: SearchApp) -> None:
-    """Whatever ran before: every object has its row and every row its object."""
+    """After uploads, a duplicate, a delete, a batch, a refused batch and a full project, every
+    object of these projects has its row and every row its object."""
+    kept, full, refused = project(), project(), project()
+    ids = [upload(search_app, kept, make_image(seed)).json()["id"] for seed in range(120, 124)]
+    assert upload(search_app, kept, make_image(120)).json()["duplicate"] is True
+    assert httpx.delete(f"{search_app.url}/v1/projects/{kept}/images/{ids[0]}").status_code == 200
+    batch = [("files", ("a.png", make_image(124))), ("files", ("b.png", make_image(125)))]
+    response = httpx.post(
+        f"{search_app.url}/v1/projects/{kept}/images/batch", files=batch, timeout=60
+    )
+    assert response.status_code == 201, response.text
+    bad_batch = [("files", ("ok.png", make_image(126))), ("files", ("bad.png", b"not an image"))]
+    response = httpx.post(
+        f"{search_app.url}/v1/projects/{refused}/images/batch", files=bad_batch, timeout=60
+    )
+    assert response.status_code == 415, response.text
+    for seed in range(130, 138):  # IMAGE_SEARCH_MAX_ELEMENTS=8 in this app
+        assert upload(search_app, full, make_image(seed)).status_code == 201
+    assert upload(search_app, full, make_image(138)).status_code == 409
+
     index = serve.get_deployment_handle("VectorIndex", app_name=search_app.app_name)
+    mine = {kept, full, refused}
     rows: set[str] = set()
-    for project_id in index.stats.remote().result(timeout_s=30):
+    for project_id in set(index.stats.remote().result(timeout_s=30)) & mine:
         cursor = None
         while True:
             page = index.list.remote(project_id, 200, cursor).result(timeout_s=30)
@@ -384,4 +404,6 @@ def test_objects_and_rows_match(search_app: SearchApp) -> None:
             cursor = page.next_cursor
             if not cursor:
                 break
-    assert rows == search_app.object_keys("AI/SEARCH/")
+    objects = set().union(*(search_app.object_keys(f"AI/SEARCH/{pid}/") for pid in mine))
+    assert len(rows) == 5 + 8, sorted(rows)  # 4 + 2 - 1 kept, a full project, none refused
+    assert rows == objects

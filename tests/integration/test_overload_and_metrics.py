@@ -13,6 +13,10 @@ from tests.integration.conftest import DeployedApp, LocalRay, SearchApp
 from tests.integration.test_image_search import make_image, upload
 
 SLOW_BODY = {"title": "busy", "width": 128, "height": 128, "steps": 8}
+# The OpenAI call count shows refusals came before the prompt step and the queue; this bound
+# only catches a refusal that hangs (the client gives up after 120 s).
+REFUSED_FAST_S = 30.0
+METRICS_WAIT_S = 120  # metrics are reported every second here; room for a loaded machine
 
 
 async def burst(url: str, count: int) -> list[httpx.Response]:
@@ -31,10 +35,14 @@ def test_overload_answers_503_with_retry_after_and_serves_the_rest(app: Deployed
     assert rejected, statuses
     assert statuses.count(200) >= 1
     assert set(statuses) <= {200, 503}
+    # One OpenAI call per request the gateway admitted (`app` reset the server): fewer calls
+    # than requests not served means the gateway refused some before the prompt step.
+    refused_after_prompt = app.openai.call_count - statuses.count(200)
+    assert 0 <= refused_after_prompt < len(rejected), (app.openai.call_count, statuses)
     for response in rejected:
         assert response.headers["retry-after"] == "1"
         assert response.json()["error"]["code"] == "overloaded"
-        assert response.elapsed.total_seconds() < 5  # refused fast, not after waiting
+        assert response.elapsed.total_seconds() < REFUSED_FAST_S
     assert httpx.get(f"{app.url}/healthz").status_code == 200
 
 
@@ -80,7 +88,7 @@ def test_custom_metrics_are_exported(
         "index size": lambda s: total(s, "ray_ai_index_images", project=project) == 3,
         "built-in": lambda s: total(s, "ray_serve_num_http_requests_total") >= 1,
     }
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + METRICS_WAIT_S
     missing = list(wanted)
     while time.monotonic() < deadline:
         samples = scrape(local_ray.metrics_url)

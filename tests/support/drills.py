@@ -159,7 +159,7 @@ def replica_log_files(app_name: str, deployment: str) -> list[Path]:
     return sorted(logs.glob(f"replica_{app_name}_{deployment}_*.log"))
 
 
-def wait_for_log(app_name: str, deployment: str, needle: str, timeout_s: float = 20) -> str:
+def wait_for_log(app_name: str, deployment: str, needle: str, timeout_s: float = 60) -> str:
     """The first line of the deployment's replica logs containing `needle` (waits a little
     for the file handler)."""
     deadline = time.monotonic() + timeout_s
