@@ -81,7 +81,7 @@ def new_image(project: str, i: int, vector: Any) -> NewImage:
 
     return NewImage(
         id=f"bench-{project}-{i:06d}", project_id=project,
-        object_key=f"AI/SEARCH/{project}/bench-{i:06d}.jpg", filename=f"{i}.jpg",
+        object_key=f"AI/SEARCH/{project}/bench-{project}-{i:06d}.jpg", filename=f"{i}.jpg",
         content_type="image/jpeg", size_bytes=1, width=1, height=1, sha256=f"{i:064x}",
         vector=vector,
     )

@@ -33,6 +33,7 @@ HNSW_EF_CONSTRUCTION: Final = 200
 HNSW_EF_SEARCH: Final = 128  # recall@10 0.998 on CLIP-like vectors (docs/benchmarks.md §3)
 DB_BACKUP_INTERVAL_S: Final = 1800
 DB_BACKUP_PREFIX: Final = "backups/image_search/"
+IMAGE_SEARCH_REMOTE_PREFIX: Final = "AI/SEARCH/"
 DB_BACKUP_KEEP: Final = 10
 
 # --- voice cloning ------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from core import defaults
+from core.image_keys import IMAGE_CONTENT_TYPES
 from core.storage import StorageConfig
 from core.types import Device, TorchDType
 
@@ -99,6 +100,15 @@ class VectorIndexConfig(_Config):
     backup_interval_s: float = Field(default=defaults.DB_BACKUP_INTERVAL_S, gt=0)
     backup_prefix: str = defaults.DB_BACKUP_PREFIX
     backup_keep: int = Field(default=defaults.DB_BACKUP_KEEP, ge=1)
+    search_prefix: str = Field(
+        default=defaults.IMAGE_SEARCH_REMOTE_PREFIX,
+        description="IMAGE_SEARCH_REMOTE_PREFIX: a row's object key must be "
+        "{search_prefix}{project_id}/{id}.{ext}, else it is quarantined at start",
+    )
+    image_content_types: tuple[str, ...] = Field(
+        default=tuple(IMAGE_CONTENT_TYPES),
+        description="The image types uploads are stored as; a row with another is quarantined",
+    )
     persist_index: bool = Field(
         default=True,
         description="Save each project's HNSW index beside the database and load it at start "
@@ -110,6 +120,21 @@ class VectorIndexConfig(_Config):
     index_save_after_changes: int = Field(
         default=10_000, ge=1, description="Save sooner once this many changes are unsaved"
     )
+
+    @field_validator("search_prefix")
+    @classmethod
+    def _search_prefix(cls, value: str) -> str:
+        if not value or not value.endswith("/"):
+            raise ValueError("search_prefix must be non-empty and end with '/'")
+        return value
+
+    @field_validator("image_content_types")
+    @classmethod
+    def _content_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(IMAGE_CONTENT_TYPES))
+        if unknown or not value:
+            raise ValueError(f"image_content_types must be among {list(IMAGE_CONTENT_TYPES)}")
+        return value
 
 
 class VoiceClonerConfig(_Config):

@@ -3,6 +3,10 @@
 Exactly one replica. On start it restores the newest snapshot from object storage when the
 local database is missing, then opens the per-project HNSW indexes: each is loaded from the
 file saved beside the database when that file matches SQLite, else rebuilt from the rows.
+No row is trusted as it is: before the catalog opens, every row of the restored (or existing)
+database is checked and the ones whose object key or content type is not their own are
+quarantined (`vector_store.trust`), and reported in `startup_report` and the log. The delete
+sweeper checks each key again before it deletes an object.
 While it runs, one background thread uploads a consistent snapshot every interval and another
 saves changed indexes every `index_save_interval_s` (sooner after `index_save_after_changes`
 changes); they are saved once more when the replica shuts down. A third finishes deletes left
@@ -23,11 +27,13 @@ import numpy as np
 from ray import serve
 
 from core.errors import ApiError
+from core.image_keys import image_key_problem
 from core.metrics import index_images
 from core.records import ImagePage, ImageRecord, NewImage, SearchHit
 from core.storage import make_object_store
 from deployments.configs import VectorIndexConfig
 from deployments.vector_store import BackupManager, VectorCatalog
+from deployments.vector_store.trust import RowRules, quarantine_untrusted_rows
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,21 +55,36 @@ class VectorIndex:
         self._config = config
         # The store of the images themselves (the Gateway's) and of the database snapshots.
         self._store = make_object_store(config.storage)
-        self._backups = BackupManager(self._store, config.backup_prefix, config.backup_keep)
+        rules = RowRules(
+            search_prefix=config.search_prefix,
+            content_types=config.image_content_types,
+            vector_bytes=config.dim * 4,  # float32
+        )
+        self._backups = BackupManager(
+            self._store, config.backup_prefix, config.backup_keep, row_rules=rules
+        )
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.restored_from: str | None = None
         self._startup: dict[str, Any] = {
             "database": "existing",
             "restored_from": None,
             "skipped_snapshots": [],
+            "quarantined_rows": None,
         }
-        if not config.db_path.exists():
+        if config.db_path.exists():
+            # A database found on disk is checked the same way (cheap: no vectors are read).
+            checked = quarantine_untrusted_rows(config.db_path, rules)
+            self._startup["quarantined_rows"] = checked.as_dict()
+        else:
             report = self._backups.restore(config.db_path)
             self.restored_from = report.key
             self._startup = {
                 "database": "restored" if report.key else "new",
                 "restored_from": report.key,
                 "skipped_snapshots": [{"key": k, "reason": r} for k, r in report.skipped],
+                "quarantined_rows": (
+                    report.quarantine.as_dict() if report.quarantine is not None else None
+                ),
             }
             for key, reason in report.skipped:
                 logger.warning("skipped database snapshot %s: %s", key, reason)
@@ -141,7 +162,8 @@ class VectorIndex:
 
     def startup_report(self) -> dict[str, Any]:
         """How this replica found its database: "existing", "restored" (from which snapshot)
-        or "new", and the damaged snapshots it skipped with the reasons. Cheap: no I/O."""
+        or "new", the damaged or future-dated snapshots it skipped with the reasons, and the
+        rows it quarantined (count and examples; None for a new database). Cheap: no I/O."""
         return {**self._startup, "skipped_snapshots": list(self._startup["skipped_snapshots"])}
 
     def save_indexes(self) -> builtins.list[str]:
@@ -220,6 +242,18 @@ class VectorIndex:
         one that fails is logged and left for the next sweep."""
         finished = 0
         for record in self._catalog.pending_deletes(older_than_s=self.delete_grace_s):
+            problem = image_key_problem(
+                self._config.search_prefix, record.project_id, record.id, record.object_key,
+                record.content_type, self._config.image_content_types,
+            )
+            if problem is not None:
+                # Never delete by a key that is not the image's own: drop the row, keep the object.
+                logger.error(
+                    "not deleting the object of image %s of project %s: %s",
+                    record.id, record.project_id, problem,
+                )
+                self._catalog.finish_delete(record.project_id, record.id)
+                continue
             try:
                 self._store.delete(record.object_key)
                 self._catalog.finish_delete(record.project_id, record.id)

@@ -22,6 +22,7 @@ from serve_app.auth import digest
 from serve_app.placement import model_max_ongoing
 from serve_app.services import GatewayConfig
 from serve_app.settings import Settings, SettingsError
+from serve_app.uploads import accepted_image_types
 
 
 def storage_config(settings: Settings) -> StorageConfig:
@@ -100,6 +101,8 @@ def vector_index_config(settings: Settings) -> VectorIndexConfig:
         backup_interval_s=settings.image_search_db_backup_interval_seconds,
         backup_prefix=settings.image_search_db_backup_prefix,
         backup_keep=settings.image_search_db_backup_keep,
+        search_prefix=settings.image_search_remote_prefix,
+        image_content_types=accepted_image_types(),
     )
 
 

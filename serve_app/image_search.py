@@ -16,13 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from core.records import ImageRecord, NewImage, SearchHit
 from core.errors import ApiError, NotFound
-from serve_app.modules import IMAGE_CATALOG, IMAGE_SEARCH
+from core.image_keys import image_key_problem, image_object_key
+from core.records import ImageRecord, NewImage, SearchHit
 from serve_app.deployment_calls import await_deployment
+from serve_app.modules import IMAGE_CATALOG, IMAGE_SEARCH
 from serve_app.schemas import ImageOut, SearchResult
 from serve_app.services import Services
-from core.storage import join_key
 from serve_app.uploads import CheckedImage
 
 logger = logging.getLogger("ray.serve")
@@ -105,10 +105,14 @@ async def upload_images(
             await _undo_stored(services, new_images, stored, exc)
             raise
         # A concurrent upload of the same bytes may have won: drop our now unused copies.
-        unused = [new.object_key for new, rec in zip(new_images, added) if rec.object_key != new.object_key]
+        unused = [
+            new.object_key
+            for new, rec in zip(new_images, added, strict=True)
+            if rec.object_key != new.object_key
+        ]
         if unused:
             await _delete_objects(services, unused)
-        records.update(dict(zip(fresh, added)))
+        records.update(dict(zip(fresh, added, strict=True)))
     for position, image in enumerate(images):
         if position not in records:  # repeated within the batch
             first = records[seen[image.sha256]]
@@ -162,11 +166,27 @@ async def delete_image(services: Services, project_id: str, image_id: str) -> Im
     )
     if record is None:
         raise NotFound(f"image '{image_id}' not found in project '{project_id}'", id=image_id)
-    await asyncio.to_thread(services.store.delete, record.object_key)
+    problem = own_key_problem(services, record)
+    if problem is None:
+        await asyncio.to_thread(services.store.delete, record.object_key)
+    else:  # never delete by a key that is not the image's own: drop the row, keep the object
+        logger.error("not deleting the object of image %s of project %s: %s",
+                     record.id, record.project_id, problem)
     await await_deployment(
-        index.finish_delete.remote(project_id, image_id), what="the image index", timeout_s=timeout_s
+        index.finish_delete.remote(project_id, image_id),
+        what="the image index", timeout_s=timeout_s,
     )
     return record
+
+
+def own_key_problem(services: Services, record: ImageRecord) -> str | None:
+    """None when the record's object key and content type are exactly what an upload of it
+    stores (`{IMAGE_SEARCH_REMOTE_PREFIX}{project}/{id}.{ext}`, an accepted image type); else
+    why not. Checked before a key is served or deleted: a row is data, not an authority."""
+    return image_key_problem(
+        services.config.image_search_remote_prefix, record.project_id, record.id,
+        record.object_key, record.content_type,
+    )
 
 
 def _new_image(
@@ -176,8 +196,8 @@ def _new_image(
     return NewImage(
         id=image_id,
         project_id=project_id,
-        object_key=join_key(
-            services.config.image_search_remote_prefix, project_id, f"{image_id}.{image.extension}"
+        object_key=image_object_key(
+            services.config.image_search_remote_prefix, project_id, image_id, image.extension
         ),
         filename=image.filename,
         content_type=image.content_type,
@@ -195,7 +215,7 @@ async def _store_objects(
     """Put every original; on a failure delete the ones already put, then re-raise."""
     stored: list[str] = []
     try:
-        for image, record in zip(images, new):
+        for image, record in zip(images, new, strict=True):
             await asyncio.to_thread(
                 services.store.put, record.object_key, image.data, image.content_type
             )

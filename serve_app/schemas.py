@@ -80,7 +80,8 @@ class ComponentStatus(BaseModel):
         default=None,
         exclude_if=lambda value: value is None,  # absent unless a module has something to say
         description="Module notes, e.g. image_search: how the VectorIndex found its database "
-        "at start (existing, restored from which snapshot, damaged snapshots skipped)",
+        "at start (existing, restored from which snapshot, damaged or future-dated snapshots "
+        "skipped, rows quarantined because their object key or content type was not their own)",
     )
 
 

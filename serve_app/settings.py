@@ -16,10 +16,19 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core import defaults
+from core.errors import InvalidKey
+from core.storage import validate_prefix
 from core.types import Device, TorchDType
 # A model's GPUs: "auto" (share the cluster's GPUs, serve_app.gpu_plan) or a number
 # (0 = CPU; a fraction below 1 shares a card; a whole number above 1 is several cards).
 GpuRequest = Annotated[float, Field(ge=0)] | Literal["auto"]
+# Object-store folders of the server's objects: each validated, and none inside another.
+_STORE_PREFIXES = (
+    "image_remote_prefix",
+    "image_search_remote_prefix",
+    "voice_remote_prefix",
+    "image_search_db_backup_prefix",
+)
 
 
 class SettingsError(ValueError):
@@ -66,7 +75,7 @@ class Settings(BaseSettings):
 
     # --- seed 6.3: paths and limits -------------------------------------------------------
     image_remote_prefix: str = "AI/POSTER/"
-    image_search_remote_prefix: str = "AI/SEARCH/"
+    image_search_remote_prefix: str = defaults.IMAGE_SEARCH_REMOTE_PREFIX
     voice_remote_prefix: str = "AI/VOICE/"
     image_search_max_elements: int = Field(default=50_000, ge=1)
     image_search_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
@@ -164,6 +173,31 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(*_STORE_PREFIXES)
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or not value.endswith("/"):
+            raise ValueError("must be a non-empty key prefix ending in '/' (e.g. 'AI/SEARCH/')")
+        try:
+            validate_prefix(value)
+        except InvalidKey as exc:
+            raise ValueError(f"is not a valid key prefix: {exc.message}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_prefixes_apart(self) -> Settings:
+        # One folder inside another would make the outer one's rules reach the inner one's
+        # objects (files served from it, backups listed and pruned under it).
+        named = [(name.upper(), getattr(self, name)) for name in _STORE_PREFIXES]
+        for name, prefix in named:
+            for other, other_prefix in named:
+                if name != other and other_prefix.startswith(prefix):
+                    raise ValueError(
+                        f"{name}={prefix!r} and {other}={other_prefix!r} overlap: the object "
+                        "prefixes must be separate folders, none inside another"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _check_r2(self) -> Settings:

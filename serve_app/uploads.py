@@ -30,6 +30,11 @@ ACCEPTED_FORMATS: dict[str, tuple[str, str]] = {
 }
 
 
+def accepted_image_types() -> tuple[str, ...]:
+    """The content types an accepted upload is stored as (core.image_keys names the same)."""
+    return tuple(content_type for content_type, _extension in ACCEPTED_FORMATS.values())
+
+
 @dataclass(frozen=True)
 class UploadedFile:
     """One file part of a multipart body, read into memory."""

@@ -5,10 +5,16 @@ the database in WAL mode the backup reads one consistent snapshot while the writ
 the copy contains exactly the transactions committed before it started (a file copy of a WAL
 database can miss the WAL or tear pages).
 
-Keys look like `{prefix}image_search-20250102T030405123456Z.sqlite3` (UTC), so sorting keys
-sorts snapshots by age. `restore_latest` only ever fills a missing database file: it verifies
+Keys look like `{prefix}image_search-20250102T030405123456Z.sqlite3` (UTC); snapshots are
+ranked by that timestamp. `restore_latest` only ever fills a missing database file: it verifies
 each candidate (`PRAGMA integrity_check` and the catalog's tables), falls back to older snapshots
 when the newest is damaged, and moves the good one into place without overwriting anything.
+
+Nothing restored is trusted as it is. A snapshot dated more than `max_clock_skew_s` in the
+future is skipped (a forged or mis-clocked one would otherwise always win, and always be kept
+by `prune`, which does not count it among the `keep` newest). With `row_rules`, every row of
+the candidate is checked before it is moved into place (`trust.quarantine_untrusted_rows`):
+rows whose object key or content type is not their own are quarantined and reported.
 """
 
 from __future__ import annotations
@@ -27,14 +33,22 @@ from core.durable import fsync_dir
 from core.errors import ObjectNotFound
 from core.storage import ObjectStore, validate_key, validate_prefix
 from deployments.vector_store.models import REQUIRED_TABLES
+from deployments.vector_store.trust import QuarantineReport, RowRules, quarantine_untrusted_rows
 
-__all__ = ["BackupManager", "RestoreReport", "snapshot_to_file", "verify_database"]
+__all__ = [
+    "BackupManager",
+    "RestoreReport",
+    "snapshot_stamp",
+    "snapshot_to_file",
+    "verify_database",
+]
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_CONTENT_TYPE = "application/vnd.sqlite3"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _NAME_RE = re.compile(r"image_search-(\d{8}T\d{12}Z)\.sqlite3")
+MAX_CLOCK_SKEW_S = 300.0  # how far in the future a snapshot's timestamp may be and still count
 
 
 def snapshot_to_file(db_path: Path, target_path: Path) -> None:
@@ -87,11 +101,13 @@ def verify_database(path: Path, required_tables: Iterable[str] = REQUIRED_TABLES
 
 @dataclass(frozen=True)
 class RestoreReport:
-    """What `BackupManager.restore` did: the snapshot restored (None when none was), and the
-    newer snapshots passed over on the way, each with the reason (newest first)."""
+    """What `BackupManager.restore` did: the snapshot restored (None when none was), the
+    newer snapshots passed over on the way, each with the reason (newest first), and the rows
+    of the restored one that were quarantined (None when rows were not checked)."""
 
     key: str | None = None
     skipped: tuple[tuple[str, str], ...] = field(default=())
+    quarantine: QuarantineReport | None = None
 
 
 class BackupManager:
@@ -103,6 +119,8 @@ class BackupManager:
         prefix: str,
         keep: int,
         required_tables: Iterable[str] = REQUIRED_TABLES,
+        row_rules: RowRules | None = None,
+        max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
     ) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
@@ -110,6 +128,8 @@ class BackupManager:
         self.prefix = validate_prefix(prefix)
         self.keep = keep
         self.required_tables = frozenset(required_tables)
+        self.row_rules = row_rules
+        self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
         self._last_stamp: datetime | None = None
 
     def _key_for(self, stamp: datetime) -> str:
@@ -135,17 +155,35 @@ class BackupManager:
         return key
 
     def list_snapshots(self) -> list[str]:
-        """Snapshot keys directly under the prefix, newest first."""
-        keys = [
-            info.key
-            for info in self.store.list(self.prefix)
-            if _NAME_RE.fullmatch(info.key[len(self.prefix) :])
-        ]
-        return sorted(keys, reverse=True)
+        """Snapshot keys directly under the prefix, newest first (by the timestamp in the key;
+        future-dated ones included, see `is_future`)."""
+        stamped = []
+        for info in self.store.list(self.prefix):
+            stamp = snapshot_stamp(info.key[len(self.prefix) :])
+            if stamp is not None:
+                stamped.append((stamp, info.key))
+        return [key for _stamp, key in sorted(stamped, reverse=True)]
+
+    def is_future(self, key: str, now: datetime | None = None) -> bool:
+        """Whether the snapshot is dated more than the clock-skew allowance after `now`."""
+        stamp = snapshot_stamp(key[len(self.prefix) :])
+        return stamp is not None and stamp > (now or datetime.now(UTC)) + self.max_clock_skew
 
     def prune(self) -> list[str]:
-        """Delete all but the newest `keep` snapshots; returns the deleted keys."""
-        stale = self.list_snapshots()[self.keep :]
+        """Delete all but the newest `keep` snapshots; returns the deleted keys.
+
+        Future-dated snapshots are neither counted nor deleted (they are logged): one must not
+        push the real backups out, and deleting it is an operator's decision.
+        """
+        now = datetime.now(UTC)
+        keys = self.list_snapshots()
+        future = [key for key in keys if self.is_future(key, now)]
+        if future:
+            log.warning(
+                "%d database snapshot(s) dated in the future are ignored: %s",
+                len(future), ", ".join(future[:5]),
+            )
+        stale = [key for key in keys if key not in future][self.keep :]
         for key in stale:
             self.store.delete(key)
         if stale:
@@ -168,7 +206,16 @@ class BackupManager:
         if db_path.exists():
             return RestoreReport()
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        now = datetime.now(UTC)
         for key in self.list_snapshots():
+            if self.is_future(key, now):
+                reason = (
+                    f"dated in the future (more than {self.max_clock_skew.total_seconds():g} s "
+                    "ahead of this clock)"
+                )
+                log.warning("snapshot %s is %s; skipping it", key, reason)
+                skipped.append((key, reason))
+                continue
             try:
                 data = self.store.get(key)
             except ObjectNotFound:
@@ -183,6 +230,12 @@ class BackupManager:
                     fh.flush()
                     os.fsync(fh.fileno())
                 problem = verify_database(tmp, self.required_tables)
+                quarantine: QuarantineReport | None = None
+                if problem is None and self.row_rules is not None:
+                    try:
+                        quarantine = quarantine_untrusted_rows(tmp, self.row_rules)
+                    except sqlite3.Error as exc:
+                        problem = f"rows cannot be checked: {exc}"
                 if problem is not None:
                     log.warning("snapshot %s is unusable (%s); trying an older one", key, problem)
                     skipped.append((key, problem))
@@ -192,10 +245,21 @@ class BackupManager:
                     log.warning("a database appeared at %s meanwhile; not restoring", db_path)
                     return RestoreReport(skipped=tuple(skipped))
                 log.info("restored database %s from snapshot %s", db_path, key)
-                return RestoreReport(key=key, skipped=tuple(skipped))
+                return RestoreReport(key=key, skipped=tuple(skipped), quarantine=quarantine)
             finally:
                 tmp.unlink(missing_ok=True)
         return RestoreReport(skipped=tuple(skipped))
+
+
+def snapshot_stamp(name: str) -> datetime | None:
+    """The UTC time in a snapshot's file name (`image_search-<stamp>.sqlite3`), or None."""
+    match = _NAME_RE.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1), _STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # shaped like a stamp but no real date (month 13, say)
+        return None
 
 
 def _move_into_place(tmp: Path, db_path: Path) -> bool:

@@ -4,23 +4,26 @@ and search by image."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from core.errors import ObjectNotFound
+from core.image_keys import media_type_for_key
+from serve_app.deployment_calls import await_deployment
 from serve_app.image_search import (
     delete_image,
     get_image,
     image_out,
+    own_key_problem,
     require_project,
     search_by_vector,
     search_result,
     upload_images,
 )
 from serve_app.modules import IMAGE_SEARCH
-from serve_app.deployment_calls import await_deployment
 from serve_app.schemas import (
     ERROR_RESPONSES,
     IMAGE_ID_PATTERN,
@@ -36,6 +39,7 @@ from serve_app.schemas import (
 from serve_app.services import Services, get_services
 from serve_app.uploads import CheckedImage, check_image, read_multipart_files
 
+logger = logging.getLogger("ray.serve")
 router = APIRouter(prefix="/v1/projects/{project_id}/images", tags=["image search"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 ProjectId = Annotated[
@@ -201,13 +205,20 @@ async def get_image_file(
 ) -> Response:
     """The original upload: a 307 to R2 (presigned), or the bytes from the local store."""
     record = await get_image(services, project_id, image_id)
+    problem = own_key_problem(services, record)
+    media_type = media_type_for_key(record.object_key)
+    if problem is not None or media_type is None:  # not its own key: never served
+        logger.error("refusing to serve image %s of project %s: %s",
+                     image_id, project_id, problem or "no image type for its key")
+        raise ObjectNotFound("the image's file is not available", id=image_id)
     store = services.store
     if store.kind != "local":
         return RedirectResponse(await asyncio.to_thread(store.url, record.object_key), 307)
     path = store.path_for(record.object_key)  # type: ignore[attr-defined]
     if not path.is_file():
         raise ObjectNotFound("the image's file is missing from storage", id=image_id)
-    return FileResponse(path, media_type=record.content_type, filename=record.filename)
+    # The media type comes from the accepted set (by the checked key), never from the row.
+    return FileResponse(path, media_type=media_type, filename=record.filename)
 
 
 @router.delete("/{image_id}", response_model=DeleteResponse, responses=ERROR_RESPONSES)
