@@ -53,6 +53,14 @@ class Unauthorized(ApiError):
     code = "unauthorized"
 
 
+class Forbidden(ApiError):
+    """A valid API key whose scope does not cover the request (module, project, voice or
+    write access)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ApiError):
     status_code = 404
     code = "not_found"
@@ -76,6 +84,14 @@ class UnsupportedMediaType(ApiError):
 class InvalidInput(ApiError):
     status_code = 422
     code = "invalid_request"
+
+
+class TooManyRequests(ApiError):
+    """Over the API key's own limit (requests per minute, concurrent model work); carries
+    `Retry-After`."""
+
+    status_code = 429
+    code = "rate_limited"
 
 
 class ServiceUnavailable(ApiError):

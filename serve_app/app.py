@@ -8,14 +8,16 @@ config (`serve_app.deploy_configs`), its GPUs (`serve_app.gpu_plan`) and its oth
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from ray.serve import Application, Deployment
+from ray.serve import Application
 
 from core.types import Device
 from serve_app import deploy_configs
+from serve_app.exposure import AuthRequired, check_auth, serve_http_bind
 from serve_app.gateway import Gateway
 from serve_app.gpu_plan import GpuPlan, describe, log_plans, plan_gpus, read_node_gpus
 from serve_app.placement import (
@@ -26,6 +28,8 @@ from serve_app.placement import (
     torch_threads,
 )
 from serve_app.settings import Settings, load_settings
+
+logger = logging.getLogger("ray.serve")
 
 
 class AppArgs(BaseModel):
@@ -51,6 +55,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 def build_graph(settings: Settings) -> Application:
     """Bind the Gateway and the deployments of every enabled module."""
+    check_exposure(settings)
     plans = plan_gpus(settings, read_node_gpus(settings.model_node_resource))
     log_plans(plans)
     handles: dict[str, Any] = {}
@@ -93,6 +98,31 @@ def build_graph(settings: Settings) -> Application:
     return on_head_node(Gateway, settings).bind(
         deploy_configs.gateway_config(settings, placement), **handles
     )
+
+
+def check_exposure(settings: Settings) -> None:
+    """Before anything is bound: refuse (AuthRequired, a SettingsError) to serve a
+    non-loopback address without API keys unless AUTH_DISABLED=1 (serve_app/exposure.py).
+
+    A Serve config's builder runs in the cluster once Serve has started with the config's
+    http_options, so Serve can say where it listens; a builder run before Serve starts
+    (`serve run module:builder`, a unit test) cannot ask, and the Gateway checks at start.
+    """
+    try:
+        bind = serve_http_bind()
+    except Exception as exc:  # noqa: BLE001 - any failure to ask leaves it to the Gateway
+        logger.info("cannot ask Serve where it listens (%s); the Gateway checks at start", exc)
+        return
+    try:
+        check_auth(
+            bind,
+            has_keys=bool(settings.api_key_scopes()),
+            auth_disabled=settings.auth_disabled,
+            where="builder",
+        )
+    except AuthRequired as exc:
+        logger.error("%s", exc)  # in `serve run`'s output too, not only the app's status
+        raise
 
 
 def bind_model(

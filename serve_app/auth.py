@@ -1,65 +1,114 @@
-"""Bearer API keys for every route but the health probes.
+"""Bearer API keys for every route but the health probes, per-key request rates, and the
+audit log.
 
-Keys come from API_KEYS and/or API_KEYS_FILE, read once by the builder; the gateway only
-ever holds their SHA-256 digests, compared in constant time, so no key sits in a config
-object, a log line or the dashboard.
+Keys come from API_KEYS and/or API_KEYS_FILE (serve_app/api_keys.py), read once by the
+builder; the gateway only ever holds their SHA-256 digests with their scopes, compared in
+constant time, so no key sits in a config object, a log line or the dashboard.
+
+- `/healthz` is open; `/readyz` is open too, and says more to a valid key (routes/health.py).
+- Every other route: 401 without a known key (when keys are configured), 429 with
+  Retry-After past the key's requests per minute, then the route, whose dependencies check
+  the key's scope (serve_app/access.py).
+- One audit line per mutating request (POST, PUT, PATCH, DELETE), answered or refused:
+  `audit key=<name> method=<method> route=<template> status=<status> request_id=<id>`,
+  through the `ray.serve` logger (so into the Gateway replica's Serve log). Never the key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
-from pathlib import Path
+import logging
+from collections.abc import Sequence
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import Unauthorized
+from core.errors import ApiError, Unauthorized
+from serve_app.access import KEY_SCOPE, KeyLimits
+from serve_app.api_keys import ApiKey, digest
 from serve_app.http_errors import api_error_response
 
+__all__ = ["OPEN_PATHS", "ApiKeyMiddleware", "digest"]
+
+logger = logging.getLogger("ray.serve")
+
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-
-
-def digest(key: str) -> str:
-    """The SHA-256 hex digest a key is known by."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def read_key_file(path: Path) -> list[str]:
-    """One key per line; blank lines and lines starting with '#' are ignored."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+NO_KEY = "-"  # the audit's key name when the request has none
 
 
 class ApiKeyMiddleware:
-    """ASGI middleware: 401 JSON unless `Authorization: Bearer <key>` matches a known key."""
+    """ASGI middleware: identify the key, refuse 401/429, audit mutating requests."""
 
-    def __init__(self, app: ASGIApp, key_digests: Iterable[str]):
+    def __init__(self, app: ASGIApp, keys: Sequence[ApiKey], limits: KeyLimits):
         self.app = app
-        self._digests = tuple(bytes.fromhex(d) for d in key_digests)
+        self._keys = tuple((bytes.fromhex(key.digest), key) for key in keys)
+        self._limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._digests or self._is_open(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._authorized(scope):
-            await self.app(scope, receive, send)
+        path = _relative_path(scope)
+        key = self._identify(scope) if self._keys else None
+        if key is not None:
+            scope[KEY_SCOPE] = key
+        refusal: ApiError | None = None
+        if path in OPEN_PATHS:
+            pass
+        elif self._keys and key is None:
+            refusal = Unauthorized(
+                "a valid API key is required: Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": 'Bearer realm="common-ai-server"'},
+            )
+        elif key is not None:
+            try:
+                self._limits.admit_request(key)
+            except ApiError as exc:
+                refusal = exc
+        if scope.get("method", "") not in MUTATING_METHODS:
+            if refusal is None:
+                await self.app(scope, receive, send)
+            else:
+                await api_error_response(refusal)(scope, receive, send)
             return
-        refusal = Unauthorized(
-            "a valid API key is required: Authorization: Bearer <key>",
-            headers={"WWW-Authenticate": 'Bearer realm="common-ai-server"'},
-        )
-        await api_error_response(refusal)(scope, receive, send)
+        await self._audited(scope, receive, send, key, refusal, path)
 
-    @staticmethod
-    def _is_open(scope: Scope) -> bool:
-        root = scope.get("root_path", "")
-        path = scope.get("path", "")
-        if root and path.startswith(root):
-            path = path[len(root):]
-        return path in OPEN_PATHS
+    async def _audited(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        key: ApiKey | None,
+        refusal: ApiError | None,
+        path: str,
+    ) -> None:
+        status = 500
 
-    def _authorized(self, scope: Scope) -> bool:
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if refusal is None:
+                await self.app(scope, receive, send_and_record)
+            else:
+                await api_error_response(refusal)(scope, receive, send_and_record)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None)
+            logger.info(
+                "audit key=%s method=%s route=%s status=%d request_id=%s",
+                key.name if key is not None else NO_KEY,
+                scope.get("method", ""),
+                template if template else f"- path={path[:200]!r}",
+                status,
+                _request_id() or "-",
+            )
+
+    def _identify(self, scope: Scope) -> ApiKey | None:
         header = b""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
@@ -67,9 +116,27 @@ class ApiKeyMiddleware:
                 break
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
-            return False
+            return None
         offered = hashlib.sha256(token.strip()).digest()
-        matched = False
-        for known in self._digests:  # no early exit: the time does not depend on which key
-            matched |= hmac.compare_digest(offered, known)
+        matched: ApiKey | None = None
+        for known, key in self._keys:  # no early exit: the time does not depend on which key
+            if hmac.compare_digest(offered, known):
+                matched = key
         return matched
+
+
+def _relative_path(scope: Scope) -> str:
+    root = scope.get("root_path", "")
+    path: str = scope.get("path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path
+
+
+def _request_id() -> str | None:
+    """Serve's id of the request (the client's X-Request-ID when it sent one)."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+    except ImportError:  # pragma: no cover - a Ray without request contexts
+        return None
+    return _get_serve_request_context().request_id or None

@@ -18,7 +18,6 @@ from deployments.configs import (
     VectorIndexConfig,
     VoiceClonerConfig,
 )
-from serve_app.auth import digest
 from serve_app.placement import model_max_ongoing
 from serve_app.services import GatewayConfig
 from serve_app.settings import Settings, SettingsError
@@ -82,7 +81,8 @@ def gateway_config(
                 settings.image_max_queued_requests + 1)
             if settings.image_max_queued_requests >= 0 else None
         ),
-        api_key_digests=tuple(digest(key) for key in settings.api_key_list()),
+        api_keys=settings.api_key_scopes(),
+        auth_disabled=settings.auth_disabled,
         placement=placement or {},
     )
 

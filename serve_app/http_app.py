@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from serve_app.access import KeyLimits
 from serve_app.auth import ApiKeyMiddleware
 from serve_app.body_limits import BodyLimitMiddleware, BodyLimits
 from serve_app.http_errors import install_error_handlers
@@ -36,8 +37,9 @@ def create_http_app(services: Services) -> FastAPI:
     # Starlette runs the middleware added last first: metrics, then keys, then body limits
     # (no body is read or reserved for a request without a valid key).
     app.add_middleware(BodyLimitMiddleware, limits=limits)
-    if services.config.api_key_digests:
-        app.add_middleware(ApiKeyMiddleware, key_digests=services.config.api_key_digests)
+    # Always there: with no keys (loopback, AUTH_DISABLED=1) it still writes the audit lines.
+    app.state.key_limits = KeyLimits(config.api_keys)
+    app.add_middleware(ApiKeyMiddleware, keys=config.api_keys, limits=app.state.key_limits)
     app.add_middleware(RequestMetricsMiddleware)  # outermost: 401s are counted too
     install_error_handlers(app)
     app.include_router(health.router)

@@ -111,16 +111,23 @@ class ModuleBoard:
         """Every module's state, read from Serve when the cache is stale."""
         async with self._lock:
             if fresh or time.monotonic() - self._read_at > self._ttl_s:
-                deployment_states = await asyncio.to_thread(self._read_serve_status)
-                self._deployment_states = deployment_states
-                self._states = {
-                    spec.name: module_state(
-                        spec, self._enabled.get(spec.name, False), deployment_states
-                    )
-                    for spec in MODULES
-                }
-                self._read_at = time.monotonic()
+                self._keep(await asyncio.to_thread(self._read_serve_status))
             return dict(self._states)
+
+    async def read_now(self) -> dict[str, ComponentStatus]:
+        """Every module's state, read from Serve now without taking the lock the routes wait
+        on (for /readyz, which caches its own answer); the routes' cache is refreshed too."""
+        self._keep(await asyncio.to_thread(self._read_serve_status))
+        return dict(self._states)
+
+    def _keep(self, deployment_states: dict[str, tuple[str, str]]) -> None:
+        # On the event loop, between awaits: a reader sees the old states or the new ones.
+        self._deployment_states = deployment_states
+        self._states = {
+            spec.name: module_state(spec, self._enabled.get(spec.name, False), deployment_states)
+            for spec in MODULES
+        }
+        self._read_at = time.monotonic()
 
     async def require_ready(self, spec: ModuleSpec) -> None:
         """Raise the right 503 unless the module is enabled and the deployments `spec` names

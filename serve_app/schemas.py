@@ -95,6 +95,12 @@ class ReadinessResponse(BaseModel):
     )
 
 
+class ReadinessSummary(BaseModel):
+    """/readyz without a valid API key, when the server has keys: ready or not, no detail."""
+
+    ready: bool
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -108,6 +114,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
         400: "Malformed request body",
+        401: "No valid API key (the server has keys)",
+        403: "The API key's scope does not cover the module, project or voice, or it is read-only",
+        429: "Over the API key's requests per minute or concurrent model work (Retry-After)",
         422: "A field is missing or out of range",
         503: "Module disabled, model not ready or failing, storage down, or overloaded",
     }.items()

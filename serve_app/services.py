@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.storage import ObjectStore, StorageConfig
 from core.types import ImageParams
 from serve_app.admission import InFlightLimit
+from serve_app.api_keys import ApiKey
 from serve_app.audio import AudioDecoder
 from serve_app.modules import ModuleBoard
 
@@ -49,9 +50,12 @@ class GatewayConfig(BaseModel):
     placement: dict[str, str] = Field(
         default_factory=dict, description="Where each GPU model runs and why (serve_app.gpu_plan)"
     )
-    api_key_digests: tuple[str, ...] = Field(
-        default=(), description="SHA-256 digests of the API keys; empty means no auth", repr=False
+    api_keys: tuple[ApiKey, ...] = Field(
+        default=(), repr=False,
+        description="The API keys as SHA-256 digests with their scopes (serve_app/api_keys.py); "
+        "empty: no auth, allowed on a loopback bind or with AUTH_DISABLED=1",
     )
+    auth_disabled: bool = Field(default=False, description="AUTH_DISABLED=1: no keys on purpose")
 
     @property
     def generated_voice_prefix(self) -> str:

@@ -12,13 +12,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core import defaults
 from core.errors import InvalidKey
 from core.storage import validate_prefix
 from core.types import Device, TorchDType
+from serve_app.api_keys import ApiKey, KeyFileError, configured_keys
+
 # A model's GPUs: "auto" (share the cluster's GPUs, serve_app.gpu_plan) or a number
 # (0 = CPU; a fraction below 1 shares a card; a whole number above 1 is several cards).
 GpuRequest = Annotated[float, Field(ge=0)] | Literal["auto"]
@@ -158,9 +167,13 @@ class Settings(BaseSettings):
     gateway_max_body_bytes_in_flight: int = Field(default=512 * 1024 * 1024, ge=1024)
     # Audio decodes (ffmpeg or libsndfile) running at once in one Gateway replica.
     audio_decode_workers: int = Field(default=2, ge=1, le=64)
-    # Comma-separated bearer keys and/or a file of keys (one per line). Unset: no auth.
+    # Comma-separated bearer keys and/or a file of keys: one per line, or scoped keys in
+    # YAML/JSON (serve_app/api_keys.py). Without any, the server starts only on a loopback
+    # address, or with AUTH_DISABLED=1 (serve_app/exposure.py).
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None
+    auth_disabled: bool = False
+    _api_keys: tuple[ApiKey, ...] = PrivateAttr(default=())
 
     # --- cluster placement ----------------------------------------------------------------
     # A custom Ray resource the model deployments require (e.g. "gpu_node"), so that they
@@ -219,19 +232,25 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_api_keys_file(self) -> Settings:
-        if self.api_keys_file is not None and not self.api_keys_file.is_file():
-            raise ValueError(f"API_KEYS_FILE={str(self.api_keys_file)!r} is not a readable file")
+    def _read_api_keys(self) -> Settings:
+        secret = None if self.api_keys is None else self.api_keys.get_secret_value()
+        try:
+            self._api_keys = configured_keys(secret, self.api_keys_file)
+        except KeyFileError as exc:
+            raise ValueError(str(exc)) from None
+        if self.api_keys is not None and not self._api_keys:
+            raise ValueError("API_KEYS holds no key (only commas and spaces)")
+        if self.auth_disabled and self._api_keys:
+            raise ValueError(
+                "AUTH_DISABLED=1 turns authentication off, yet API_KEYS/API_KEYS_FILE give keys: "
+                "unset one of them"
+            )
         return self
 
-    def api_key_list(self) -> list[str]:
-        """Every configured API key (API_KEYS and API_KEYS_FILE together)."""
-        from serve_app.auth import read_key_file
-
-        keys = [] if self.api_keys is None else self.api_keys.get_secret_value().split(",")
-        if self.api_keys_file is not None:
-            keys += read_key_file(self.api_keys_file)
-        return [key.strip() for key in keys if key.strip()]
+    def api_key_scopes(self) -> tuple[ApiKey, ...]:
+        """Every configured API key (API_KEYS and API_KEYS_FILE together), as digests with
+        their scopes: the key itself is not kept."""
+        return self._api_keys
 
     @property
     def s3_endpoint_url(self) -> str | None:

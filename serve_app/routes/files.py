@@ -11,11 +11,12 @@ import asyncio
 import mimetypes
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from core.errors import ObjectNotFound
 from core.storage import validate_key
+from serve_app.access import check_stored_object
 from serve_app.schemas import ErrorResponse
 from serve_app.services import Services, get_services
 
@@ -31,11 +32,12 @@ ServicesDep = Annotated[Services, Depends(get_services)]
         422: {"model": ErrorResponse, "description": "Invalid key"},
     },
 )
-async def get_stored_object(key: str, services: ServicesDep) -> Response:
+async def get_stored_object(key: str, request: Request, services: ServicesDep) -> Response:
     """Return (local store) or redirect to (S3/R2) a stored result object."""
     key = validate_key(key)
     if not key.startswith(services.config.public_prefixes):
         raise ObjectNotFound("no such object", key=key)
+    check_stored_object(request, services.config, key)  # the API key's project/voice scope
     store = services.store
     if store.kind != "local":
         if await asyncio.to_thread(store.head, key) is None:

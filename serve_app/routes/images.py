@@ -8,11 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
+from serve_app.access import model_work, module_access
 from serve_app.image_pipeline import render_image, store_png
 from serve_app.schemas import ERROR_RESPONSES, ImageGenerateRequest, StoredImageResponse, Timings
 from serve_app.services import Services, get_services
 
-router = APIRouter(tags=["images"], responses=ERROR_RESPONSES)
+# The API key's scope: the image module; its concurrent model work (serve_app/access.py).
+router = APIRouter(
+    tags=["images"],
+    responses=ERROR_RESPONSES,
+    dependencies=[module_access("image"), model_work],
+)
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 

@@ -23,6 +23,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from core.errors import InvalidInput
+from serve_app.access import check_voice, model_work, module_access
+from serve_app.deployment_calls import await_deployment
 from serve_app.image_pipeline import (
     check_pixel_budget,
     encode_png,
@@ -40,7 +42,6 @@ from serve_app.openai_schemas import (
     ImagesResponse,
     SpeechRequest,
 )
-from serve_app.deployment_calls import await_deployment
 from serve_app.schemas import ERROR_RESPONSES
 from serve_app.services import Services, get_services
 from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
@@ -66,6 +67,7 @@ def absolute_url(request: Request, url: str) -> str:
     "/images/generations",
     response_model=ImagesResponse,
     response_model_exclude_none=True,
+    dependencies=[module_access("image"), model_work],
 )
 async def create_images(
     body: ImageGenerationRequest, request: Request, services: ServicesDep
@@ -124,7 +126,11 @@ def count_tokens(texts: list[str]) -> int:
     return sum(len(text.split()) for text in texts)
 
 
-@router.post("/embeddings", response_model=EmbeddingsResponse)
+@router.post(
+    "/embeddings",
+    response_model=EmbeddingsResponse,
+    dependencies=[module_access("image_search"), model_work],
+)
 async def create_embeddings(
     body: EmbeddingsRequest, request: Request, services: ServicesDep
 ) -> EmbeddingsResponse:
@@ -165,9 +171,11 @@ async def create_embeddings(
     response_class=Response,
     responses={200: {"content": {"audio/mpeg": {}}, "description": "The speech"},
                404: {"description": "No saved voice with that id"}},
+    dependencies=[module_access("voice"), model_work],
 )
-async def create_speech(body: SpeechRequest, services: ServicesDep) -> Response:
+async def create_speech(body: SpeechRequest, request: Request, services: ServicesDep) -> Response:
     """OpenAI's text-to-speech, in a saved voice (its transcript is reused or made once)."""
+    check_voice(request, body.voice)
     await services.board.require_ready(VOICE)
     checked_text(services, body.input)
     reference = await load_stored_reference(services, body.voice)

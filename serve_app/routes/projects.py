@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from core.errors import ObjectNotFound
 from core.image_keys import media_type_for_key
+from serve_app.access import model_work, module_access, project_access, write_access
 from serve_app.deployment_calls import await_deployment
 from serve_app.image_search import (
     delete_image,
@@ -40,7 +41,12 @@ from serve_app.services import Services, get_services
 from serve_app.uploads import CheckedImage, check_image, read_multipart_files
 
 logger = logging.getLogger("ray.serve")
-router = APIRouter(prefix="/v1/projects/{project_id}/images", tags=["image search"])
+# The API key's scope: the image_search module and the project (serve_app/access.py).
+router = APIRouter(
+    prefix="/v1/projects/{project_id}/images",
+    tags=["image search"],
+    dependencies=[module_access("image_search"), project_access],
+)
 ServicesDep = Annotated[Services, Depends(get_services)]
 ProjectId = Annotated[
     str,
@@ -91,6 +97,7 @@ async def _checked_uploads(
     responses={200: {"model": ImageOut, "description": "Already stored: the existing record"},
                **UPLOAD_RESPONSES},
     openapi_extra=_multipart_body("file", many=False),
+    dependencies=[write_access, model_work],
 )
 async def upload_image(project_id: ProjectId, request: Request, services: ServicesDep) -> Response:
     """Upload one image (multipart field `file`); the project is created by its first upload."""
@@ -106,6 +113,7 @@ async def upload_image(project_id: ProjectId, request: Request, services: Servic
     response_model=BatchUploadResponse,
     responses=UPLOAD_RESPONSES,
     openapi_extra=_multipart_body("files", many=True),
+    dependencies=[write_access, model_work],
 )
 async def upload_image_batch(
     project_id: ProjectId, request: Request, services: ServicesDep
@@ -149,7 +157,9 @@ async def list_images(
     )
 
 
-@router.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
+@router.post(
+    "/search", response_model=SearchResponse, responses=ERROR_RESPONSES, dependencies=[model_work]
+)
 async def search_images(
     project_id: ProjectId, body: SearchRequest, services: ServicesDep
 ) -> SearchResponse:
@@ -171,6 +181,7 @@ async def search_images(
     response_model=SearchResponse,
     responses=UPLOAD_RESPONSES,
     openapi_extra=_multipart_body("file", many=False),
+    dependencies=[model_work],
 )
 async def search_images_by_image(
     project_id: ProjectId,
@@ -221,7 +232,12 @@ async def get_image_file(
     return FileResponse(path, media_type=media_type, filename=record.filename)
 
 
-@router.delete("/{image_id}", response_model=DeleteResponse, responses=ERROR_RESPONSES)
+@router.delete(
+    "/{image_id}",
+    response_model=DeleteResponse,
+    responses=ERROR_RESPONSES,
+    dependencies=[write_access],
+)
 async def delete_image_route(
     project_id: ProjectId, image_id: ImageId, services: ServicesDep
 ) -> DeleteResponse:

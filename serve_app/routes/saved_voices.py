@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from core.errors import InvalidInput, ObjectNotFound
 from core.storage import join_key
+from serve_app.access import module_access, voice_access, write_access
 from serve_app.audio import encode_audio
 from serve_app.modules import VOICE
 from serve_app.schemas import ERROR_RESPONSES, USER_ID_PATTERN, ErrorResponse, SavedVoice
@@ -23,7 +24,10 @@ from serve_app.services import Services, get_services
 from serve_app.uploads import read_multipart
 from serve_app.voice_pipeline import MODEL_SAMPLE_RATE, reference_key
 
-router = APIRouter(prefix="/v1/voices", tags=["voice"])
+# The API key's scope: the voice module and the voice id (serve_app/access.py).
+router = APIRouter(
+    prefix="/v1/voices", tags=["voice"], dependencies=[module_access("voice"), voice_access]
+)
 ServicesDep = Annotated[Services, Depends(get_services)]
 VoiceId = Annotated[str, Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)]
 MAX_TRANSCRIPT_CHARS = 2000
@@ -49,6 +53,7 @@ def _transcript_key(services: Services, voice_id: str) -> str:
             "audio": {"type": "string", "format": "binary"},
             "transcript": {"type": "string"},
         }}}}}},
+    dependencies=[write_access],
 )
 async def put_voice(voice_id: VoiceId, request: Request, services: ServicesDep) -> JSONResponse:
     """Store (or replace) a reference voice: multipart `audio` and optional `transcript`."""
@@ -104,7 +109,7 @@ async def get_voice(voice_id: VoiceId, services: ServicesDep) -> SavedVoice:
     return SavedVoice(voice_id=voice_id, key=key, bytes=info.size, transcript=transcript)
 
 
-@router.delete("/{voice_id}", responses=RESPONSES)
+@router.delete("/{voice_id}", responses=RESPONSES, dependencies=[write_access])
 async def delete_voice(voice_id: VoiceId, services: ServicesDep) -> dict[str, object]:
     """Remove the voice and its transcript; 404 when there is none (a second delete too)."""
     key = reference_key(services, voice_id)

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from pydantic import Field, ValidationError
 
 from core.storage import join_key
+from serve_app.access import check_voice, model_work, module_access
 from serve_app.modules import VOICE
 from serve_app.schemas import (
     ERROR_RESPONSES,
@@ -29,7 +30,9 @@ from serve_app.services import Services, get_services
 from serve_app.uploads import read_multipart
 from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
 
-router = APIRouter(tags=["voice"])
+# The API key's scope: the voice module (and the stored voice's id, checked by the route);
+# its concurrent model work (serve_app/access.py).
+router = APIRouter(tags=["voice"], dependencies=[module_access("voice"), model_work])
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 VOICE_RESPONSES: dict[int | str, dict] = {
@@ -115,10 +118,11 @@ async def generate_voice(request: Request, services: ServicesDep) -> Response:
 
 @router.post("/v1/r2/voice/generate", response_model=StoredVoiceResponse, responses=VOICE_RESPONSES)
 async def generate_voice_from_storage(
-    body: VoiceFromStorageRequest, services: ServicesDep
+    body: VoiceFromStorageRequest, request: Request, services: ServicesDep
 ) -> StoredVoiceResponse:
     """Speak `text` in the voice stored at `{VOICE_REMOTE_PREFIX}{user_id}.mp3`; the result is
     stored under `{VOICE_REMOTE_PREFIX}generated/{user_id}/`."""
+    check_voice(request, body.user_id)
     await services.board.require_ready(VOICE)
     checked_text(services, body.text)  # before any storage call
     started = time.perf_counter()
