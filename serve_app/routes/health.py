@@ -26,7 +26,7 @@ from serve_app.services import Services, get_services
 router = APIRouter(tags=["health"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 STARTUP_REPORT_TIMEOUT_S = 2.0
-READINESS_CACHE_S = 1.5
+READINESS_CACHE_S = 1.0
 
 
 @router.get("/healthz")
