@@ -21,12 +21,15 @@ IMAGE_HEIGHT: Final = 512
 IMAGE_STEPS: Final = 1
 IMAGE_GUIDANCE_SCALE: Final = 0.0
 IMAGE_MAX_QUEUED_REQUESTS: Final = 8
+# n x steps x width x height of one request: one 1024x1024 image at 100 steps
+IMAGE_MAX_PIXEL_STEPS: Final = 100 * 1024 * 1024
 
 # --- image search -------------------------------------------------------------------------
 CLIP_MODEL: Final = "ViT-B-32"
 CLIP_PRETRAINED: Final = "laion2b_s34b_b79k"
 CLIP_MAX_BATCH_SIZE: Final = 32
 CLIP_MAX_QUEUED_REQUESTS: Final = 16
+EMBEDDINGS_MAX_TOTAL_CHARS: Final = 65_536  # all inputs of one /v1/embeddings request
 IMAGE_SEARCH_MAX_PIXELS: Final = 40_000_000
 HNSW_M: Final = 32
 HNSW_EF_CONSTRUCTION: Final = 200
@@ -45,6 +48,12 @@ VOICE_REF_SECONDS_USED: Final = 12.0
 VOICE_NFE_STEPS: Final = 32
 VOICE_CFG_STRENGTH: Final = 2.0
 VOICE_MAX_QUEUED_REQUESTS: Final = 8
+# What one synthesis may cost (core/voice_cost.py): seconds of output, transformer
+# passes (chunks x nfe_steps x 2), and the transcript's plausible speaking rates.
+VOICE_MAX_OUTPUT_SECONDS: Final = 600.0
+VOICE_MAX_MODEL_STEPS: Final = 8192
+VOICE_REF_TEXT_MIN_BYTES_PER_SECOND: Final = 1.0
+VOICE_REF_TEXT_MAX_BYTES_PER_SECOND: Final = 60.0
 
 # --- object storage -----------------------------------------------------------------------
 LOCAL_STORAGE_DIR: Final = "data/storage"

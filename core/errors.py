@@ -161,6 +161,55 @@ class UnreadableImage(ModelInputError):
     api_error = UnsupportedMediaType
 
 
+class OverBudget(InvalidInput):
+    """A request whose estimated work is past a configured budget (`limit` names it)."""
+
+    code = "over_budget"
+
+
+class RefusedByLimit(ModelInputError):
+    """Input refused by a configured limit: `limit` names the setting, `allowed` is its
+    value and `estimated` the request's (all three reach the client in the error body)."""
+
+    def __init__(self, message: str, *, limit: str, allowed: float, estimated: float) -> None:
+        super().__init__(message)
+        self.limit, self.allowed, self.estimated = limit, allowed, estimated
+
+    def to_api_error(self) -> ApiError:
+        return self.api_error(
+            str(self), limit=self.limit, allowed=self.allowed, estimated=self.estimated
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_refusal, (type(self), str(self), self.limit, self.allowed, self.estimated))
+
+
+class BudgetExceeded(RefusedByLimit):
+    """Refused before the work starts: its estimate is past a budget (422 `over_budget`)."""
+
+    api_error = OverBudget
+
+
+class TranscriptMismatch(RefusedByLimit):
+    """A reference transcript whose length cannot match its audio (422 `invalid_request`
+    naming the field `ref_text`)."""
+
+    def to_api_error(self) -> ApiError:
+        return self.api_error(
+            str(self),
+            fields=[{"field": "ref_text", "message": "does not match the reference audio"}],
+            limit=self.limit,
+            allowed=self.allowed,
+            estimated=self.estimated,
+        )
+
+
+def _rebuild_refusal(
+    cls: type[RefusedByLimit], message: str, limit: str, allowed: float, estimated: float
+) -> RefusedByLimit:
+    return cls(message, limit=limit, allowed=allowed, estimated=estimated)
+
+
 def find_api_error(exc: BaseException) -> ApiError | None:
     """The project's error behind an exception, or None.
 

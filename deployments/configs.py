@@ -14,6 +14,7 @@ from core import defaults
 from core.image_keys import IMAGE_CONTENT_TYPES
 from core.storage import StorageConfig
 from core.types import Device, TorchDType
+from core.voice_cost import VoiceLimits
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -184,6 +185,11 @@ class VoiceClonerConfig(_Config):
         gt=0,
         le=20.0,
         description="The reference is trimmed to this many seconds (at silences when it can)",
+    )
+    limits: VoiceLimits = Field(
+        default_factory=VoiceLimits,
+        description="What one synthesis may cost, and the transcript's plausible speaking "
+        "rates (checked by the Gateway first, again here for handle callers)",
     )
     warm_up: bool = Field(
         default=True,

@@ -2,14 +2,18 @@
 
 Owns loading the pipeline named by an `ImageGeneratorConfig` (hub id or local directory)
 onto one device, and turning a prompt plus `ImageParams` into seeded, reproducible
-`GeneratedImage` pixels. The Ray deployment is a thin shell around `DiffusionImageModel`.
+`GeneratedImage` pixels. Run by a `ModelQueue` whose caller is cancelled, a generation stops
+between denoising steps (`CallCancelled`, through the pipeline's `callback_on_step_end`). The
+Ray deployment is a thin shell around `DiffusionImageModel`.
 """
 
 from __future__ import annotations
 
+import inspect
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,7 @@ from deployments.model_loading import (
     resolve_model_ref,
     set_torch_threads,
 )
+from deployments.model_queue import CallCancelled, cancel_flag
 
 
 class DiffusionImageModel:
@@ -56,6 +61,7 @@ class DiffusionImageModel:
             self.pipeline = pipeline.to(self.device)
         # Pipelines keep per-call state (scheduler timesteps): one call at a time.
         self._lock = threading.Lock()
+        self._stops_between_steps = "callback_on_step_end" in _parameters(pipeline)
 
     def generate(self, prompt: str, params: ImageParams) -> GeneratedImage:
         """Render `prompt`; the same seed and params give byte-identical pixels."""
@@ -72,6 +78,9 @@ class DiffusionImageModel:
         }
         if params.negative_prompt:
             kwargs["negative_prompt"] = params.negative_prompt
+        cancel = cancel_flag()
+        if cancel is not None and self._stops_between_steps:
+            kwargs["callback_on_step_end"] = _stop_when_set(cancel, params.steps)
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
             generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -104,6 +113,28 @@ class DiffusionImageModel:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+
+
+def _parameters(pipeline: Any) -> set[str]:
+    try:
+        return set(inspect.signature(pipeline.__call__).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - a pipeline without a signature
+        return set()
+
+
+def _stop_when_set(cancel: threading.Event, steps: int) -> Callable[..., dict[str, Any]]:
+    """A diffusers step-end callback that stops the generation once `cancel` is set."""
+
+    def callback(
+        pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        if cancel.is_set():
+            raise CallCancelled(
+                f"image generation stopped after step {step + 1} of {steps}: its caller went away"
+            )
+        return callback_kwargs
+
+    return callback
 
 
 def _to_uint8_rgb(image: Any) -> np.ndarray:

@@ -7,6 +7,13 @@ that Serve's router cannot place because the replica is full backs off for 25 ms
 in docs/benchmarks.md.) A request cancelled while it waits (client gone, timeout) leaves the
 queue without running.
 
+A request cancelled while its call runs (the Gateway's timeout cancels it, or the client
+went away) cannot be interrupted from outside the thread, so each call gets a cancel flag
+(a `threading.Event`, set the moment the caller is cancelled) that the running code can see
+through `cancel_flag()`: long model calls (voice synthesis between chunks and model steps,
+image generation between steps) check it and stop with `CallCancelled`, and the next request
+in the queue starts then. How long a call ran on after its caller left is logged.
+
 It is also the one place where a model's failure becomes the client's answer: the wrapper's
 `ModelInputError` becomes its 4xx `ApiError`, an `ApiError` passes as it is, and anything else
 is logged here with the request id and answered as a masked `ModelFailed` (503). Running out
@@ -16,17 +23,35 @@ of GPU memory answers 503 too, with a reason, and the replica stays up.
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
 import logging
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from core.errors import ApiError, ModelFailed, ModelInputError, ServiceUnavailable
 
 T = TypeVar("T")
 logger = logging.getLogger("ray.serve")
+
+# The cancel flag of the call running on this thread (set by ModelQueue.run's worker).
+_CANCEL_FLAG: ContextVar[threading.Event | None] = ContextVar("model_call_cancel", default=None)
+
+
+class CallCancelled(Exception):
+    """Raised by a model call that stopped early because its caller went away (nobody
+    receives it: the caller is gone; the queue logs it)."""
+
+
+def cancel_flag() -> threading.Event | None:
+    """The cancel flag of the `ModelQueue.run` call running on this thread, if any: set once
+    its caller has been cancelled. Model wrappers read it at the start of a call and check
+    it between units of work (it is per thread: pass the Event itself to other threads)."""
+    return _CANCEL_FLAG.get()
 
 
 class ModelQueue:
@@ -41,11 +66,16 @@ class ModelQueue:
         `task` names the work in messages ("image generation"). Errors come out as the client
         should see them (see the module's docstring).
         """
-        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        future = self._executor.submit(_with_cancel_flag, cancel, fn, args, kwargs)
         try:
-            return await loop.run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs)
-            )
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancel.set()  # a running call sees it at its next check and stops
+            cancelled_at = time.perf_counter()
+            if not future.cancel():  # not waiting any more: it runs, or has just finished
+                future.add_done_callback(_StopLog(task, current_request_id(), cancelled_at))
+            raise
         except ModelInputError as exc:
             raise exc.to_api_error() from None
         except ApiError:
@@ -68,6 +98,35 @@ class ModelQueue:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _with_cancel_flag(
+    cancel: threading.Event, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    token = _CANCEL_FLAG.set(cancel)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _CANCEL_FLAG.reset(token)
+
+
+class _StopLog:
+    """Logs, when a call whose caller left ends, how long it ran on."""
+
+    def __init__(self, task: str, request_id: str | None, cancelled_at: float) -> None:
+        self.task, self.request_id, self.cancelled_at = task, request_id, cancelled_at
+
+    def __call__(self, future: concurrent.futures.Future[Any]) -> None:
+        after = time.perf_counter() - self.cancelled_at
+        error = None if future.cancelled() else future.exception()
+        how = "stopped" if isinstance(error, CallCancelled) else "finished"
+        logger.info(
+            "%s %s %.2f s after its caller went away (request %s)",
+            self.task,
+            how,
+            after,
+            self.request_id,
+        )
 
 
 def current_request_id() -> str | None:

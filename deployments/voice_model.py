@@ -4,11 +4,14 @@ Owns loading the models named by a `VoiceClonerConfig` through f5-tts's own load
 (`load_model`, `load_vocoder`) from local paths or the hub (`deployments.model_loading`
 resolves them), and turning a reference clip, its transcript and a text into seeded,
 reproducible speech (`synthesize`). Text is chunked and synthesized the way f5-tts's
-`infer_process` does (`chunk_text` sized from the reference's speaking rate,
+`infer_process` does (chunks sized from the reference's speaking rate, `core.voice_cost`;
 `infer_batch_process` per chunk, cross-faded), but without temporary files and one chunk at
 a time so that a seed fixes every chunk's noise. `transcribe` hands audio to a
 `SpeechRecognizer` (Whisper, loaded on first use). Input the model refuses raises
-`ModelInputError`. The Ray deployment is a thin shell around `VoiceModel`.
+`ModelInputError`: a transcript that cannot match its reference, and a request whose
+estimated cost (`core.voice_cost`) is past the config's `limits`, included. Run by a
+`ModelQueue`, a synthesis stops between chunks and between model steps once its caller is
+cancelled (`CallCancelled`). The Ray deployment is a thin shell around `VoiceModel`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ import torch
 from core.errors import ModelInputError
 from core.resample import resample
 from core.types import SynthesizedSpeech
+from core.voice_cost import (
+    CROSS_FADE_SECONDS,
+    check_voice_request,
+    estimate_voice_cost,
+    normalize_ref_text,
+    plan_chunks,
+)
 from deployments.configs import VoiceClonerConfig
 from deployments.gpu_budget import apply_memory_budget, loading_within_budget
 from deployments.model_loading import (
@@ -41,6 +51,7 @@ from deployments.model_loading import (
     resolve_model_files,
     set_torch_threads,
 )
+from deployments.model_queue import CallCancelled, cancel_flag
 from deployments.speech_recognizer import SpeechRecognizer
 
 logger = logging.getLogger(__name__)
@@ -51,7 +62,6 @@ MIN_REF_SECONDS = 0.5
 MIN_REF_RMS = 1e-4  # about -80 dBFS: quieter than this is silence
 # Sampling constants f5-tts's infer_process uses by default.
 SWAY_SAMPLING_COEF = -1.0
-CROSS_FADE_SECONDS = 0.15
 VOCOS_FILES = ("config.yaml", "pytorch_model.bin")  # what load_vocoder reads from a directory
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -105,6 +115,10 @@ class VoiceModel:
         self.vocoder = vocoder.eval()  # float32: f5-tts casts the mel to float32 before it
         # One model, one device: one synthesis or transcription at a time.
         self._lock = threading.Lock()
+        # The running synthesis's cancel flag, checked before every transformer pass (f5-tts
+        # runs the chunk on a thread of its own, so the hook reads it from here).
+        self._cancel: threading.Event | None = None
+        self.model.transformer.register_forward_pre_hook(self._before_model_step)
 
     def warm_up(self) -> float:
         """Synthesize a short phrase from a synthetic one-second reference with 2 steps, so
@@ -137,7 +151,10 @@ class VoiceModel:
         """Speak `text` in the voice of `ref_audio` (whose transcript is `ref_text`).
 
         The same inputs and seed give identical samples. Empty text or ref_text, a silent or
-        too short reference, or bad parameters raise ModelInputError.
+        too short reference, bad parameters, a transcript whose length cannot match the
+        reference, or a cost past `config.limits` raise ModelInputError. Run by a ModelQueue
+        whose caller is cancelled, it stops before the next chunk or model step with
+        CallCancelled.
         """
         if not text or not text.strip():
             raise ModelInputError("text must not be empty")
@@ -156,20 +173,41 @@ class VoiceModel:
 
         sr = self.sample_rate
         reference = self.prepare_reference(ref_audio, ref_sr)
-        ref_text = _normalize_ref_text(ref_text)
-        ref_seconds = reference.shape[-1] / sr
-        # infer_process's chunk size: the reference's bytes per second times the ~22 s budget.
-        max_chars = int(len(ref_text.encode("utf-8")) / ref_seconds * (22 - ref_seconds) * speed)
-        chunks = self._utils.chunk_text(text.strip(), max_chars=max(max_chars, 1))
+        full_seconds = np.shape(ref_audio)[0] / ref_sr  # what a given transcript may describe
+        ref_seconds = reference.shape[-1] / sr  # what the model hears
+        # infer_process's chunks: the reference's bytes per second times the ~22 s budget.
+        chunks = plan_chunks(ref_seconds, ref_text, text, speed)
         if not chunks:
             raise ModelInputError("text has nothing to synthesize")
+        cost = estimate_voice_cost(
+            ref_seconds=ref_seconds,
+            ref_text=ref_text,
+            text=text,
+            nfe_steps=nfe_steps,
+            speed=speed,
+            cfg_strength=cfg_strength,
+            chunks=chunks,
+        )
+        check_voice_request(cost, ref_text, full_seconds, self.config.limits)
+        ref_text = normalize_ref_text(ref_text)
 
         ref_tensor = torch.from_numpy(reference).unsqueeze(0)
         fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with self._lock, torch.inference_mode(), torch.random.fork_rng(devices=fork_devices):
+        cancel = cancel_flag()
+        with (
+            self._lock,
+            self._cancelled_by(cancel),
+            torch.inference_mode(),
+            torch.random.fork_rng(devices=fork_devices),
+        ):
             start = time.perf_counter()
             waves = []
             for index, chunk in enumerate(chunks):
+                if cancel is not None and cancel.is_set():
+                    raise CallCancelled(
+                        f"voice synthesis stopped before chunk {index + 1} of {len(chunks)}: "
+                        "its caller went away"
+                    )
                 # f5-tts draws the initial noise from torch's global RNG; seed it per chunk.
                 torch.manual_seed((seed + index) % 2**64)
                 wave, _, _ = next(
@@ -200,6 +238,26 @@ class VoiceModel:
             elapsed_ms=elapsed_ms,
             chunks=len(chunks),
         )
+
+    @contextlib.contextmanager
+    def _cancelled_by(self, cancel: threading.Event | None) -> Iterator[None]:
+        """Let the model-step hook see `cancel` while a synthesis runs (the lock is held)."""
+        self._cancel = cancel
+        try:
+            yield
+        except CallCancelled:
+            # f5-tts clears the transformer's cached text at the end of a sample, which a
+            # stopped one never reaches (the cache is per thread: this is the thread's own)
+            self.model.transformer.clear_cache()
+            raise
+        finally:
+            self._cancel = None
+
+    def _before_model_step(self, module: torch.nn.Module, args: Any) -> None:
+        """Forward pre-hook of the transformer: stop between model steps once cancelled."""
+        cancel = self._cancel
+        if cancel is not None and cancel.is_set():
+            raise CallCancelled("voice synthesis stopped between model steps: its caller went away")
 
     def transcribe(self, audio: np.ndarray, sr: int) -> str:
         """Transcribe mono audio at `sr` with the speech recogniser (loaded on first use)."""
@@ -357,14 +415,6 @@ def _trim_reference(samples: Samples, sr: int, max_seconds: float) -> Samples:
     clipped = remove_silence_edges(clipped) + AudioSegment.silent(duration=50, frame_rate=sr)
     out = np.array(clipped.get_array_of_samples(), dtype=np.float32) / 32768.0
     return out
-
-
-def _normalize_ref_text(ref_text: str) -> str:
-    """End the reference transcript with sentence punctuation, as f5-tts does."""
-    ref_text = ref_text.strip()
-    if ref_text.endswith("。"):
-        return ref_text
-    return ref_text + " " if ref_text.endswith(".") else ref_text + ". "
 
 
 def _cross_fade(waves: list[Samples], fade_samples: int) -> Samples:

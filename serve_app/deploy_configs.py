@@ -11,6 +11,7 @@ from pathlib import Path
 
 from core.storage import StorageConfig
 from core.types import Device, ImageParams
+from core.voice_cost import VoiceLimits
 from deployments.configs import (
     ClipEmbedderConfig,
     ImageGeneratorConfig,
@@ -37,6 +38,16 @@ def storage_config(settings: Settings) -> StorageConfig:
         public_base_url=settings.storage_public_base_url,
         presign_expires_s=settings.r2_presign_expires_seconds,
         timeout_s=settings.r2_timeout_seconds,
+    )
+
+
+def voice_limits(settings: Settings) -> VoiceLimits:
+    """What one voice synthesis may cost (VOICE_MAX_OUTPUT_SECONDS & co)."""
+    return VoiceLimits(
+        max_output_seconds=settings.voice_max_output_seconds,
+        max_model_steps=settings.voice_max_model_steps,
+        ref_text_min_bytes_per_second=settings.voice_ref_text_min_bytes_per_second,
+        ref_text_max_bytes_per_second=settings.voice_ref_text_max_bytes_per_second,
     )
 
 
@@ -69,6 +80,10 @@ def gateway_config(
         voice_max_text_chars=settings.voice_max_text_chars,
         voice_default_nfe_steps=settings.voice_default_nfe_steps,
         voice_default_cfg_strength=settings.voice_default_cfg_strength,
+        voice_ref_seconds_used=settings.voice_ref_seconds_used,
+        voice_limits=voice_limits(settings),
+        image_max_pixel_steps=settings.image_max_pixel_steps,
+        embeddings_max_total_chars=settings.embeddings_max_total_chars,
         request_timeout_s=settings.request_timeout_seconds,
         json_max_bytes=settings.gateway_max_json_bytes,
         upload_max_bytes=settings.gateway_max_upload_bytes,
@@ -188,5 +203,6 @@ def voice_cloner_config(
         torch_threads=threads,
         gpu_memory_fraction=gpu_memory_fraction,
         max_ref_seconds_used=settings.voice_ref_seconds_used,
+        limits=voice_limits(settings),
         warm_up=settings.model_warm_up,
     )

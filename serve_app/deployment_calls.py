@@ -27,8 +27,13 @@ async def await_deployment(
     """
     try:
         return await asyncio.wait_for(_resolve(response, watch), timeout=timeout_s)
-    except TimeoutError:
+    except asyncio.CancelledError:
+        # The request itself was cancelled (the client went away): cancel the call too, so
+        # that the model replica stops its work (deployments.model_queue's cancel flag).
         response.cancel()
+        raise
+    except TimeoutError:
+        response.cancel()  # the model replica stops its work too (the same cancel flag)
         raise ServiceUnavailable(f"{what} timed out after {timeout_s:g}s") from None
     except BackPressureError:
         queue_rejections().inc(1, tags={"call": what})
@@ -41,7 +46,7 @@ async def await_deployment(
         raise ServiceUnavailable(
             f"{what} failed: the replica died and is restarting", headers={"Retry-After": "5"}
         ) from None
-    except Exception as exc:  # noqa: BLE001 - every other failure is mapped below
+    except Exception as exc:  # every other failure is mapped below
         known = find_api_error(exc)
         if known is not None:
             raise known from None

@@ -9,15 +9,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.prompt_text import fallback_prompt
-from core.types import GeneratedImage, ImageParams, OptimizedPrompt
-from core.errors import ApiError, InvalidInput
+from core.errors import ApiError, InvalidInput, OverBudget
 from core.metrics import prompt_fallbacks
-from serve_app.modules import IMAGE
+from core.prompt_text import fallback_prompt
+from core.storage import join_key
+from core.types import GeneratedImage, ImageParams, OptimizedPrompt
 from serve_app.deployment_calls import await_deployment
+from serve_app.modules import IMAGE
 from serve_app.schemas import ImageGenerateRequest
 from serve_app.services import GatewayConfig, Services
-from core.storage import join_key
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,6 +49,26 @@ def check_pixel_budget(
             f"{subject} = {pixels} pixels exceeds the limit of "
             f"{config.image_max_pixels} (IMAGE_MAX_PIXELS)",
             fields=[{"field": field, "message": "too large"} for field in fields],
+        )
+
+
+def check_image_work(
+    config: GatewayConfig, params: ImageParams, count: int = 1, fields: Sequence[str] = ("steps",)
+) -> None:
+    """422 `over_budget` when count x steps x width x height is over IMAGE_MAX_PIXEL_STEPS
+    (each factor may be within its own limit, the product not)."""
+    work = count * params.steps * params.width * params.height
+    limit = config.image_max_pixel_steps
+    if work > limit:
+        images = f"{count} images x " if count > 1 else ""
+        raise OverBudget(
+            f"{images}{params.steps} steps x {params.width}x{params.height} pixels = {work} "
+            f"pixel-steps exceeds the limit of {limit} (IMAGE_MAX_PIXEL_STEPS); ask for fewer "
+            "images, fewer steps or a smaller size",
+            limit="IMAGE_MAX_PIXEL_STEPS",
+            allowed=limit,
+            estimated=work,
+            fields=[{"field": field, "message": "over the work budget"} for field in fields],
         )
 
 
@@ -87,6 +107,7 @@ async def render_image(services: Services, request: ImageGenerateRequest) -> Ren
     await services.board.require_ready(IMAGE)
     params = request.image_params(services.config.image_defaults)
     check_pixel_budget(services.config, params)
+    check_image_work(services.config, params, fields=("steps", "width", "height"))
     timeout_s = services.config.request_timeout_s
 
     # A full generator refuses here, before the prompt step spends an OpenAI call on it.

@@ -9,8 +9,10 @@ from typing import Any
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from core import defaults
 from core.storage import ObjectStore, StorageConfig
 from core.types import ImageParams
+from core.voice_cost import VoiceLimits
 from serve_app.admission import InFlightLimit
 from serve_app.api_keys import ApiKey
 from serve_app.audio import AudioDecoder
@@ -37,6 +39,10 @@ class GatewayConfig(BaseModel):
     voice_max_text_chars: int = Field(ge=1)
     voice_default_nfe_steps: int = Field(ge=1)
     voice_default_cfg_strength: float = Field(ge=0)
+    voice_ref_seconds_used: float = Field(default=defaults.VOICE_REF_SECONDS_USED, gt=0)
+    voice_limits: VoiceLimits = Field(default_factory=VoiceLimits)
+    image_max_pixel_steps: int = Field(default=defaults.IMAGE_MAX_PIXEL_STEPS, ge=1)
+    embeddings_max_total_chars: int = Field(default=defaults.EMBEDDINGS_MAX_TOTAL_CHARS, ge=1)
     request_timeout_s: float = Field(gt=0)
     json_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     upload_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1)

@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     image_default_steps: int = Field(default=defaults.IMAGE_STEPS, ge=1, le=150)
     image_default_guidance_scale: float = Field(default=defaults.IMAGE_GUIDANCE_SCALE, ge=0, le=30)
     image_max_pixels: int = Field(default=1024 * 1024, ge=64 * 64)
+    # n x steps x width x height of one request (422 over_budget past it)
+    image_max_pixel_steps: int = Field(default=defaults.IMAGE_MAX_PIXEL_STEPS, ge=1)
 
     # --- image search -----------------------------------------------------------------------
     clip_model: str = Field(default=defaults.CLIP_MODEL, min_length=1)
@@ -118,6 +120,8 @@ class Settings(BaseSettings):
     clip_max_batch_size: int = Field(default=defaults.CLIP_MAX_BATCH_SIZE, ge=1)
     image_search_max_pixels: int = Field(default=defaults.IMAGE_SEARCH_MAX_PIXELS, ge=1)
     image_search_max_batch_files: int = Field(default=32, ge=1, le=256)
+    # The characters of all inputs of one /v1/embeddings request together
+    embeddings_max_total_chars: int = Field(default=defaults.EMBEDDINGS_MAX_TOTAL_CHARS, ge=1)
     image_search_hnsw_m: int = Field(default=defaults.HNSW_M, ge=2, le=256)
     image_search_hnsw_ef_construction: int = Field(default=defaults.HNSW_EF_CONSTRUCTION, ge=1)
     image_search_hnsw_ef_search: int = Field(default=defaults.HNSW_EF_SEARCH, ge=1)
@@ -141,6 +145,16 @@ class Settings(BaseSettings):
     voice_max_text_chars: int = Field(default=2000, ge=1, le=100_000)
     voice_default_nfe_steps: int = Field(default=defaults.VOICE_NFE_STEPS, ge=1, le=128)
     voice_default_cfg_strength: float = Field(default=defaults.VOICE_CFG_STRENGTH, ge=0, le=10)
+    # What one synthesis may cost, estimated from the request (core/voice_cost.py): 422
+    # over_budget past it; and the transcript's bytes per second of reference (422 past it)
+    voice_max_output_seconds: float = Field(default=defaults.VOICE_MAX_OUTPUT_SECONDS, gt=0)
+    voice_max_model_steps: int = Field(default=defaults.VOICE_MAX_MODEL_STEPS, ge=1)
+    voice_ref_text_min_bytes_per_second: float = Field(
+        default=defaults.VOICE_REF_TEXT_MIN_BYTES_PER_SECOND, ge=0
+    )
+    voice_ref_text_max_bytes_per_second: float = Field(
+        default=defaults.VOICE_REF_TEXT_MAX_BYTES_PER_SECOND, gt=0
+    )
 
     # --- placement and threads ------------------------------------------------------------
     # Deploy GPU deployments on the CPU when the Ray cluster has no GPU at all, instead of
@@ -186,6 +200,17 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_ref_text_rates(self) -> Settings:
+        low = self.voice_ref_text_min_bytes_per_second
+        high = self.voice_ref_text_max_bytes_per_second
+        if low >= high:
+            raise ValueError(
+                f"VOICE_REF_TEXT_MIN_BYTES_PER_SECOND={low:g} must be below "
+                f"VOICE_REF_TEXT_MAX_BYTES_PER_SECOND={high:g}"
+            )
+        return self
 
     @field_validator(*_STORE_PREFIXES)
     @classmethod

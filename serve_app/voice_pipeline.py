@@ -6,6 +6,10 @@ the VoiceCloner replica only runs models. A missing reference transcript is look
 beside the reference in storage (`{VOICE_REMOTE_PREFIX}{user_id}.txt`), then in the
 transcript cache (`{VOICE_REMOTE_PREFIX}transcripts/{sha256 of the audio}.txt`), and only
 then transcribed once with the ASR model, whose answer is cached there.
+
+Before the model is called, the synthesis's cost is estimated from the request
+(`core.voice_cost`): a transcript that cannot match its reference, or an estimate past
+VOICE_MAX_OUTPUT_SECONDS / VOICE_MAX_MODEL_STEPS, is answered 422 here (`check_voice_cost`).
 """
 
 from __future__ import annotations
@@ -15,15 +19,17 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from core.errors import InvalidInput, ObjectNotFound, PayloadTooLarge
+from core.errors import InvalidInput, ModelInputError, ObjectNotFound, PayloadTooLarge
 from core.storage import join_key
 from core.types import SynthesizedSpeech, VoiceParams
+from core.voice_cost import VoiceCost, check_voice_request, estimate_voice_cost
 from serve_app.audio import AudioFormat, DecodedAudio, encode_audio
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import VOICE
 from serve_app.services import Services
 
 MODEL_SAMPLE_RATE = 24_000  # F5-TTS's vocos front end; decoding straight to it saves a resample
+TRIM_PADDING_SECONDS = 0.05  # the model's trimmed reference ends with 50 ms of silence
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ async def speak(
     )
     decoded_at = time.perf_counter()
     used_text, source = await _reference_text(services, decoded, reference, ref_text, user_id)
+    check_voice_cost(services, decoded, used_text, text, params)
     transcribed_at = time.perf_counter()
     speech: SynthesizedSpeech = await await_deployment(
         services.voice_cloner.synthesize.remote(
@@ -135,6 +142,32 @@ async def speak(
         synthesize_ms=(synthesized_at - transcribed_at) * 1000,
         encode_ms=(encoded_at - synthesized_at) * 1000,
     )
+
+
+def check_voice_cost(
+    services: Services, decoded: DecodedAudio, ref_text: str, text: str, params: VoiceParams
+) -> VoiceCost:
+    """The synthesis's estimated cost; 422 when the transcript cannot match the reference
+    or the estimate is past VOICE_MAX_OUTPUT_SECONDS / VOICE_MAX_MODEL_STEPS (the message
+    names the limit and the estimate). The model trims the reference to
+    VOICE_REF_SECONDS_USED at most and checks again with what it kept; the estimate here
+    assumes it keeps all of that, which can only overestimate the cost."""
+    config = services.config
+    full_seconds = decoded.samples.shape[0] / decoded.sample_rate
+    heard = min(full_seconds, config.voice_ref_seconds_used) + TRIM_PADDING_SECONDS
+    cost = estimate_voice_cost(
+        ref_seconds=heard,
+        ref_text=ref_text,
+        text=text,
+        nfe_steps=params.nfe_steps,
+        speed=params.speed,
+        cfg_strength=params.cfg_strength,
+    )
+    try:
+        check_voice_request(cost, ref_text, full_seconds, config.voice_limits)
+    except ModelInputError as exc:
+        raise exc.to_api_error() from None
+    return cost
 
 
 async def _reference_text(

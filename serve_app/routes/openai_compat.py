@@ -22,10 +22,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from core.errors import InvalidInput
+from core.errors import InvalidInput, OverBudget
 from serve_app.access import check_voice, model_work, module_access
 from serve_app.deployment_calls import await_deployment
 from serve_app.image_pipeline import (
+    check_image_work,
     check_pixel_budget,
     encode_png,
     generate_pixels,
@@ -78,6 +79,7 @@ async def create_images(
     check_pixel_budget(
         services.config, params, fields=("size",), subject=f"size {params.width}x{params.height}"
     )
+    check_image_work(services.config, params, body.count, fields=("n", "steps", "size"))
     created = int(time.time())
     generated: list[tuple[int, bytes]] = []
     # One after another: the generator runs one request at a time behind a bounded queue,
@@ -126,6 +128,22 @@ def count_tokens(texts: list[str]) -> int:
     return sum(len(text.split()) for text in texts)
 
 
+def check_embedding_work(services: Services, texts: list[str]) -> None:
+    """422 `over_budget` when the inputs' characters together are over
+    EMBEDDINGS_MAX_TOTAL_CHARS (each input may be within its own limit, the sum not)."""
+    total = sum(len(text) for text in texts)
+    limit = services.config.embeddings_max_total_chars
+    if total > limit:
+        raise OverBudget(
+            f"{len(texts)} inputs of {total} characters together exceed the limit of {limit} "
+            "(EMBEDDINGS_MAX_TOTAL_CHARS); send fewer or shorter texts per request",
+            limit="EMBEDDINGS_MAX_TOTAL_CHARS",
+            allowed=limit,
+            estimated=total,
+            fields=[{"field": "input", "message": "over the work budget"}],
+        )
+
+
 @router.post(
     "/embeddings",
     response_model=EmbeddingsResponse,
@@ -137,6 +155,7 @@ async def create_embeddings(
     """CLIP text embeddings (unit norm), in input order; texts past the model's context
     (77 tokens for CLIP) are truncated."""
     await services.board.require_ready(IMAGE_SEARCH)
+    check_embedding_work(services, body.input)
     info = await _embedder_info(request, services)
     dim = int(info["dim"])
     if body.dimensions is not None and body.dimensions != dim:

@@ -187,3 +187,56 @@ def test_set_torch_threads() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_cancelled_generation_stops_between_steps_and_the_next_call_runs(
+    model: DiffusionImageModel,
+) -> None:
+    """Run through a ModelQueue, a generation whose caller is cancelled stops at the end of
+    the step it is in (diffusers' callback_on_step_end); the queue runs the next call."""
+    import asyncio
+    import time
+
+    from deployments.model_queue import CallCancelled, ModelQueue, current_request_id
+
+    current_request_id()  # imports Ray's request context now, as a replica has
+    steps_seen: list[float] = []
+    outcome: dict[str, object] = {}
+    queue = ModelQueue("image-test")
+    original = model.pipeline.unet.forward
+
+    def slow_step(*args: object, **kwargs: object) -> object:
+        steps_seen.append(time.perf_counter())
+        time.sleep(0.05)  # a step of a real model: long enough to cancel in the middle
+        return original(*args, **kwargs)
+
+    def generate() -> None:
+        try:
+            model.generate(PROMPT, _params(steps=150))
+            outcome["result"] = "finished"
+        except CallCancelled as exc:
+            outcome["result"] = str(exc)
+            raise
+
+    async def main() -> float:
+        task = asyncio.create_task(queue.run("image generation", generate))
+        while len(steps_seen) < 3:
+            await asyncio.sleep(0.01)
+        cancelled_at = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        ran_at: float = await queue.run("next", time.perf_counter)
+        return ran_at - cancelled_at
+
+    model.pipeline.unet.forward = slow_step  # type: ignore[method-assign]
+    try:
+        next_after = asyncio.run(main())
+    finally:
+        model.pipeline.unet.forward = original  # type: ignore[method-assign]
+        queue.shutdown()
+    assert str(outcome["result"]).startswith("image generation stopped after step"), outcome
+    assert len(steps_seen) < 150
+    assert next_after < 3.0, next_after  # about one step (50 ms), with room for a loaded box
+    # a direct call (no queue, no flag) is unaffected, and the pipeline works afterwards
+    assert model.generate(PROMPT, _params(seed=3)).pixels.shape == (96, 64, 3)

@@ -169,3 +169,42 @@ def test_a_model_that_does_not_fit_its_share_says_how_to_give_it_more() -> None:
     with pytest.raises(ModelDoesNotFit, match=r"37% of the card.*\*_NUM_GPUS"):
         with loading_within_budget("the image model", torch.device("cpu"), 0.37):
             raise torch.OutOfMemoryError("CUDA out of memory")
+
+
+def test_a_running_call_sees_its_callers_cancellation_and_the_next_call_runs() -> None:
+    """Cancelling the awaiting coroutine sets the running call's cancel flag; a call that
+    checks it stops, and the queue runs the next call right after."""
+    from deployments.model_queue import CallCancelled, cancel_flag
+
+    queue = ModelQueue("test")
+    started = threading.Event()
+    seen: dict[str, object] = {}
+
+    def long_work() -> None:
+        flag = cancel_flag()
+        seen["flag"] = flag
+        started.set()
+        for _ in range(500):  # 10 s unless cancelled
+            if flag is not None and flag.is_set():
+                seen["stopped_at"] = time.perf_counter()
+                raise CallCancelled("stopped")
+            time.sleep(0.02)
+
+    async def main() -> float:
+        long = asyncio.create_task(queue.run("long work", long_work))
+        await asyncio.to_thread(started.wait, 5)
+        cancelled_at = time.perf_counter()
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        ran_at = await queue.run("next", time.perf_counter)
+        return ran_at - cancelled_at
+
+    waited = asyncio.run(main())
+    assert isinstance(seen["flag"], threading.Event) and seen["flag"].is_set()
+    assert "stopped_at" in seen
+    assert waited < 2.0  # one 20 ms check away, with room for a loaded machine
+    assert cancel_flag() is None  # outside a queued call there is none
+    assert queue.call(cancel_flag) is None  # nor in the synchronous form (warm-up)
+    assert asyncio.run(queue.run("flag", cancel_flag)) is not None
+    queue.shutdown()

@@ -211,3 +211,132 @@ def test_builders_are_idempotent(tiny_models_dir: Path) -> None:
         assert BUILDERS[name](tiny_models_dir / name, 0) == tiny_models_dir / name
         after = {p.name: p.stat().st_mtime_ns for p in (tiny_models_dir / name).iterdir()}
         assert before == after
+
+
+# --- cost: the estimate is what the model does, and requests past the limits are refused ---
+
+
+@pytest.mark.parametrize(
+    ("ref_seconds", "ref_text", "text", "speed", "lenient"),
+    [
+        (3.0, REF_TEXT, "Nice to meet you.", 1.0, False),
+        (3.0, REF_TEXT, ("The quick brown fox jumps over the lazy dog. " * 12)[:500], 1.0, False),
+        (3.0, "안녕하세요, 만나서 반갑습니다.", "반가워! 안녕. 또 만나요.", 1.3, False),
+        (20.0, REF_TEXT * 6, "你好。我很好。谢谢！", 0.7, False),
+        # a short transcript (lenient limits): chunks of one sentence, slowed to speed 0.3
+        (6.0, "so", "Hi. Ok. Yes.", 1.0, True),
+    ],
+    ids=["one-chunk", "chunked", "korean", "trimmed-reference", "short-chunks"],
+)
+def test_the_cost_estimate_is_what_the_model_does(
+    voice_model: VoiceModel,
+    ref_seconds: float,
+    ref_text: str,
+    text: str,
+    speed: float,
+    lenient: bool,
+) -> None:
+    from core.voice_cost import VoiceLimits, estimate_voice_cost
+
+    model = voice_model
+    if lenient:
+        limits = VoiceLimits(ref_text_min_bytes_per_second=0)
+        model.config = model.config.model_copy(update={"limits": limits})
+    try:
+        ref = reference(ref_seconds)
+        speech = model.synthesize(ref, SR, ref_text, text, nfe_steps=2, speed=speed, seed=1)
+    finally:
+        model.config = model.config.model_copy(update={"limits": VoiceLimits()})
+    heard = model.prepare_reference(ref, SR).size / SR
+    cost = estimate_voice_cost(
+        ref_seconds=heard, ref_text=ref_text, text=text, nfe_steps=2, speed=speed
+    )
+    assert cost.chunks == speech.chunks
+    assert round(cost.output_seconds * SR) == speech.samples.size
+
+
+def test_a_transcript_that_cannot_match_the_reference_is_refused(voice_model: VoiceModel) -> None:
+    """The motivating request: 10 s of reference, ref_text "a", text "a。" x 40."""
+    from core.errors import TranscriptMismatch
+
+    with pytest.raises(TranscriptMismatch, match="does not match the reference audio") as caught:
+        voice_model.synthesize(reference(10.0), SR, "a", "a。" * 40, nfe_steps=NFE)
+    assert caught.value.to_api_error().status_code == 422
+    assert "VOICE_REF_TEXT_MIN_BYTES_PER_SECOND" in str(caught.value)
+
+
+def test_a_request_past_the_budget_is_refused_before_any_work(voice_model: VoiceModel) -> None:
+    from core.errors import BudgetExceeded
+    from core.voice_cost import VoiceLimits
+
+    tight = VoiceLimits(max_output_seconds=5.0, max_model_steps=16)
+    voice_model.config = voice_model.config.model_copy(update={"limits": tight})
+    try:
+        with pytest.raises(BudgetExceeded, match="VOICE_MAX_OUTPUT_SECONDS=5") as output:
+            synth(voice_model, text="The quick brown fox jumps over the lazy dog. " * 3)
+        assert output.value.to_api_error().to_body()["error"]["code"] == "over_budget"
+        with pytest.raises(BudgetExceeded, match="VOICE_MAX_MODEL_STEPS=16"):
+            synth(voice_model, text="Hi there.", nfe_steps=9)  # 1 chunk x 9 steps x 2
+        assert synth(voice_model, text="Hi there.", nfe_steps=8).chunks == 1  # 16: allowed
+    finally:
+        voice_model.config = voice_model.config.model_copy(update={"limits": VoiceLimits()})
+
+
+# --- cancellation: a synthesis whose caller went away stops, and the queue goes on ---------
+
+
+def test_a_cancelled_synthesis_stops_within_a_chunk_and_the_next_call_runs(
+    voice_model: VoiceModel,
+) -> None:
+    import asyncio
+    import threading
+    import time
+
+    from deployments.model_queue import CallCancelled, ModelQueue, current_request_id
+
+    current_request_id()  # imports Ray's request context now, as a replica has, not mid-test
+    nfe = 8
+    sentence = "The quick brown fox jumps over the lazy dog, and then it rests. "
+    one_chunk = sentence * 4  # 260 bytes: one chunk (about 279 bytes a chunk here)
+    start = time.perf_counter()
+    assert synth(voice_model, text=one_chunk, nfe_steps=nfe, seed=1).chunks == 1
+    chunk_s = time.perf_counter() - start  # the baseline: one chunk on this machine, now
+
+    queue = ModelQueue("voice-test")
+    outcome: dict[str, object] = {}
+    running = threading.Event()
+
+    def long_synthesis() -> None:
+        running.set()
+        try:
+            synth(voice_model, text=sentence * 40, nfe_steps=nfe, seed=2)  # 10 chunks
+            outcome["result"] = "finished"
+        except CallCancelled as exc:
+            outcome["result"] = str(exc)
+            raise
+        finally:
+            outcome["returned_at"] = time.perf_counter()
+
+    async def main() -> tuple[float, float]:
+        task = asyncio.create_task(queue.run("voice synthesis", long_synthesis))
+        await asyncio.to_thread(running.wait, 10)
+        await asyncio.sleep(chunk_s * 1.5)  # inside the second chunk
+        cancelled_at = time.perf_counter()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        ran_at: float = await queue.run("next", time.perf_counter)
+        returned_at = outcome["returned_at"]
+        assert isinstance(returned_at, float)
+        return returned_at - cancelled_at, ran_at - cancelled_at
+
+    stopped_after, next_after = asyncio.run(main())
+    queue.shutdown()
+    assert str(outcome.get("result", "")).startswith("voice synthesis stopped"), outcome
+    # within one chunk (in fact within one model step), with slack for a loaded machine;
+    # the whole synthesis would have taken about ten chunks
+    assert stopped_after < chunk_s + 2.0, (stopped_after, chunk_s)
+    assert next_after < chunk_s + 3.0, (next_after, chunk_s)
+    # the model is usable afterwards, and gives what it gave before
+    again = synth(voice_model, text=one_chunk, nfe_steps=nfe, seed=1)
+    assert again.chunks == 1
