@@ -1,7 +1,8 @@
 """The rehearsal tier: the production config as shipped, on a one-GPU Ray head.
 
-Session pieces, each built once: a Hugging Face hub cache holding stand-ins under the
-default model ids (`serve_app.tiny.hub_cache`), moto's S3 on loopback with a bucket, a fake
+Pieces built once for this package (and torn down when its tests are done, not at the end
+of a whole-suite session): a Hugging Face hub cache holding stand-ins under the default
+model ids (`serve_app.tiny.hub_cache`), moto's S3 on loopback with a bucket, a fake
 OpenAI-compatible server, a working directory holding `.env` (only settings a user would
 write there) beside a byte-identical copy of `serve_config.yaml`, and a Ray head started in
 that directory with `ray start --head --num-gpus 1` (HF_HOME and HF_HUB_OFFLINE=1 in its
@@ -44,9 +45,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     item.add_marker(getattr(pytest.mark, marker))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The hub cache with every stand-in (the full-size CLIP and F5-TTS: once per session)."""
+    """The hub cache with every stand-in (the full-size CLIP and F5-TTS: built once)."""
     from serve_app.tiny.hub_cache import build_hub_cache
 
     home = tmp_path_factory.mktemp("hf_home")
@@ -54,7 +55,7 @@ def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def rehearsal_s3() -> Iterator[RestartableS3]:
     server = RestartableS3()
     server.start()
@@ -65,14 +66,14 @@ def rehearsal_s3() -> Iterator[RestartableS3]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def rehearsal_openai() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer() as server:
         server.expected_api_key = OPENAI_KEY  # another key would be a 401 and the fallback
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def rehearsal(
     tmp_path_factory: pytest.TempPathFactory,
     hf_home: Path,
