@@ -12,7 +12,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 
-
 class ImageRecord(BaseModel):
     """An image as callers see it: every column except the vector, plus `duplicate`.
 

@@ -85,21 +85,21 @@ name=..., app=...) does not exist.") on the first call, an unknown app in
 
 from __future__ import annotations
 
+from core.errors import (
+    ApiError,
+    InvalidInput,
+    ModelFailed,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    find_api_error,
+)
+from core.records import ImagePage, ImageRecord, NewImage, SearchHit
 from core.types import (
     GeneratedImage,
     ImageParams,
     OptimizedPrompt,
     SynthesizedSpeech,
     VoiceParams,
-)
-from core.records import ImagePage, ImageRecord, NewImage, SearchHit
-from core.errors import (
-    ApiError,
-    find_api_error,
-    InvalidInput,
-    ModelFailed,
-    ServiceUnavailable,
-    UnsupportedMediaType,
 )
 
 __all__ = [

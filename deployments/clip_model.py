@@ -3,8 +3,8 @@
 Owns loading the model named by a `ClipEmbedderConfig` (an open_clip name plus pretrained tag
 or checkpoint file, a local open_clip directory, or an `hf-hub:` repo) onto one device, and
 turning encoded images (JPEG/PNG/WEBP/GIF/BMP/TIFF bytes) or texts into L2-normalised float32
-vectors in one shared space. Bad input raises ModelInputError (UnreadableImage for images) naming the item's index. The Ray
-deployment is a thin shell around `ClipModel`.
+vectors in one shared space. Bad input raises ModelInputError (UnreadableImage for images)
+naming the item's index. The Ray deployment is a thin shell around `ClipModel`.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class ClipModel:
         format, undecodable, or larger than `max_image_pixels`.
         """
         if isinstance(images, (bytes, bytearray, memoryview, str)):
-            raise UnreadableImage("images must be a list of encoded images")  # noqa: TRY004
+            raise UnreadableImage("images must be a list of encoded images")
         # Decode and preprocess everything first: bad input fails before any model work, and
         # only the small preprocessed tensors (not full-size decoded images) are kept.
         pixels = [self.preprocess(self._decode(i, data)) for i, data in enumerate(images)]
@@ -123,12 +123,12 @@ class ClipModel:
         index of an item that is not a string or is empty/whitespace.
         """
         if isinstance(texts, (str, bytes)):
-            raise ModelInputError("texts must be a list of strings, not a single string")  # noqa: TRY004
+            raise ModelInputError("texts must be a list of strings, not a single string")
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 kind = type(text).__name__
-                raise ModelInputError(f"text {i} must be a string, not {kind}")  # noqa: TRY004
+                raise ModelInputError(f"text {i} must be a string, not {kind}")
             if not text.strip():
                 raise ModelInputError(f"text {i} is empty")
         if not texts:
@@ -155,7 +155,7 @@ class ClipModel:
         """Decode one image to RGB, or raise UnreadableImage naming `index`."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             kind = type(data).__name__
-            raise UnreadableImage(f"image {index} must be bytes, not {kind}")  # noqa: TRY004
+            raise UnreadableImage(f"image {index} must be bytes, not {kind}")
         if len(data) == 0:
             raise UnreadableImage(f"image {index} is empty")
         accepted = "/".join(IMAGE_FORMATS)

@@ -16,6 +16,7 @@ from core.storage import StorageConfig
 from core.types import Device, TorchDType
 from core.voice_cost import VoiceLimits
 
+
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

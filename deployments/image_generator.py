@@ -5,11 +5,11 @@ from __future__ import annotations
 from ray import serve
 
 from core import defaults
+from core.metrics import image_generation_seconds
+from core.types import GeneratedImage, ImageParams
 from deployments.configs import ImageGeneratorConfig
 from deployments.diffusion_model import DiffusionImageModel
 from deployments.model_queue import ModelQueue
-from core.types import GeneratedImage, ImageParams
-from core.metrics import image_generation_seconds
 
 
 @serve.deployment(

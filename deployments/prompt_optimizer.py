@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ray import serve
 
+from core.metrics import prompt_fallbacks, reason_category
+from core.types import OptimizedPrompt
 from deployments.configs import PromptOptimizerConfig
 from deployments.prompt_writer import PromptWriter
-from core.types import OptimizedPrompt
-from core.metrics import prompt_fallbacks, reason_category
 
 
 @serve.deployment(
@@ -21,7 +21,7 @@ class PromptOptimizer:
         self._writer = PromptWriter(config)
 
     async def optimize(self, title: str, description: str = "") -> OptimizedPrompt:
-        """Return a concise English prompt; `source` says whether OpenAI or the template wrote it."""
+        """A concise English prompt; `source` says whether OpenAI or the template wrote it."""
         result = await self._writer.optimize(title, description)
         if result.source == "fallback":
             prompt_fallbacks().inc(1, tags={"reason": reason_category(result.fallback_reason)})

@@ -15,9 +15,9 @@ import time
 
 import openai
 
-from deployments.configs import PromptOptimizerConfig
 from core.prompt_text import clean_prompt, fallback_prompt
 from core.types import OptimizedPrompt
+from deployments.configs import PromptOptimizerConfig
 
 logger = logging.getLogger("ray.serve.prompt")
 

@@ -21,8 +21,8 @@ from pydantic import (
     field_validator,
 )
 
-from core.types import ImageParams
 from core.errors import InvalidInput
+from core.types import ImageParams
 
 MAX_SEED = 2**63 - 1
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8

@@ -8,7 +8,7 @@ environment themselves. boto3 is imported only when an S3 store is made.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -22,9 +22,6 @@ from core.storage.base import (
     validate_prefix,
 )
 from core.storage.local import LocalObjectStore
-
-if TYPE_CHECKING:
-    from core.storage.s3 import S3ObjectStore
 
 __all__ = [
     "LocalObjectStore",
