@@ -25,6 +25,7 @@ from PIL import Image
 
 from tests.storage_fixtures import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, r2_style_client
 from tests.support.ports import free_port, port_in_use
+from tests.support.readiness import readyz_when
 from tests.support.s3 import RestartableS3
 
 # Setting up, building the tiny models and starting Ray with three model replicas, for each
@@ -228,8 +229,8 @@ def test_storage_outage_answers_503_and_recovers(offline_server: str, s3: Restar
         # The generation, then at most three S3 attempts (R2_TIMEOUT_SECONDS=3) and backoffs;
         # well under a minute. The bound catches a request that waits without end.
         assert time.monotonic() - started < STORAGE_OUTAGE_BOUND_S
-        ready = httpx.get(f"{offline_server}/readyz", timeout=30)
-        assert ready.status_code == 503
+        ready = readyz_when(offline_server, 503)
+        assert ready.status_code == 503, ready.text
         assert ready.json()["storage"]["state"] == "failed"
         assert httpx.get(f"{offline_server}/healthz").status_code == 200
         # Generation that does not touch storage goes on.
@@ -239,7 +240,8 @@ def test_storage_outage_answers_503_and_recovers(offline_server: str, s3: Restar
         s3.start()
     recovered = httpx.post(f"{offline_server}/v1/r2/images/generate", json=SEED_BODY, timeout=120)
     assert recovered.status_code == 200, recovered.text
-    assert httpx.get(f"{offline_server}/readyz", timeout=30).status_code == 200
+    ready = readyz_when(offline_server, 200)
+    assert ready.status_code == 200, ready.text
 
 
 def curl(*args: str) -> str:

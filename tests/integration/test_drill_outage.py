@@ -34,6 +34,7 @@ from tests.support.drills import (
     summary,
     wait_ready,
 )
+from tests.support.readiness import readyz_when
 
 UPLOADS = 20
 PROJECTS = 4  # IMAGE_SEARCH_MAX_ELEMENTS=8 in the search app
@@ -97,7 +98,7 @@ def test_storage_outage_mid_burst(
                     f"{search_app.url}/v1/projects/{base}/images/search",
                     json={"query": "a cat", "limit": 2}, timeout=REQUEST_BOUND_S,
                 )
-                during["readyz"] = httpx.get(f"{search_app.url}/readyz", timeout=REQUEST_BOUND_S)
+                during["readyz"] = readyz_when(search_app.url, 503)  # S3 stays down meanwhile
             elif i + 1 == START_AT:
                 search_app.s3.start()
                 back = Timer()
