@@ -20,10 +20,10 @@ from ray import serve
 
 from serve_app.app import build_app
 from serve_app.tiny import model_settings
+from tests.storage_fixtures import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, r2_style_client
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.ports import free_port
 from tests.support.s3 import RestartableS3
-from tests.storage_fixtures import DUMMY_ACCESS_KEY_ID, DUMMY_SECRET_ACCESS_KEY, r2_style_client
 
 
 def wait_until_ready(url: str, timeout_s: float = 300.0) -> httpx.Response:

@@ -180,12 +180,12 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request access log."""
 
     # --- routing -----------------------------------------------------------------------------
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         request = self._read_request()
         fake = self.server.fake
         if request.path != "/v1/chat/completions":
@@ -206,7 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._answer(mode, request.body)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         request = self._read_request()
         fake = self.server.fake
         fake._note(request)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.clip_model import ClipModel
 from core.errors import ModelInputError, UnreadableImage
+from deployments.clip_model import ClipModel
 from deployments.configs import ClipEmbedderConfig
 from serve_app.tiny import build_tiny_clip
 from serve_app.tiny.clip import MODEL_CFG
@@ -294,8 +294,8 @@ def test_single_string_is_rejected(model: ClipModel) -> None:
 
 
 def test_deployment_maps_errors(clip_dir: Path, images: list[bytes]) -> None:
-    from deployments.clip_embedder import ClipEmbedder
     from core.errors import InvalidInput, UnsupportedMediaType
+    from deployments.clip_embedder import ClipEmbedder
 
     embedder = ClipEmbedder.func_or_class(ClipEmbedderConfig(model=str(clip_dir), device="cpu"))
     # the model methods are coroutines (they wait their turn in the replica's ModelQueue)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from core.errors import ModelInputError
+from core.types import ImageParams
 from deployments.configs import ImageGeneratorConfig
 from deployments.diffusion_model import DiffusionImageModel
 from deployments.model_loading import pick_device, pick_dtype, resolve_model_ref, set_torch_threads
-from core.types import ImageParams
 from serve_app.tiny import build_tiny_diffusion_pipeline
 from serve_app.tiny.__main__ import main as tiny_cli
 

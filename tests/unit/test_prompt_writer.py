@@ -11,10 +11,10 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from deployments.configs import PromptOptimizerConfig
 from core.prompt_text import PROMPT_MAX_CHARS, clean_prompt, fallback_prompt
-from deployments.prompt_writer import SYSTEM_PROMPT, PromptWriter
 from core.types import OptimizedPrompt
+from deployments.configs import PromptOptimizerConfig
+from deployments.prompt_writer import SYSTEM_PROMPT, PromptWriter
 from tests.support.fake_openai import FakeOpenAIServer
 
 API_KEY = "sk-test-SECRET-0123456789abcdef"

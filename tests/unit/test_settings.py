@@ -8,7 +8,6 @@ import pytest
 
 from serve_app.app import AppArgs
 from serve_app.deploy_configs import gateway_config, storage_config
-from core.storage import StorageConfig
 from serve_app.settings import SettingsError, load_settings
 
 
