@@ -41,31 +41,64 @@ def _cuda_available() -> bool:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default=None,
-                        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all; "
-                             f"{','.join(CUDA_DEFAULT_ONLY)} only where CUDA is available)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all; "
+        f"{','.join(CUDA_DEFAULT_ONLY)} only where CUDA is available)",
+    )
     parser.add_argument("--quick", action="store_true", help="shorter runs, smaller sizes")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="interleaved rounds per comparison (default 3, quick 1)")
-    parser.add_argument("--index-sizes", default=None,
-                        help="comma-separated vector counts (default 50000,200000; quick 20000)")
-    parser.add_argument("--index-data", default="lowrank",
-                        help="comma-separated: lowrank (CLIP-like), uniform (worst case)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds per comparison (default 3, quick 1)",
+    )
+    parser.add_argument(
+        "--index-sizes",
+        default=None,
+        help="comma-separated vector counts (default 50000,200000; quick 20000)",
+    )
+    parser.add_argument(
+        "--index-data",
+        default="lowrank",
+        help="comma-separated: lowrank (CLIP-like), uniform (worst case)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="raw results (default: .data/benchmarks.json, not committed)")
-    parser.add_argument("--models", type=Path, default=None,
-                        help="tiny models already built (python -m serve_app.tiny --out DIR)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="raw results (default: .data/benchmarks.json, not committed)",
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="tiny models already built (python -m serve_app.tiny --out DIR)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="scratch directory")
-    parser.add_argument("--device", default=None,
-                        help="models benchmark: torch device (default cuda where available, "
-                             "else cpu)")
-    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                        help="models benchmark, CUDA: also time torch.compile of the UNet "
-                             "(mode default, or e.g. max-autotune; takes minutes)")
-    parser.add_argument("--real-models", type=Path, default=None,
-                        help="models benchmark: directory for the real-sized random-weight "
-                             "models, kept and reused (default: built in the scratch directory)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="models benchmark: torch device (default cuda where available, else cpu)",
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="models benchmark, CUDA: also time torch.compile of the UNet "
+        "(mode default, or e.g. max-autotune; takes minutes)",
+    )
+    parser.add_argument(
+        "--real-models",
+        type=Path,
+        default=None,
+        help="models benchmark: directory for the real-sized random-weight "
+        "models, kept and reused (default: built in the scratch directory)",
+    )
     args = parser.parse_args(argv)
     if args.only is None:
         cuda = _cuda_available()
@@ -89,8 +122,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     prepare_environment()  # before anything imports huggingface_hub or Ray
     args = parse_args(argv)
-    command = "python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else
-                                   " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    command = "python -m bench" + (
+        ""
+        if argv is None and len(sys.argv) <= 1
+        else " " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
     began = time.perf_counter()
     started_at = datetime.now(UTC)
     machine = machine_info()
@@ -124,19 +160,28 @@ def main(argv: list[str] | None = None) -> int:
         total_s = time.perf_counter() - began
         from bench.report import render
 
-        markdown = render(sections, failures, args, command, machine, started_at, total_s,
-                          git_revision())
+        markdown = render(
+            sections, failures, args, command, machine, started_at, total_s, git_revision()
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(markdown)
         json_path = args.json or (REPO / ".data" / "benchmarks.json")
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(
-            {"command": command, "machine": machine, "seconds": total_s,
-             "sections": {k: {"figures": v.figures, "seconds": v.seconds}
-                          for k, v in sections.items()},
-             "failures": failures},
-            indent=1, default=str,
-        ))
+        json_path.write_text(
+            json.dumps(
+                {
+                    "command": command,
+                    "machine": machine,
+                    "seconds": total_s,
+                    "sections": {
+                        k: {"figures": v.figures, "seconds": v.seconds} for k, v in sections.items()
+                    },
+                    "failures": failures,
+                },
+                indent=1,
+                default=str,
+            )
+        )
     print(f"wrote {args.out} ({total_s:.0f} s)", flush=True)
     return 1 if failures else 0
 

@@ -21,15 +21,17 @@ def fast_path_env(scratch: Path) -> dict[str, str]:
 
     scratch.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in dotenv_values(FAST_PATH_ENV_FILE).items() if v is not None}
-    env.update({
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(scratch / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(scratch / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(scratch),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(scratch / "server-state"),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",  # a quick stop at the end
-    })
+    env.update(
+        {
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(scratch / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(scratch / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(scratch),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(scratch / "server-state"),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",  # a quick stop at the end
+        }
+    )
     return env
 
 

@@ -59,8 +59,9 @@ def embed_app(models: Path, threads: int) -> Any:
     from deployments.configs import ClipEmbedderConfig
 
     model = ClipModel(
-        ClipEmbedderConfig(model=f"local-dir:{models / 'clip'}", device="cpu",
-                           torch_threads=threads)
+        ClipEmbedderConfig(
+            model=f"local-dir:{models / 'clip'}", device="cpu", torch_threads=threads
+        )
     )
     model.warm_up()
     app = FastAPI()
@@ -75,8 +76,10 @@ def embed_app(models: Path, threads: int) -> Any:
         vectors = await asyncio.to_thread(model.embed_texts, texts)
         return {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
-                     for i, v in enumerate(vectors)],
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v.tolist()}
+                for i, v in enumerate(vectors)
+            ],
             "model": body.model,
             "usage": {"prompt_tokens": 1, "total_tokens": 1},
         }
@@ -102,8 +105,9 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
         ImageGeneratorConfig(model=str(models / "diffusion"), device="cpu", torch_threads=threads)
     )
     clip = ClipModel(
-        ClipEmbedderConfig(model=f"local-dir:{models / 'clip'}", device="cpu",
-                           torch_threads=threads)
+        ClipEmbedderConfig(
+            model=f"local-dir:{models / 'clip'}", device="cpu", torch_threads=threads
+        )
     )
     voice = VoiceModel(
         VoiceClonerConfig(
@@ -118,8 +122,9 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
     )
     for model in (image, clip, voice):  # the same warm start as the graph's replicas
         model.warm_up()
-    catalog = VectorCatalog(work / "baseline.db", dim=clip.dim, max_elements=50_000,
-                            persist_indexes=False)
+    catalog = VectorCatalog(
+        work / "baseline.db", dim=clip.dim, max_elements=50_000, persist_indexes=False
+    )
     fill_catalog(catalog, "mix", fill, clip.dim)
 
     app = FastAPI()
@@ -131,8 +136,7 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
     @app.post("/v1/images/generate")
     def generate(body: ImageBody) -> Response:
         prompt = fallback_prompt(body.title, body.description)
-        params = ImageParams(width=body.width, height=body.height, steps=body.steps,
-                             seed=body.seed)
+        params = ImageParams(width=body.width, height=body.height, steps=body.steps, seed=body.seed)
         with global_lock:
             result = image.generate(prompt, params)
         return Response(result.to_png(), media_type="image/png")
@@ -142,8 +146,10 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
         with global_lock:
             vector = clip.embed_texts([body.query])[0]
         hits = catalog.search(project_id, vector, body.limit)
-        return {"project_id": project_id,
-                "results": [{"id": h.record.id, "score": h.score} for h in hits]}
+        return {
+            "project_id": project_id,
+            "results": [{"id": h.record.id, "score": h.score} for h in hits],
+        }
 
     @app.post("/v1/voice/generate")
     def speak(
@@ -157,10 +163,12 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
         data = ref_audio.file.read()
         decoded = decode_audio(data, target_sr=24_000, max_seconds=60, max_bytes=10 * 2**20)
         with global_lock:
-            speech = voice.synthesize(decoded.samples, decoded.sample_rate, ref_text, text,
-                                      nfe_steps=nfe_steps, seed=seed)
-        audio, content_type = encode_audio(speech.samples, speech.sample_rate,
-                                           cast("AudioFormat", format))
+            speech = voice.synthesize(
+                decoded.samples, decoded.sample_rate, ref_text, text, nfe_steps=nfe_steps, seed=seed
+            )
+        audio, content_type = encode_audio(
+            speech.samples, speech.sample_rate, cast("AudioFormat", format)
+        )
         return Response(audio, media_type=content_type)
 
     return app
@@ -184,8 +192,14 @@ def main() -> None:
     else:
         args.work.mkdir(parents=True, exist_ok=True)
         app = mixed_app(args.models, args.work, args.threads, args.fill)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                timeout_keep_alive=5)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=5,
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def run(ctx: Context) -> Section:
     started = time.perf_counter()
     rounds = max(ctx.rounds, 2) if ctx.quick else max(ctx.rounds, 5)
     url = ctx.serve.deploy(
-        "embedding", "/embedding",
+        "embedding",
+        "/embedding",
         offline_settings(ctx.models, ctx.subdir("embedding"), IMAGE_SEARCH_ENABLED=True),
     )
     try:
@@ -45,7 +46,7 @@ def run(ctx: Context) -> Section:
 async def _measure(url: str, images: list[bytes], rounds: int) -> dict[str, list[dict]]:
     import aiohttp
 
-    chunks = iter(images[i:i + BATCH] for i in range(0, len(images), BATCH))
+    chunks = iter(images[i : i + BATCH] for i in range(0, len(images), BATCH))
     async with http_session() as session:
 
         async def single(project: str, data: bytes, name: str) -> None:
@@ -58,8 +59,7 @@ async def _measure(url: str, images: list[bytes], rounds: int) -> dict[str, list
             form = aiohttp.FormData()
             for i, data in enumerate(files):
                 form.add_field("files", data, filename=f"{i}.jpg", content_type="image/jpeg")
-            async with session.post(f"{url}/v1/projects/{project}/images/batch",
-                                    data=form) as r:
+            async with session.post(f"{url}/v1/projects/{project}/images/batch", data=form) as r:
                 body = await expect_ok(r)
             assert b'"created":32' in body.replace(b" ", b""), body[:200]
 
@@ -83,7 +83,7 @@ async def _measure(url: str, images: list[bytes], rounds: int) -> dict[str, list
             await run_variant(variant, next(chunks), "warm")
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
         for r in range(rounds):
-            for variant in VARIANTS[r % 3:] + VARIANTS[: r % 3]:
+            for variant in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
                 files = next(chunks)
                 cpu0, t0 = cpu_seconds_of_tree(), time.perf_counter()
                 await run_variant(variant, files, f"round{r}")
@@ -106,8 +106,13 @@ def _report(results: dict[str, list[dict]], rounds: int, seconds: float) -> Sect
         for b, s in zip(results[VARIANTS[0]], results[VARIANTS[1]], strict=True)
     ]
     rows = [
-        [v, fmt(images_per_s(v), 1), fmt(images_per_s(v) / base, 2),
-         fmt(cpu_ms_per_image(v), 1), fmt(cpu_ms_per_image(v) / base_cpu, 2)]
+        [
+            v,
+            fmt(images_per_s(v), 1),
+            fmt(images_per_s(v) / base, 2),
+            fmt(cpu_ms_per_image(v), 1),
+            fmt(cpu_ms_per_image(v) / base_cpu, 2),
+        ]
         for v in VARIANTS
     ]
     ratio = images_per_s(VARIANTS[0]) / base
@@ -118,15 +123,18 @@ def _report(results: dict[str, list[dict]], rounds: int, seconds: float) -> Sect
         "per_round_ratio": per_round,
         "raw": results,
     }
-    markdown = "\n\n".join([
-        f"{rounds} round(s); each run uploads 32 new 192x192 JPEGs into the graph (embed, "
-        "store the original in the local store, index in SQLite + hnswlib). Medians over "
-        "rounds; CPU is user + system time of every process of the run (client, Ray, "
-        "replicas).",
-        md_table(["upload", "images/s", "vs 32 single", "CPU ms / image", "CPU vs single"],
-                 rows),
-        f"Batch over single uploads: **{fmt(ratio, 2)}x** images/s (per round: "
-        + ", ".join(fmt(v, 2) for v in per_round)
-        + f"). Target ≥ {TARGET_RATIO:g}x — **{verdict}**.",
-    ])
+    markdown = "\n\n".join(
+        [
+            f"{rounds} round(s); each run uploads 32 new 192x192 JPEGs into the graph (embed, "
+            "store the original in the local store, index in SQLite + hnswlib). Medians over "
+            "rounds; CPU is user + system time of every process of the run (client, Ray, "
+            "replicas).",
+            md_table(
+                ["upload", "images/s", "vs 32 single", "CPU ms / image", "CPU vs single"], rows
+            ),
+            f"Batch over single uploads: **{fmt(ratio, 2)}x** images/s (per round: "
+            + ", ".join(fmt(v, 2) for v in per_round)
+            + f"). Target ≥ {TARGET_RATIO:g}x — **{verdict}**.",
+        ]
+    )
     return Section("4. Embedding uploads", markdown, figures, seconds)

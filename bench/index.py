@@ -59,16 +59,29 @@ def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) ->
     with tempfile.TemporaryDirectory(prefix="index-bench-", dir=ctx.work) as tmp:
         db_path = Path(tmp) / "bench.db"
         catalog = VectorCatalog(db_path, dim=dim, max_elements=n)
-        out["params"] = f"M={catalog.hnsw_m}, ef_construction={catalog.ef_construction}, " \
-                        f"ef_search={catalog.ef_search}"
+        out["params"] = (
+            f"M={catalog.hnsw_m}, ef_construction={catalog.ef_construction}, "
+            f"ef_search={catalog.ef_search}"
+        )
         t0 = time.perf_counter()
         for start in range(0, n, 1000):
-            catalog.add_many([
-                NewImage(id=f"{i:08d}", project_id=PROJECT, object_key=f"bench/{i:08d}.png",
-                         filename=f"{i}.png", content_type="image/png", size_bytes=1, width=1,
-                         height=1, sha256=f"{i:064x}", vector=data[i])
-                for i in range(start, min(start + 1000, n))
-            ])
+            catalog.add_many(
+                [
+                    NewImage(
+                        id=f"{i:08d}",
+                        project_id=PROJECT,
+                        object_key=f"bench/{i:08d}.png",
+                        filename=f"{i}.png",
+                        content_type="image/png",
+                        size_bytes=1,
+                        width=1,
+                        height=1,
+                        sha256=f"{i:064x}",
+                        vector=data[i],
+                    )
+                    for i in range(start, min(start + 1000, n))
+                ]
+            )
         out["build_s"] = time.perf_counter() - t0
         raw = catalog._indexes[PROJECT].index  # the catalog's own hnswlib index
         raw.set_num_threads(1)
@@ -89,17 +102,27 @@ def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) ->
             r_raw += rr
         tc_all, tr_all, te_all = (np.concatenate(t) for t in (t_cat, t_raw, t_exact))
         out.update(
-            catalog_p50_ms=ms(tc_all, 50), catalog_p99_ms=ms(tc_all, 99),
-            raw_p50_ms=ms(tr_all, 50), raw_p99_ms=ms(tr_all, 99),
-            exact_p50_ms=ms(te_all, 50), exact_p99_ms=ms(te_all, 99),
-            recall_catalog=recall(r_cat, truth), recall_raw=recall(r_raw, truth),
+            catalog_p50_ms=ms(tc_all, 50),
+            catalog_p99_ms=ms(tc_all, 99),
+            raw_p50_ms=ms(tr_all, 50),
+            raw_p99_ms=ms(tr_all, 99),
+            exact_p50_ms=ms(te_all, 50),
+            exact_p99_ms=ms(te_all, 99),
+            recall_catalog=recall(r_cat, truth),
+            recall_raw=recall(r_raw, truth),
         )
         sweep = []
         for ef in SWEEP:
             raw.set_ef(ef)
             t_s, r_s = timed(via_raw, queries)
-            sweep.append({"ef": ef, "recall": recall(r_s, truth), "p50_ms": ms(t_s, 50),
-                          "speedup": out["exact_p50_ms"] / ms(t_s, 50)})
+            sweep.append(
+                {
+                    "ef": ef,
+                    "recall": recall(r_s, truth),
+                    "p50_ms": ms(t_s, 50),
+                    "speedup": out["exact_p50_ms"] / ms(t_s, 50),
+                }
+            )
         raw.set_ef(catalog.ef_search)
         out["sweep"] = sweep
         out["index_bytes_per_vector"] = raw.index_file_size() / n
@@ -108,9 +131,10 @@ def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) ->
         out["save_s"] = time.perf_counter() - t0
         out["file_bytes_per_vector"] = catalog.index_path(PROJECT).stat().st_size / n
         catalog.close(save=False)
-        out["sqlite_bytes_per_vector"] = sum(
-            p.stat().st_size for p in db_path.parent.glob(db_path.name + "*") if p.is_file()
-        ) / n
+        out["sqlite_bytes_per_vector"] = (
+            sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*") if p.is_file())
+            / n
+        )
 
         loads = []
         for _ in range(3 if full_startup else 1):
@@ -134,60 +158,91 @@ def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) ->
 def _report(results: list[dict[str, Any]], ctx: Context, seconds: float) -> Section:
     rows = []
     for r in results:
-        rows.append([
-            f"{r['n']:,}", r["data"], fmt(r["build_s"], 1),
-            f"{fmt(r['catalog_p50_ms'], 3)} / {fmt(r['catalog_p99_ms'], 3)}",
-            f"{fmt(r['raw_p50_ms'], 3)} / {fmt(r['raw_p99_ms'], 3)}",
-            f"{fmt(r['exact_p50_ms'], 3)} / {fmt(r['exact_p99_ms'], 3)}",
-            f"{r['recall_catalog']:.4f}",
-            f"{fmt(r['exact_p50_ms'] / r['catalog_p50_ms'], 1)}x / "
-            f"{fmt(r['exact_p50_ms'] / r['raw_p50_ms'], 1)}x",
-            f"{r['index_bytes_per_vector']:.0f} / {r['sqlite_bytes_per_vector']:.0f}",
-        ])
+        rows.append(
+            [
+                f"{r['n']:,}",
+                r["data"],
+                fmt(r["build_s"], 1),
+                f"{fmt(r['catalog_p50_ms'], 3)} / {fmt(r['catalog_p99_ms'], 3)}",
+                f"{fmt(r['raw_p50_ms'], 3)} / {fmt(r['raw_p99_ms'], 3)}",
+                f"{fmt(r['exact_p50_ms'], 3)} / {fmt(r['exact_p99_ms'], 3)}",
+                f"{r['recall_catalog']:.4f}",
+                f"{fmt(r['exact_p50_ms'] / r['catalog_p50_ms'], 1)}x / "
+                f"{fmt(r['exact_p50_ms'] / r['raw_p50_ms'], 1)}x",
+                f"{r['index_bytes_per_vector']:.0f} / {r['sqlite_bytes_per_vector']:.0f}",
+            ]
+        )
     startup_rows = [
-        [f"{r['n']:,}", r["data"], fmt(r["rebuild_s"], 1), fmt(r["load_s"], 2),
-         fmt(r["rebuild_s"] / r["load_s"], 0) + "x" if r["rebuild_s"] == r["rebuild_s"] else "—",
-         fmt(r["save_s"], 2)]
+        [
+            f"{r['n']:,}",
+            r["data"],
+            fmt(r["rebuild_s"], 1),
+            fmt(r["load_s"], 2),
+            fmt(r["rebuild_s"] / r["load_s"], 0) + "x" if r["rebuild_s"] == r["rebuild_s"] else "—",
+            fmt(r["save_s"], 2),
+        ]
         for r in results
     ]
     sweep_rows = [
-        [f"{r['n']:,}", r["data"], s["ef"], f"{s['recall']:.4f}", fmt(s["p50_ms"], 3),
-         fmt(s["speedup"], 1) + "x"]
-        for r in results for s in r["sweep"]
+        [
+            f"{r['n']:,}",
+            r["data"],
+            s["ef"],
+            f"{s['recall']:.4f}",
+            fmt(s["p50_ms"], 3),
+            fmt(s["speedup"], 1) + "x",
+        ]
+        for r in results
+        for s in r["sweep"]
     ]
     first = results[0]
-    target_rows = [
-        r for r in results if r["n"] == 50_000 and r["data"] == "lowrank"
-    ] or [first]
+    target_rows = [r for r in results if r["n"] == 50_000 and r["data"] == "lowrank"] or [first]
     t = target_rows[0]
     meets = [s for s in t["sweep"] if s["recall"] >= RECALL_TARGET]
     fastest_ok = max(meets, key=lambda s: s["speedup"]) if meets else None
     verdict = (
         f"at n={t['n']:,} ({t['data']}) recall@10 is {t['recall_catalog']:.4f} with the "
         f"default ef; the fastest swept ef with recall ≥ {RECALL_TARGET} is "
-        + (f"ef={fastest_ok['ef']} at {fmt(fastest_ok['speedup'], 1)}x faster than exact "
-           f"(raw hnswlib p50)" if fastest_ok else "none")
+        + (
+            f"ef={fastest_ok['ef']} at {fmt(fastest_ok['speedup'], 1)}x faster than exact "
+            f"(raw hnswlib p50)"
+            if fastest_ok
+            else "none"
+        )
         + f". Target: recall ≥ {RECALL_TARGET} and ≥ {SPEEDUP_TARGET:.0f}x faster than exact — "
-        + ("**met**" if fastest_ok and fastest_ok["speedup"] >= SPEEDUP_TARGET
-           else "**not met**")
+        + ("**met**" if fastest_ok and fastest_ok["speedup"] >= SPEEDUP_TARGET else "**not met**")
     )
     figures = {"results": results}
-    markdown = "\n\n".join([
-        f"Params: {first['params']} (the defaults); {first['queries']} queries, k={K}; "
-        "vectors of 512 dimensions. Latencies are one query at a time; exact numpy uses "
-        "BLAS on every core, hnswlib one thread.",
-        md_table(["vectors", "data", "build s", "catalog p50/p99 ms", "raw hnswlib p50/p99 ms",
-                  "exact p50/p99 ms", "recall@10 (catalog)",
-                  "speed-up vs exact: catalog / raw", "bytes/vector: hnswlib / SQLite"],
-                 rows),
-        "Start-up of the catalog (the VectorIndex replica's constructor): rebuilding the "
-        "index from SQLite (as before) against loading the index saved beside the database "
-        "(checksum verified first):",
-        md_table(["vectors", "data", "rebuild s", "load s", "rebuild / load", "save s"],
-                 startup_rows),
-        "`ef` sweep on the same index (raw hnswlib, one thread):",
-        md_table(["vectors", "data", "ef", "recall@10", "p50 ms", "speed-up vs exact"],
-                 sweep_rows),
-        "Verdict: " + verdict + ".",
-    ])
+    markdown = "\n\n".join(
+        [
+            f"Params: {first['params']} (the defaults); {first['queries']} queries, k={K}; "
+            "vectors of 512 dimensions. Latencies are one query at a time; exact numpy uses "
+            "BLAS on every core, hnswlib one thread.",
+            md_table(
+                [
+                    "vectors",
+                    "data",
+                    "build s",
+                    "catalog p50/p99 ms",
+                    "raw hnswlib p50/p99 ms",
+                    "exact p50/p99 ms",
+                    "recall@10 (catalog)",
+                    "speed-up vs exact: catalog / raw",
+                    "bytes/vector: hnswlib / SQLite",
+                ],
+                rows,
+            ),
+            "Start-up of the catalog (the VectorIndex replica's constructor): rebuilding the "
+            "index from SQLite (as before) against loading the index saved beside the database "
+            "(checksum verified first):",
+            md_table(
+                ["vectors", "data", "rebuild s", "load s", "rebuild / load", "save s"], startup_rows
+            ),
+            "`ef` sweep on the same index (raw hnswlib, one thread):",
+            md_table(
+                ["vectors", "data", "ef", "recall@10", "p50 ms", "speed-up vs exact"], sweep_rows
+            ),
+            "Verdict: " + verdict + ".",
+        ]
+    )
     return Section("3. Index", markdown, figures, seconds)

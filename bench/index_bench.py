@@ -67,8 +67,9 @@ def exact_topk(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 Search = Callable[[np.ndarray], np.ndarray]
 
 
-def search_paths(catalog: VectorCatalog, raw: hnswlib.Index, data: np.ndarray
-                 ) -> tuple[Search, Search, Search]:
+def search_paths(
+    catalog: VectorCatalog, raw: hnswlib.Index, data: np.ndarray
+) -> tuple[Search, Search, Search]:
     """One query's top-K ids, best first, three ways: through the catalog (hnswlib + SQLite
     rows), through the raw hnswlib index, and exactly (numpy over `data`)."""
 

@@ -64,8 +64,7 @@ class AddsImages(Protocol):
     def add_many(self, images: list[NewImage], /) -> object: ...
 
 
-def fill_catalog(catalog: AddsImages, project: str, count: int, dim: int, seed: int = 7
-                 ) -> None:
+def fill_catalog(catalog: AddsImages, project: str, count: int, dim: int, seed: int = 7) -> None:
     """`count` random unit vectors as images of `project` (search cost, not content, matters)."""
     if count <= 0:
         return
@@ -80,8 +79,14 @@ def new_image(project: str, i: int, vector: Any) -> NewImage:
     from core.records import NewImage
 
     return NewImage(
-        id=f"bench-{project}-{i:06d}", project_id=project,
-        object_key=f"AI/SEARCH/{project}/bench-{project}-{i:06d}.jpg", filename=f"{i}.jpg",
-        content_type="image/jpeg", size_bytes=1, width=1, height=1, sha256=f"{i:064x}",
+        id=f"bench-{project}-{i:06d}",
+        project_id=project,
+        object_key=f"AI/SEARCH/{project}/bench-{project}-{i:06d}.jpg",
+        filename=f"{i}.jpg",
+        content_type="image/jpeg",
+        size_bytes=1,
+        width=1,
+        height=1,
+        sha256=f"{i:064x}",
         vector=vector,
     )

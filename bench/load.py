@@ -49,9 +49,7 @@ async def closed_loop(
     return sample
 
 
-def threaded_closed_loop(
-    call: Callable[[], object], concurrency: int, duration_s: float
-) -> Sample:
+def threaded_closed_loop(call: Callable[[], object], concurrency: int, duration_s: float) -> Sample:
     """`closed_loop` with threads and a synchronous `call` (for in-process direct calls)."""
     sample = Sample()
     deadline = time.perf_counter() + duration_s
@@ -85,8 +83,9 @@ def http_session(timeout_s: float = 600) -> aiohttp.ClientSession:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=3)
-    return aiohttp.ClientSession(connector=connector,
-                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+    )
 
 
 class HttpStatusError(Exception):

@@ -36,17 +36,29 @@ ROUTES = ("image", "search", "voice")
 CLIENTS = {"image": 2, "search": 4, "voice": 2}
 PROJECT = "mix"
 FILL = 1000  # vectors in the searched project
-IMAGE_BODY = {"title": "A red fox", "description": "in the snow", "width": 64, "height": 64,
-              "steps": 2, "seed": 1}
+IMAGE_BODY = {
+    "title": "A red fox",
+    "description": "in the snow",
+    "width": 64,
+    "height": 64,
+    "steps": 2,
+    "seed": 1,
+}
 SEARCH_BODY = {"query": "a red fox in the snow", "limit": 10}
-VOICE_FIELDS = {"text": "Nice to meet you.", "ref_text": "Hello there, how are you?",
-                "nfe_steps": "8", "seed": "1", "format": "mp3"}
+VOICE_FIELDS = {
+    "text": "Nice to meet you.",
+    "ref_text": "Hello there, how are you?",
+    "nfe_steps": "8",
+    "seed": "1",
+    "format": "mp3",
+}
 TARGET_RATIO = 1.5
 
 
 def _graph_settings(ctx: Context, name: str, extra: dict[str, Any]) -> dict[str, Any]:
     return offline_settings(
-        ctx.models, ctx.subdir(name),
+        ctx.models,
+        ctx.subdir(name),
         **{"IMAGE_ENABLED": True, "IMAGE_SEARCH_ENABLED": True, "VOICE_ENABLED": True, **extra},
     )
 
@@ -58,13 +70,28 @@ def run(ctx: Context, variants: dict[str, dict[str, Any]] | None = None) -> Sect
     variants = variants or {
         "graph, 1 thread": {"TORCH_CPU_THREADS": 1},
         "graph, 2 threads": {"TORCH_CPU_THREADS": 2},
-        "graph, 1 thread, in-replica queue": {"TORCH_CPU_THREADS": 1,
-                                              "MODEL_MAX_ONGOING_REQUESTS": 65},
+        "graph, 1 thread, in-replica queue": {
+            "TORCH_CPU_THREADS": 1,
+            "MODEL_MAX_ONGOING_REQUESTS": 65,
+        },
     }
     port = free_port()
-    baseline_args = ["-m", "bench.baseline_server", "--mode", "mixed", "--models",
-                     str(ctx.models), "--port", str(port), "--threads", "2", "--work",
-                     str(ctx.subdir("mixed-baseline")), "--fill", str(FILL)]
+    baseline_args = [
+        "-m",
+        "bench.baseline_server",
+        "--mode",
+        "mixed",
+        "--models",
+        str(ctx.models),
+        "--port",
+        str(port),
+        "--threads",
+        "2",
+        "--work",
+        str(ctx.subdir("mixed-baseline")),
+        "--fill",
+        str(FILL),
+    ]
     urls: dict[str, str] = {}
     apps: list[str] = []
     with subprocess_server(baseline_args, ctx.log_dir / "mixed_baseline.log") as process:
@@ -99,8 +126,7 @@ def _fill_graph(ctx: Context, app: str) -> None:
 
 async def _measure(
     ctx: Context, urls: dict[str, str], duration: float
-) -> tuple[dict[tuple[str, str], Sample], list[dict[tuple[str, str], Sample]],
-           dict[str, float]]:
+) -> tuple[dict[tuple[str, str], Sample], list[dict[tuple[str, str], Sample]], dict[str, float]]:
     import aiohttp
 
     reference = reference_wav()
@@ -112,14 +138,14 @@ async def _measure(
                     await expect_ok(r)
 
             async def search() -> None:
-                async with session.post(f"{url}/v1/projects/{PROJECT}/images/search",
-                                        json=SEARCH_BODY) as r:
+                async with session.post(
+                    f"{url}/v1/projects/{PROJECT}/images/search", json=SEARCH_BODY
+                ) as r:
                     await expect_ok(r)
 
             async def voice() -> None:
                 form = aiohttp.FormData()
-                form.add_field("ref_audio", reference, filename="ref.wav",
-                               content_type="audio/wav")
+                form.add_field("ref_audio", reference, filename="ref.wav", content_type="audio/wav")
                 for key, value in VOICE_FIELDS.items():
                     form.add_field(key, value)
                 async with session.post(f"{url}/v1/voice/generate", data=form) as r:
@@ -129,9 +155,9 @@ async def _measure(
 
         async def mixed_run(url: str, seconds: float) -> dict[str, Sample]:
             route_calls = calls(url)
-            results = await asyncio.gather(*(
-                closed_loop(route_calls[route], CLIENTS[route], seconds) for route in ROUTES
-            ))
+            results = await asyncio.gather(
+                *(closed_loop(route_calls[route], CLIENTS[route], seconds) for route in ROUTES)
+            )
             return dict(zip(ROUTES, results, strict=True))
 
         names = list(urls)
@@ -142,7 +168,7 @@ async def _measure(
         cpu: dict[str, float] = {}
         for r in range(ctx.rounds):
             this_round: dict[tuple[str, str], Sample] = {}
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 cpu0 = cpu_seconds_of_tree()
                 results = await mixed_run(urls[name], duration)
                 cpu[name] = cpu.get(name, 0.0) + cpu_seconds_of_tree() - cpu0
@@ -166,8 +192,13 @@ def _report(
     for name in names:
         requests = sum(totals[(name, r)].count for r in ROUTES)
         wall = totals[(name, ROUTES[0])].wall_s
-        cpu_rows.append([name, fmt(cpu.get(name, 0.0) / max(requests, 1) * 1000, 1),
-                         fmt(cpu.get(name, 0.0) / max(wall, 1e-9), 2)])
+        cpu_rows.append(
+            [
+                name,
+                fmt(cpu.get(name, 0.0) / max(requests, 1) * 1000, 1),
+                fmt(cpu.get(name, 0.0) / max(wall, 1e-9), 2),
+            ]
+        )
     baseline = names[0]
     rows = []
     ratios: dict[str, dict[str, float]] = {}
@@ -178,8 +209,17 @@ def _report(
             base = totals[(baseline, route)]
             ratio = sample.throughput / base.throughput if base.throughput else float("nan")
             ratios[name][route] = ratio
-            rows.append([name, route, fmt(sample.throughput, 2), fmt(sample.p50_ms, 0),
-                         fmt(sample.p99_ms, 0), fmt(ratio, 2), sample.errors])
+            rows.append(
+                [
+                    name,
+                    route,
+                    fmt(sample.throughput, 2),
+                    fmt(sample.p50_ms, 0),
+                    fmt(sample.p99_ms, 0),
+                    fmt(ratio, 2),
+                    sample.errors,
+                ]
+            )
         ratios[name]["geomean"] = geomean(ratios[name][r] for r in ROUTES)
         total = sum(totals[(name, r)].throughput for r in ROUTES)
         base_total = sum(totals[(baseline, r)].throughput for r in ROUTES)
@@ -188,7 +228,8 @@ def _report(
         name: [
             geomean(
                 r[(name, route)].throughput / r[(baseline, route)].throughput
-                for route in ROUTES if r[(baseline, route)].throughput
+                for route in ROUTES
+                if r[(baseline, route)].throughput
             )
             for r in rounds
         ]
@@ -196,10 +237,15 @@ def _report(
     }
     best = max(names[1:], key=lambda n: ratios[n]["geomean"])
     summary_rows = [
-        [name, fmt(ratios[name]["image"], 2), fmt(ratios[name]["search"], 2),
-         fmt(ratios[name]["voice"], 2), f"**{fmt(ratios[name]['geomean'], 2)}**",
-         fmt(ratios[name]["total req/s"], 2),
-         ", ".join(fmt(v, 2) for v in per_round[name])]
+        [
+            name,
+            fmt(ratios[name]["image"], 2),
+            fmt(ratios[name]["search"], 2),
+            fmt(ratios[name]["voice"], 2),
+            f"**{fmt(ratios[name]['geomean'], 2)}**",
+            fmt(ratios[name]["total req/s"], 2),
+            ", ".join(fmt(v, 2) for v in per_round[name]),
+        ]
         for name in names[1:]
     ]
     total = ratios[best]["total req/s"]
@@ -214,29 +260,43 @@ def _report(
         "samples": {f"{n}/{r}": s.summary() for (n, r), s in totals.items()},
         "cpu_s": cpu,
     }
-    markdown = "\n\n".join([
-        f"Clients at once: image {CLIENTS['image']} (64x64, 2 steps, PNG), search "
-        f"{CLIENTS['search']} (text embedding + top-10 of {FILL} vectors), voice "
-        f"{CLIENTS['voice']} (3 s WAV reference, 8 NFE steps, MP3). {ctx.rounds} round(s) of "
-        f"{duration:g} s per server, servers in rotating order. Ratios are throughput over "
-        "the global-lock baseline's.",
-        md_table(["server", "route", "req/s", "p50 ms", "p99 ms", "req/s vs baseline",
-                  "errors"], rows),
-        md_table(["server", "image", "search", "voice", "geomean", "total req/s",
-                  "geomean per round"], summary_rows),
-        "CPU of this run's processes (client, servers, Ray) while each server was measured: "
-        "per request (all routes together), and in cores busy on average (the machine has "
-        "2; other users' load comes on top):",
-        md_table(["server", "CPU ms / request", "cores busy"], cpu_rows),
-        f"Best: **{best}**. Against the global-lock baseline: total requests/s "
-        f"**{fmt(total, 2)}x** (target ≥ {TARGET_RATIO}x: **{verdict_total}**); geometric "
-        f"mean of the per-route ratios **{fmt(ratios[best]['geomean'], 2)}x** (**{verdict}**)."
-        + (f" Faster: {', '.join(gains)}." if gains else "")
-        + (f" Slower: {', '.join(losses)}." if losses else "")
-        + " With one lock per deployment a search no longer waits behind an image or voice "
-        "call; but on two cores, which the three models and the graph's own per-request work "
-        "(proxy, Gateway, actor calls) already saturate, running models side by side adds no "
-        "capacity, and the baseline, which starves search, leaves image and voice more of "
-        "the CPU.",
-    ])
+    markdown = "\n\n".join(
+        [
+            f"Clients at once: image {CLIENTS['image']} (64x64, 2 steps, PNG), search "
+            f"{CLIENTS['search']} (text embedding + top-10 of {FILL} vectors), voice "
+            f"{CLIENTS['voice']} (3 s WAV reference, 8 NFE steps, MP3). {ctx.rounds} round(s) of "
+            f"{duration:g} s per server, servers in rotating order. Ratios are throughput over "
+            "the global-lock baseline's.",
+            md_table(
+                ["server", "route", "req/s", "p50 ms", "p99 ms", "req/s vs baseline", "errors"],
+                rows,
+            ),
+            md_table(
+                [
+                    "server",
+                    "image",
+                    "search",
+                    "voice",
+                    "geomean",
+                    "total req/s",
+                    "geomean per round",
+                ],
+                summary_rows,
+            ),
+            "CPU of this run's processes (client, servers, Ray) while each server was measured: "
+            "per request (all routes together), and in cores busy on average (the machine has "
+            "2; other users' load comes on top):",
+            md_table(["server", "CPU ms / request", "cores busy"], cpu_rows),
+            f"Best: **{best}**. Against the global-lock baseline: total requests/s "
+            f"**{fmt(total, 2)}x** (target ≥ {TARGET_RATIO}x: **{verdict_total}**); geometric "
+            f"mean of the per-route ratios **{fmt(ratios[best]['geomean'], 2)}x** (**{verdict}**)."
+            + (f" Faster: {', '.join(gains)}." if gains else "")
+            + (f" Slower: {', '.join(losses)}." if losses else "")
+            + " With one lock per deployment a search no longer waits behind an image or voice "
+            "call; but on two cores, which the three models and the graph's own per-request work "
+            "(proxy, Gateway, actor calls) already saturate, running models side by side adds no "
+            "capacity, and the baseline, which starves search, leaves image and voice more of "
+            "the CPU.",
+        ]
+    )
     return Section("2. Mixed workload", markdown, figures, seconds)

@@ -27,8 +27,7 @@ class Device:
         self.cuda = name.startswith("cuda")
         if self.cuda and not torch.cuda.is_available():
             raise RuntimeError(f"--device {name}: CUDA is not available here")
-        self.description = (torch.cuda.get_device_name(torch.device(name))
-                            if self.cuda else "CPU")
+        self.description = torch.cuda.get_device_name(torch.device(name)) if self.cuda else "CPU"
         # Set on every model: torch's thread count is process-wide, and the benchmarks run
         # before this one leave it at 1 (their tiny models run on one thread).
         self.torch_threads = os.cpu_count() or 1
@@ -45,8 +44,10 @@ class Device:
         before = self.allocated_gib()
         started = time.perf_counter()
         model = factory()
-        return model, {"load_s": time.perf_counter() - started,
-                       "weights_gib": self.allocated_gib() - before}
+        return model, {
+            "load_s": time.perf_counter() - started,
+            "weights_gib": self.allocated_gib() - before,
+        }
 
     def sync(self) -> None:
         if self.cuda:

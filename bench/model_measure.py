@@ -34,13 +34,21 @@ if TYPE_CHECKING:
     from deployments.diffusion_model import DiffusionImageModel
 
 
-def measure(paths: dict[str, Path], asr: Path, dev: Device, s: Settings,
-            compile_mode: str | None = None, f5_config: str = F5_CONFIG) -> dict[str, Any]:
+def measure(
+    paths: dict[str, Path],
+    asr: Path,
+    dev: Device,
+    s: Settings,
+    compile_mode: str | None = None,
+    f5_config: str = F5_CONFIG,
+) -> dict[str, Any]:
     """Every measurement of the section on the models at `paths` (diffusion, clip, f5tts,
     vocos: as `bench.real_models.build_real_models` returns), `asr` the Whisper directory."""
     params: dict[str, int] = {}
     figures: dict[str, Any] = {
-        "device": dev.name, "device_name": dev.description, "settings": asdict(s),
+        "device": dev.name,
+        "device_name": dev.description,
+        "settings": asdict(s),
         "compile_mode": compile_mode,
         "disk_gib": {name: _disk_gib(path) for name, path in paths.items()},
         "clip_image_size": _clip_image_size(paths["clip"]),
@@ -79,8 +87,12 @@ def _variant_error(results: dict[str, Any], variant: str, exc: BaseException) ->
     print(f"  {variant} failed: {results[variant]['error']}", flush=True)
 
 
-def _each_variant(dev: Device, dtypes: tuple[TorchDType, ...], what: str,
-                  measure: Callable[[TorchDType, str], dict[str, Any]]) -> dict[str, Any]:
+def _each_variant(
+    dev: Device,
+    dtypes: tuple[TorchDType, ...],
+    what: str,
+    measure: Callable[[TorchDType, str], dict[str, Any]],
+) -> dict[str, Any]:
     """`measure(dtype, variant)` for each dtype; a variant that fails is recorded, not raised,
     and the device is released after each."""
     results: dict[str, Any] = {}
@@ -99,19 +111,27 @@ def _each_variant(dev: Device, dtypes: tuple[TorchDType, ...], what: str,
 # --- image ----------------------------------------------------------------------------------
 
 
-def _generate(model: DiffusionImageModel, s: Settings, steps: int, seed: int
-              ) -> Callable[[], object]:
+def _generate(
+    model: DiffusionImageModel, s: Settings, steps: int, seed: int
+) -> Callable[[], object]:
     """One `generate` call at the run's size, guidance 0 (as sd-turbo is used)."""
     from core.types import ImageParams
 
-    params = ImageParams(width=s.image_size, height=s.image_size, steps=steps,
-                         guidance_scale=0.0, seed=seed)
+    params = ImageParams(
+        width=s.image_size, height=s.image_size, steps=steps, guidance_scale=0.0, seed=seed
+    )
     return lambda: model.generate(PROMPT, params)
 
 
-def _image_entry(model: DiffusionImageModel, dev: Device, s: Settings, variant: str,
-                 load_s: float, weights_gib: float, first_s: float | None = None
-                 ) -> dict[str, Any]:
+def _image_entry(
+    model: DiffusionImageModel,
+    dev: Device,
+    s: Settings,
+    variant: str,
+    load_s: float,
+    weights_gib: float,
+    first_s: float | None = None,
+) -> dict[str, Any]:
     """One image variant: the wrapper's warm-up, `generate` per step count, one UNet forward."""
     import torch
 
@@ -136,8 +156,9 @@ def _image_entry(model: DiffusionImageModel, dev: Device, s: Settings, variant: 
     entry["generate_p50_ms"] = {k: median(v) * 1000 for k, v in generate.items()}
     if len(s.image_steps) > 1:
         lo, hi = min(s.image_steps), max(s.image_steps)
-        entry["per_step_ms"] = ((entry["generate_p50_ms"][str(hi)]
-                                 - entry["generate_p50_ms"][str(lo)]) / (hi - lo))
+        entry["per_step_ms"] = (
+            entry["generate_p50_ms"][str(hi)] - entry["generate_p50_ms"][str(lo)]
+        ) / (hi - lo)
     # The UNet alone: one denoising forward at the 512x512 latent size, batch 1 (no CFG),
     # with inputs of the shapes and dtypes the pipeline gives it.
     unet = pipe.unet
@@ -145,8 +166,9 @@ def _image_entry(model: DiffusionImageModel, dev: Device, s: Settings, variant: 
     side = s.image_size // pipe.vae_scale_factor
     generator = torch.Generator(device="cpu").manual_seed(2)
     latents = torch.randn((1, 4, side, side), generator=generator).to(dev.name, dtype)
-    text = torch.randn((1, 77, unet.config.cross_attention_dim), generator=generator
-                       ).to(dev.name, dtype)
+    text = torch.randn((1, 77, unet.config.cross_attention_dim), generator=generator).to(
+        dev.name, dtype
+    )
     timestep = torch.tensor(999, device=dev.name)  # 0-d, as the pipeline's loop passes
 
     def forward() -> None:
@@ -160,13 +182,17 @@ def _image_entry(model: DiffusionImageModel, dev: Device, s: Settings, variant: 
     if "1" in entry["generate_p50_ms"]:  # text encoder, VAE decode, image conversion
         entry["one_step_minus_unet_ms"] = entry["generate_p50_ms"]["1"] - entry["unet_p50_ms"]
     entry["peak_gib"] = dev.peak_gib()
-    print(f"    {variant}: generate p50 ms {fmt_dict(entry['generate_p50_ms'])}, "
-          f"UNet {entry['unet_p50_ms']:.0f} ms", flush=True)
+    print(
+        f"    {variant}: generate p50 ms {fmt_dict(entry['generate_p50_ms'])}, "
+        f"UNet {entry['unet_p50_ms']:.0f} ms",
+        flush=True,
+    )
     return entry
 
 
-def _image(path: Path, dev: Device, s: Settings, compile_mode: str | None,
-           params: dict[str, int]) -> dict[str, Any]:
+def _image(
+    path: Path, dev: Device, s: Settings, compile_mode: str | None, params: dict[str, int]
+) -> dict[str, Any]:
     import torch
 
     from deployments.configs import ImageGeneratorConfig
@@ -180,15 +206,23 @@ def _image(path: Path, dev: Device, s: Settings, compile_mode: str | None,
             dev.release()
             before = dev.allocated_gib()
             t0 = time.perf_counter()
-            model = DiffusionImageModel(ImageGeneratorConfig(
-                model=str(path), device=dev.config_name, dtype=dtype, warm_up=False,
-                torch_threads=dev.torch_threads))
+            model = DiffusionImageModel(
+                ImageGeneratorConfig(
+                    model=str(path),
+                    device=dev.config_name,
+                    dtype=dtype,
+                    warm_up=False,
+                    torch_threads=dev.torch_threads,
+                )
+            )
             load_s = time.perf_counter() - t0
             weights = dev.allocated_gib() - before
             if "unet" not in params:
-                params.update(unet=_params(model.pipeline.unet),
-                              vae=_params(model.pipeline.vae),
-                              text_encoder=_params(model.pipeline.text_encoder))
+                params.update(
+                    unet=_params(model.pipeline.unet),
+                    vae=_params(model.pipeline.vae),
+                    text_encoder=_params(model.pipeline.text_encoder),
+                )
             results[variant] = _image_entry(model, dev, s, variant, load_s, weights)
             if dtype == "float16" and s.channels_last:
                 variant = "fp16 + channels_last"
@@ -201,8 +235,9 @@ def _image(path: Path, dev: Device, s: Settings, compile_mode: str | None,
                     pipe.unet = torch.compile(pipe.unet, mode=compile_mode)
                     # The first call compiles: timed on its own, then the usual measurement.
                     first = dev.timed(_generate(model, s, steps=1, seed=0))
-                    results[variant] = _image_entry(model, dev, s, variant, load_s, weights,
-                                                    first_s=first)
+                    results[variant] = _image_entry(
+                        model, dev, s, variant, load_s, weights, first_s=first
+                    )
         except Exception as exc:  # noqa: BLE001 - one variant failing must not lose the rest
             _variant_error(results, variant, exc)
         finally:
@@ -229,9 +264,17 @@ def _clip(path: Path, dev: Device, s: Settings, params: dict[str, int]) -> dict[
     largest = max(s.clip_batches)
 
     def measure(dtype: TorchDType, variant: str) -> dict[str, Any]:
-        model, entry = dev.load(lambda: ClipModel(ClipEmbedderConfig(
-            model=f"local-dir:{path}", device=dev.config_name, dtype=dtype, warm_up=False,
-            torch_threads=dev.torch_threads)))
+        model, entry = dev.load(
+            lambda: ClipModel(
+                ClipEmbedderConfig(
+                    model=f"local-dir:{path}",
+                    device=dev.config_name,
+                    dtype=dtype,
+                    warm_up=False,
+                    torch_threads=dev.torch_threads,
+                )
+            )
+        )
         if "clip" not in params:
             params.update(clip=_params(model.model), clip_visual=_params(model.model.visual))
         dev.reset_peak()
@@ -241,7 +284,7 @@ def _clip(path: Path, dev: Device, s: Settings, params: dict[str, int]) -> dict[
         for r in range(s.clip_rounds):
             images = random_images(largest, seed=100 + r, size=size)
             for batch in s.clip_batches:
-                chunks = [images[i:i + batch] for i in range(0, largest, batch)]
+                chunks = [images[i : i + batch] for i in range(0, largest, batch)]
                 seconds = dev.timed(_embed_all(model, chunks))
                 rates[str(batch)].append(largest / seconds)
         entry["images_per_s_rounds"] = rates
@@ -256,8 +299,14 @@ def _clip(path: Path, dev: Device, s: Settings, params: dict[str, int]) -> dict[
 # --- voice ----------------------------------------------------------------------------------
 
 
-def _voice(paths: dict[str, Path], asr: Path, dev: Device, s: Settings,
-           params: dict[str, int], f5_config: str) -> dict[str, Any]:
+def _voice(
+    paths: dict[str, Path],
+    asr: Path,
+    dev: Device,
+    s: Settings,
+    params: dict[str, int],
+    f5_config: str,
+) -> dict[str, Any]:
     import soundfile as sf
 
     from deployments.configs import VoiceClonerConfig
@@ -266,18 +315,23 @@ def _voice(paths: dict[str, Path], asr: Path, dev: Device, s: Settings,
     ref, ref_sr = sf.read(io.BytesIO(reference_wav(REF_SECONDS)), dtype="float32")
 
     def measure(dtype: TorchDType, variant: str) -> dict[str, Any]:
-        model, entry = dev.load(lambda: VoiceModel(VoiceClonerConfig(
-            model_config_name=f5_config,
-            checkpoint=str(paths["f5tts"] / "model.safetensors"),
-            vocab=str(paths["f5tts"] / "vocab.txt"),
-            vocoder=str(paths["vocos"]),
-            asr_model=str(asr),
-            device=dev.config_name, dtype=dtype, warm_up=False,
-            torch_threads=dev.torch_threads,
-        )))
+        model, entry = dev.load(
+            lambda: VoiceModel(
+                VoiceClonerConfig(
+                    model_config_name=f5_config,
+                    checkpoint=str(paths["f5tts"] / "model.safetensors"),
+                    vocab=str(paths["f5tts"] / "vocab.txt"),
+                    vocoder=str(paths["vocos"]),
+                    asr_model=str(asr),
+                    device=dev.config_name,
+                    dtype=dtype,
+                    warm_up=False,
+                    torch_threads=dev.torch_threads,
+                )
+            )
+        )
         if "f5tts_dit" not in params:
-            params.update(f5tts_dit=_params(model.model.transformer),
-                          vocos=_params(model.vocoder))
+            params.update(f5tts_dit=_params(model.model.transformer), vocos=_params(model.vocoder))
         dev.reset_peak()
         entry["wrapper_warm_up_s"] = dev.timed(model.warm_up)
         runs: dict[str, list[dict[str, float]]] = {}
@@ -285,20 +339,27 @@ def _voice(paths: dict[str, Path], asr: Path, dev: Device, s: Settings,
             runs[str(nfe)] = []
             for i in range(s.voice_repeats):
                 t0 = time.perf_counter()
-                speech = model.synthesize(ref, ref_sr, REF_TEXT, s.voice_text,
-                                          nfe_steps=nfe, seed=i)
+                speech = model.synthesize(
+                    ref, ref_sr, REF_TEXT, s.voice_text, nfe_steps=nfe, seed=i
+                )
                 seconds = time.perf_counter() - t0
-                runs[str(nfe)].append({"seconds": seconds, "audio_s": speech.duration_s,
-                                       "rtf": seconds / speech.duration_s,
-                                       "chunks": speech.chunks})
+                runs[str(nfe)].append(
+                    {
+                        "seconds": seconds,
+                        "audio_s": speech.duration_s,
+                        "rtf": seconds / speech.duration_s,
+                        "chunks": speech.chunks,
+                    }
+                )
         entry["runs"] = runs
         entry["rtf"] = {k: median(r["rtf"] for r in v) for k, v in runs.items()}
         entry["seconds"] = {k: median(r["seconds"] for r in v) for k, v in runs.items()}
         entry["audio_s"] = {k: median(r["audio_s"] for r in v) for k, v in runs.items()}
         if len(s.voice_nfe) > 1:
             lo, hi = min(s.voice_nfe), max(s.voice_nfe)
-            entry["per_nfe_step_s"] = ((entry["seconds"][str(hi)] - entry["seconds"][str(lo)])
-                                       / (hi - lo))
+            entry["per_nfe_step_s"] = (entry["seconds"][str(hi)] - entry["seconds"][str(lo)]) / (
+                hi - lo
+            )
         entry["peak_gib"] = dev.peak_gib()
         print(f"    {variant}: RTF {fmt_dict(entry['rtf'], 3)}", flush=True)
         return entry

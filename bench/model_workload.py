@@ -48,29 +48,53 @@ class Settings:
 def settings_for(cuda: bool, quick: bool) -> Settings:
     if cuda:
         return Settings(
-            image_size=512, image_steps=(1, 4), image_repeats=3 if quick else 5,
-            unet_repeats=5 if quick else 20, full_size_warm_up=True,
-            clip_rounds=3 if quick else 5, clip_batches=(1, 32),
-            voice_nfe=(32, 16), voice_repeats=2 if quick else 3, voice_text=LONG_TEXT,
-            dtypes=("float32", "float16", "bfloat16"), channels_last=True,
+            image_size=512,
+            image_steps=(1, 4),
+            image_repeats=3 if quick else 5,
+            unet_repeats=5 if quick else 20,
+            full_size_warm_up=True,
+            clip_rounds=3 if quick else 5,
+            clip_batches=(1, 32),
+            voice_nfe=(32, 16),
+            voice_repeats=2 if quick else 3,
+            voice_text=LONG_TEXT,
+            dtypes=("float32", "float16", "bfloat16"),
+            channels_last=True,
         )
-    note = ("On the CPU: fp32 only (fp16/bf16, `channels_last` and `torch.compile` need CUDA: "
-            "`python -m bench --only models --device cuda [--compile]`) and the wrapper's own "
-            f"small warm-up only; torch on all {os.cpu_count()} cores")
+    note = (
+        "On the CPU: fp32 only (fp16/bf16, `channels_last` and `torch.compile` need CUDA: "
+        "`python -m bench --only models --device cuda [--compile]`) and the wrapper's own "
+        f"small warm-up only; torch on all {os.cpu_count()} cores"
+    )
     if quick:
         return Settings(
-            image_size=512, image_steps=(1,), image_repeats=1, unet_repeats=1,
-            full_size_warm_up=False, clip_rounds=2, clip_batches=(1, 32),
-            voice_nfe=(4, 2), voice_repeats=1, voice_text=SHORT_TEXT,
-            dtypes=("float32",), channels_last=False,
+            image_size=512,
+            image_steps=(1,),
+            image_repeats=1,
+            unet_repeats=1,
+            full_size_warm_up=False,
+            clip_rounds=2,
+            clip_batches=(1, 32),
+            voice_nfe=(4, 2),
+            voice_repeats=1,
+            voice_text=SHORT_TEXT,
+            dtypes=("float32",),
+            channels_last=False,
             note=note + "; quick: 1 image step, one run of each, F5-TTS at NFE 4 and 2 with a "
-                        "short text (about 2 s of audio).",
+            "short text (about 2 s of audio).",
         )
     return Settings(
-        image_size=512, image_steps=(1, 4), image_repeats=2, unet_repeats=2,
-        full_size_warm_up=False, clip_rounds=3, clip_batches=(1, 32),
-        voice_nfe=(16, 8), voice_repeats=1, voice_text=LONG_TEXT,
-        dtypes=("float32",), channels_last=False,
-        note=note + "; F5-TTS at NFE 16 and 8, not 32 (minutes per sentence here), one run "
-                    "each.",
+        image_size=512,
+        image_steps=(1, 4),
+        image_repeats=2,
+        unet_repeats=2,
+        full_size_warm_up=False,
+        clip_rounds=3,
+        clip_batches=(1, 32),
+        voice_nfe=(16, 8),
+        voice_repeats=1,
+        voice_text=LONG_TEXT,
+        dtypes=("float32",),
+        channels_last=False,
+        note=note + "; F5-TTS at NFE 16 and 8, not 32 (minutes per sentence here), one run each.",
     )

@@ -33,8 +33,9 @@ from bench.model_workload import settings_for
 from bench.real_models import build_real_models
 
 
-def run(ctx: Context, device: str, compile_mode: str | None = None,
-        models_dir: Path | None = None) -> Section:
+def run(
+    ctx: Context, device: str, compile_mode: str | None = None, models_dir: Path | None = None
+) -> Section:
     started = time.perf_counter()
     dev = Device(device)
     s = settings_for(dev.cuda, ctx.quick)

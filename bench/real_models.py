@@ -114,16 +114,39 @@ def build_real_models(root: Path, seed: int = 0) -> dict[str, Path]:
 
     paths = {}
     steps: list[tuple[str, Callable[[], Path]]] = [
-        ("diffusion", lambda: build_tiny_diffusion_pipeline(
-            root / "sd-turbo-random", seed, sizes=SD_TURBO, dtype=WEIGHTS_DTYPE)),
-        ("clip", lambda: build_tiny_clip(
-            root / "vit-b-32-random", seed, model_cfg=clip_model_cfg(),
-            preprocess_cfg=clip_preprocess_cfg(clip_model_cfg()), dtype=WEIGHTS_DTYPE)),
-        ("f5tts", lambda: build_tiny_f5tts(
-            root / "f5tts-v1-base-random", seed, arch=f5_arch(), tokens=f5_tokens(),
-            name=f"{F5_CONFIG}_random", dtype=WEIGHTS_DTYPE)),
-        ("vocos", lambda: build_tiny_vocos(
-            root / "vocos-mel-24khz-random", seed, config=vocos_config(**VOCOS_SIZE))),
+        (
+            "diffusion",
+            lambda: build_tiny_diffusion_pipeline(
+                root / "sd-turbo-random", seed, sizes=SD_TURBO, dtype=WEIGHTS_DTYPE
+            ),
+        ),
+        (
+            "clip",
+            lambda: build_tiny_clip(
+                root / "vit-b-32-random",
+                seed,
+                model_cfg=clip_model_cfg(),
+                preprocess_cfg=clip_preprocess_cfg(clip_model_cfg()),
+                dtype=WEIGHTS_DTYPE,
+            ),
+        ),
+        (
+            "f5tts",
+            lambda: build_tiny_f5tts(
+                root / "f5tts-v1-base-random",
+                seed,
+                arch=f5_arch(),
+                tokens=f5_tokens(),
+                name=f"{F5_CONFIG}_random",
+                dtype=WEIGHTS_DTYPE,
+            ),
+        ),
+        (
+            "vocos",
+            lambda: build_tiny_vocos(
+                root / "vocos-mel-24khz-random", seed, config=vocos_config(**VOCOS_SIZE)
+            ),
+        ),
     ]
     for name, build in steps:
         t0 = time.perf_counter()

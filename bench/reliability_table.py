@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notes", action="store_true", help="add the drills' notes column")
     args = parser.parse_args(argv)
     if not args.report.is_file():
-        print(f"{args.report}: no such file (run the drills with RELIABILITY_REPORT set)",
-              file=sys.stderr)
+        print(
+            f"{args.report}: no such file (run the drills with RELIABILITY_REPORT set)",
+            file=sys.stderr,
+        )
         return 1
     rows = load(args.report)
     if not rows:

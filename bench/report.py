@@ -11,39 +11,48 @@ from bench.tables import fmt, md_table
 
 ORDER = ("serving", "mixed", "index", "embedding", "coldstart", "models")
 
+
 def _changes(sections: dict[str, Section]) -> str:
     """What we changed because of the benchmarks, with this run's figures where it has them."""
     index = (_get(sections, "index", "results") or [None])[0]
     persist = (
         f" (benchmark 3, {index['n']:,} vectors: rebuild {fmt(index['rebuild_s'], 1)} s, load "
         f"{fmt(index['load_s'], 2)} s, save {fmt(index['save_s'], 2)} s)"
-        if index and index["rebuild_s"] == index["rebuild_s"] else " (benchmark 3)"
+        if index and index["rebuild_s"] == index["rebuild_s"]
+        else " (benchmark 3)"
     )
     effect = _get(sections, "coldstart", "warm_up_effect") or {}
     faster = [m for m, e in effect.items() if e["first_ms_without"] > 1.05 * e["first_ms_with"]]
     same = [m for m in effect if m not in faster]
     warm = (
         " Benchmark 5, first request after /readyz without → with warm-up: "
-        + ", ".join(f"{m} {fmt(e['first_ms_without'], 0)} → {fmt(e['first_ms_with'], 0)} ms"
-                    for m, e in effect.items())
+        + ", ".join(
+            f"{m} {fmt(e['first_ms_without'], 0)} → {fmt(e['first_ms_with'], 0)} ms"
+            for m, e in effect.items()
+        )
         + (f" (faster for {', '.join(faster)}" if faster else " (")
         + (f"{'; ' if faster else ''}not faster for {', '.join(same)}" if same else "")
         + ")."
-        if effect else ""
+        if effect
+        else ""
     )
     model_effect = _get(sections, "coldstart", "model_warm_up_effect") or {}
-    m_faster = [m for m, e in model_effect.items()
-                if e["first_ms_without"] > 1.05 * e["first_ms_with"]]
+    m_faster = [
+        m for m, e in model_effect.items() if e["first_ms_without"] > 1.05 * e["first_ms_with"]
+    ]
     m_same = [m for m in model_effect if m not in m_faster]
     warm += (
         " At the model level (fresh process, no Ray or HTTP): "
-        + ", ".join(f"{m} {fmt(e['first_ms_without'], 1)} → {fmt(e['first_ms_with'], 1)} ms "
-                    f"(second call {fmt(e['second_ms'], 1)} ms)"
-                    for m, e in model_effect.items())
+        + ", ".join(
+            f"{m} {fmt(e['first_ms_without'], 1)} → {fmt(e['first_ms_with'], 1)} ms "
+            f"(second call {fmt(e['second_ms'], 1)} ms)"
+            for m, e in model_effect.items()
+        )
         + (f"; faster for {', '.join(m_faster)}" if m_faster else "")
         + (f"; not faster for {', '.join(m_same)}" if m_same else "")
         + "."
-        if model_effect else ""
+        if model_effect
+        else ""
     )
     ratios = _get(sections, "mixed", "ratios") or {}
     one, two = ratios.get("graph, 1 thread"), ratios.get("graph, 2 threads")
@@ -51,20 +60,27 @@ def _changes(sections: dict[str, Section]) -> str:
         f" (benchmark 2: one thread per replica {fmt(one['geomean'], 2)}x the baseline, two "
         f"threads {fmt(two['geomean'], 2)}x; image {fmt(one['image'], 2)}x vs "
         f"{fmt(two['image'], 2)}x)"
-        if one and two else " (benchmark 2)"
+        if one and two
+        else " (benchmark 2)"
     )
     queue = _get(sections, "serving", "throughput_queue_in_replica_vs_router") or {}
     inq = ratios.get("graph, 1 thread, in-replica queue")
     queued = (
         " Benchmark 1, throughput with the queue in the replica over the default: "
-        + ", ".join(f"{k.replace('@c', ' at c=')} {fmt(v, 1)}x" for k, v in queue.items()
-                    if not k.endswith("@c1"))
-        + "." if queue else ""
+        + ", ".join(
+            f"{k.replace('@c', ' at c=')} {fmt(v, 1)}x"
+            for k, v in queue.items()
+            if not k.endswith("@c1")
+        )
+        + "."
+        if queue
+        else ""
     ) + (
         f" Benchmark 2: {fmt(inq['geomean'], 2)}x the baseline with it, "
         f"{fmt(one['geomean'], 2)}x without (image {fmt(inq['image'], 2)}x vs "
         f"{fmt(one['image'], 2)}x, voice {fmt(inq['voice'], 2)}x vs {fmt(one['voice'], 2)}x)."
-        if one and inq else ""
+        if one and inq
+        else ""
     )
     fast_added = _get(sections, "serving", "serve_http_fast_path_added_ms_c1")
     http_added = _get(sections, "serving", "serve_http_added_ms_c1")
@@ -74,13 +90,15 @@ def _changes(sections: dict[str, Section]) -> str:
         f"{fast_added:+.2f} ms; throughput over the default path "
         + ", ".join(f"{k.replace('@c', ' at c=')} {fmt(v, 2)}x" for k, v in fast_tput.items())
         + "."
-        if fast_added is not None and http_added is not None else ""
+        if fast_added is not None and http_added is not None
+        else ""
     )
     exact = (
         f" (benchmark 3: exact numpy takes {fmt(index['exact_p50_ms'], 2)} ms per query at "
         f"{index['n']:,} vectors here, so 50x needs {fmt(index['exact_p50_ms'] / 50, 3)} ms; "
         "hnswlib gets there only at an ef whose recall is far below 0.99, see the ef sweep)"
-        if index else ""
+        if index
+        else ""
     )
     return f"""\
 - **Index persistence** (`deployments/vector_store/catalog.py`, `deployments/vector_index.py`):
@@ -174,18 +192,22 @@ def models_summary(sections: dict[str, Section]) -> list[list[str]]:
     base = image.get("fp32")
     if base and "error" not in base:
         gen = base["generate_p50_ms"]
-        text = (", ".join(f"{k} step{'s' if k != '1' else ''} {fmt(v, 0)} ms"
-                          for k, v in gen.items())
-                + f"; UNet forward {fmt(base['unet_p50_ms'], 0)} ms (fp32)")
+        text = (
+            ", ".join(f"{k} step{'s' if k != '1' else ''} {fmt(v, 0)} ms" for k, v in gen.items())
+            + f"; UNet forward {fmt(base['unet_p50_ms'], 0)} ms (fp32)"
+        )
         last = list(gen)[-1]
         best = _best(image, lambda e: e["generate_p50_ms"][last])
         if best and best[0] != "fp32":
             e = best[1]
-            text += (f"; {best[0]}: {last} steps {fmt(e['generate_p50_ms'][last], 0)} ms "
-                     f"({fmt(gen[last] / e['generate_p50_ms'][last], 2)}x), UNet "
-                     f"{fmt(e['unet_p50_ms'], 0)} ms")
-        rows.append([f"sd-turbo-sized 512x512 generation, random weights ({where})", "—", text,
-                     "—"])
+            text += (
+                f"; {best[0]}: {last} steps {fmt(e['generate_p50_ms'][last], 0)} ms "
+                f"({fmt(gen[last] / e['generate_p50_ms'][last], 2)}x), UNet "
+                f"{fmt(e['unet_p50_ms'], 0)} ms"
+            )
+        rows.append(
+            [f"sd-turbo-sized 512x512 generation, random weights ({where})", "—", text, "—"]
+        )
     clip = figures.get("clip") or {}
     base = clip.get("fp32")
     if base and "error" not in base:
@@ -194,8 +216,10 @@ def models_summary(sections: dict[str, Section]) -> list[list[str]]:
         last = list(rate)[-1]
         best = _best(clip, lambda e: -e["images_per_s"][last])
         if best and best[0] != "fp32":
-            text += (f"; {best[0]}: batch {last} {fmt(best[1]['images_per_s'][last], 1)} "
-                     f"({fmt(best[1]['images_per_s'][last] / rate[last], 2)}x)")
+            text += (
+                f"; {best[0]}: batch {last} {fmt(best[1]['images_per_s'][last], 1)} "
+                f"({fmt(best[1]['images_per_s'][last] / rate[last], 2)}x)"
+            )
         rows.append([f"CLIP ViT-B-32 embedding, random weights ({where})", "—", text, "—"])
     voice = figures.get("voice") or {}
     base = voice.get("fp32")
@@ -207,8 +231,15 @@ def models_summary(sections: dict[str, Section]) -> list[list[str]]:
         best = _best(voice, lambda e: e["rtf"][first])
         if best and best[0] != "fp32":
             text += f"; {best[0]}: NFE {first} {fmt(best[1]['rtf'][first], 3)}"
-        rows.append([f"F5-TTS v1 base real-time factor (synthesis s / audio s), random weights "
-                     f"({where})", "—", text, "—"])
+        rows.append(
+            [
+                f"F5-TTS v1 base real-time factor (synthesis s / audio s), random weights "
+                f"({where})",
+                "—",
+                text,
+                "—",
+            ]
+        )
     return rows
 
 
@@ -217,75 +248,122 @@ def _summary(sections: dict[str, Section]) -> str:
     added = _get(sections, "serving", "serve_http_added_ms_c1")
     if added is not None:
         handle = _get(sections, "serving", "serve_handle_added_ms_c1")
-        rows.append(["Serve added latency per request, c=1 (HTTP over a direct call)",
-                     "≤ 2.5 ms", f"HTTP {added:+.2f} ms, handle {handle:+.2f} ms",
-                     "met" if added <= 2.5 else "**not met**"])
+        rows.append(
+            [
+                "Serve added latency per request, c=1 (HTTP over a direct call)",
+                "≤ 2.5 ms",
+                f"HTTP {added:+.2f} ms, handle {handle:+.2f} ms",
+                "met" if added <= 2.5 else "**not met**",
+            ]
+        )
         fast = _get(sections, "serving", "serve_http_fast_path_added_ms_c1")
         if fast is not None:
             healthz = _get(sections, "serving", "healthz_p50_ms_c1")
             fast_healthz = _get(sections, "serving", "fast_path_healthz_p50_ms_c1")
-            rows.append(["The same on Ray Serve's fast path (`configs/fast-path.env`)",
-                         "≤ 2.5 ms",
-                         f"HTTP {fast:+.2f} ms; /healthz {fmt(fast_healthz, 2)} ms vs "
-                         f"{fmt(healthz, 2)} ms through Serve's proxy",
-                         "met" if fast <= 2.5 else "**not met**"])
+            rows.append(
+                [
+                    "The same on Ray Serve's fast path (`configs/fast-path.env`)",
+                    "≤ 2.5 ms",
+                    f"HTTP {fast:+.2f} ms; /healthz {fmt(fast_healthz, 2)} ms vs "
+                    f"{fmt(healthz, 2)} ms through Serve's proxy",
+                    "met" if fast <= 2.5 else "**not met**",
+                ]
+            )
     ratios = _get(sections, "mixed", "ratios")
     if ratios:
         best = _get(sections, "mixed", "best")
         r = ratios[best]
-        rows.append([
-            f"Mixed-workload throughput vs global-lock baseline ({best})", "≥ 1.5x",
-            f"total req/s {fmt(r['total req/s'], 2)}x; per route: image {fmt(r['image'], 2)}x, "
-            f"search {fmt(r['search'], 2)}x, voice {fmt(r['voice'], 2)}x, geomean "
-            f"{fmt(r['geomean'], 2)}x",
-            ("met" if r["total req/s"] >= 1.5 else "**not met**") + " (total), "
-            + ("met" if r["geomean"] >= 1.5 else "**not met**") + " (per-route geomean)",
-        ])
+        rows.append(
+            [
+                f"Mixed-workload throughput vs global-lock baseline ({best})",
+                "≥ 1.5x",
+                f"total req/s {fmt(r['total req/s'], 2)}x; per route: image {fmt(r['image'], 2)}x, "
+                f"search {fmt(r['search'], 2)}x, voice {fmt(r['voice'], 2)}x, geomean "
+                f"{fmt(r['geomean'], 2)}x",
+                ("met" if r["total req/s"] >= 1.5 else "**not met**")
+                + " (total), "
+                + ("met" if r["geomean"] >= 1.5 else "**not met**")
+                + " (per-route geomean)",
+            ]
+        )
         others = {name: v for name, v in ratios.items() if name not in (best, next(iter(ratios)))}
         if others:
-            rows.append(["Mixed workload, other graph settings (geomean / total req/s)", "—",
-                         "; ".join(f"{name}: {fmt(v['geomean'], 2)}x / {fmt(v['total req/s'], 2)}x"
-                                   for name, v in others.items()), "—"])
+            rows.append(
+                [
+                    "Mixed workload, other graph settings (geomean / total req/s)",
+                    "—",
+                    "; ".join(
+                        f"{name}: {fmt(v['geomean'], 2)}x / {fmt(v['total req/s'], 2)}x"
+                        for name, v in others.items()
+                    ),
+                    "—",
+                ]
+            )
     results = _get(sections, "index", "results")
     if results:
         for r in results:
             ok = [s for s in r["sweep"] if s["recall"] >= 0.99]
             best = max(ok, key=lambda s: s["speedup"]) if ok else None
-            rows.append([
-                f"Index recall@10 and speed-up vs exact, {r['n']:,} x 512 ({r['data']})",
-                "recall ≥ 0.99 at ≥ 50x (50k)",
-                f"recall {r['recall_catalog']:.4f} at default ef, "
-                f"{fmt(r['exact_p50_ms'] / r['raw_p50_ms'], 1)}x (raw), "
-                f"{fmt(r['exact_p50_ms'] / r['catalog_p50_ms'], 1)}x (catalog)"
-                + (f"; best ≥0.99: ef={best['ef']} {fmt(best['speedup'], 1)}x" if best else ""),
-                "met" if best and best["speedup"] >= 50 else "**not met**",
-            ])
+            rows.append(
+                [
+                    f"Index recall@10 and speed-up vs exact, {r['n']:,} x 512 ({r['data']})",
+                    "recall ≥ 0.99 at ≥ 50x (50k)",
+                    f"recall {r['recall_catalog']:.4f} at default ef, "
+                    f"{fmt(r['exact_p50_ms'] / r['raw_p50_ms'], 1)}x (raw), "
+                    f"{fmt(r['exact_p50_ms'] / r['catalog_p50_ms'], 1)}x (catalog)"
+                    + (f"; best ≥0.99: ef={best['ef']} {fmt(best['speedup'], 1)}x" if best else ""),
+                    "met" if best and best["speedup"] >= 50 else "**not met**",
+                ]
+            )
             if r["rebuild_s"] == r["rebuild_s"]:
-                rows.append([f"Index start-up, {r['n']:,} vectors: load vs rebuild", "—",
-                             f"{fmt(r['load_s'], 2)} s vs {fmt(r['rebuild_s'], 1)} s "
-                             f"({fmt(r['rebuild_s'] / r['load_s'], 0)}x)", "—"])
+                rows.append(
+                    [
+                        f"Index start-up, {r['n']:,} vectors: load vs rebuild",
+                        "—",
+                        f"{fmt(r['load_s'], 2)} s vs {fmt(r['rebuild_s'], 1)} s "
+                        f"({fmt(r['rebuild_s'] / r['load_s'], 0)}x)",
+                        "—",
+                    ]
+                )
     ratio = _get(sections, "embedding", "batch_vs_single_ratio")
     if ratio is not None:
-        rows.append(["Batch embedding (32 files) vs 32 single uploads", "≥ 3x",
-                     f"{fmt(ratio, 2)}x", "met" if ratio >= 3 else "**not met**"])
+        rows.append(
+            [
+                "Batch embedding (32 files) vs 32 single uploads",
+                "≥ 3x",
+                f"{fmt(ratio, 2)}x",
+                "met" if ratio >= 3 else "**not met**",
+            ]
+        )
     ready = _get(sections, "coldstart", "ready_s")
     if ready:
-        text = ", ".join(f"{k.split('/')[0]} {fmt(v, 1)} s" for k, v in ready.items()
-                         if k.endswith("/warm"))
-        rows.append(["Cold start: process start to /readyz 200 (offline profile, warm-up on)",
-                     "—", text, "—"])
+        text = ", ".join(
+            f"{k.split('/')[0]} {fmt(v, 1)} s" for k, v in ready.items() if k.endswith("/warm")
+        )
+        rows.append(
+            [
+                "Cold start: process start to /readyz 200 (offline profile, warm-up on)",
+                "—",
+                text,
+                "—",
+            ]
+        )
     model_effect = _get(sections, "coldstart", "model_warm_up_effect")
     if model_effect:
-        text = ", ".join(f"{m} {fmt(e['first_ms_without'], 1)} → {fmt(e['first_ms_with'], 1)} ms"
-                         for m, e in model_effect.items())
-        rows.append(["First model call in a fresh process, without → with warm-up", "faster",
-                     text, "—"])
+        text = ", ".join(
+            f"{m} {fmt(e['first_ms_without'], 1)} → {fmt(e['first_ms_with'], 1)} ms"
+            for m, e in model_effect.items()
+        )
+        rows.append(
+            ["First model call in a fresh process, without → with warm-up", "faster", text, "—"]
+        )
     effect = _get(sections, "coldstart", "warm_up_effect")
     if effect:
-        text = ", ".join(f"{m} {fmt(e['first_ms_without'], 0)} → {fmt(e['first_ms_with'], 0)} ms"
-                         for m, e in effect.items())
-        rows.append(["First request after ready, without → with warm-up", "faster", text,
-                     "—"])
+        text = ", ".join(
+            f"{m} {fmt(e['first_ms_without'], 0)} → {fmt(e['first_ms_with'], 0)} ms"
+            for m, e in effect.items()
+        )
+        rows.append(["First request after ready, without → with warm-up", "faster", text, "—"])
     rows += models_summary(sections)
     if not rows:
         return "(no benchmark ran)"
@@ -310,27 +388,45 @@ def render(
         "interleaved round by round, and is reported as a ratio or a difference against that "
         "baseline.",
         "## This run",
-        md_table(["", ""], [
-            ["command", f"`{command}`"],
-            ["date", started_at.strftime("%Y-%m-%d %H:%M UTC")],
-            ["revision", revision],
-            ["machine", f"{machine.get('cpus')} CPU cores ({machine.get('cpu_model')}), "
-                        f"{machine.get('memory_gib')} GiB, GPU: {gpu}"],
-            ["software", f"Python {machine.get('python')}, torch {machine.get('torch')}, "
-                         f"Ray {machine.get('ray')}"],
-            ["load average (1/5/15 min) at start / end",
-             f"{machine.get('load_average')} / {machine.get('load_average_end')}"],
-            ["rounds per comparison", str(args.rounds)],
-            ["index sizes", ", ".join(f"{n:,}" for n in args.index_sizes)
-             + f" ({', '.join(args.index_data)} data)"],
-            ["benchmarks", ", ".join(sections) or "none"],
-            ["took", f"{total_s / 60:.1f} min"],
-        ]),
+        md_table(
+            ["", ""],
+            [
+                ["command", f"`{command}`"],
+                ["date", started_at.strftime("%Y-%m-%d %H:%M UTC")],
+                ["revision", revision],
+                [
+                    "machine",
+                    f"{machine.get('cpus')} CPU cores ({machine.get('cpu_model')}), "
+                    f"{machine.get('memory_gib')} GiB, GPU: {gpu}",
+                ],
+                [
+                    "software",
+                    f"Python {machine.get('python')}, torch {machine.get('torch')}, "
+                    f"Ray {machine.get('ray')}",
+                ],
+                [
+                    "load average (1/5/15 min) at start / end",
+                    f"{machine.get('load_average')} / {machine.get('load_average_end')}",
+                ],
+                ["rounds per comparison", str(args.rounds)],
+                [
+                    "index sizes",
+                    ", ".join(f"{n:,}" for n in args.index_sizes)
+                    + f" ({', '.join(args.index_data)} data)",
+                ],
+                ["benchmarks", ", ".join(sections) or "none"],
+                ["took", f"{total_s / 60:.1f} min"],
+            ],
+        ),
         "The machine is shared: other engineers' test runs load its two cores at the same "
         "time (see the load average), which inflates absolute latencies and their spread. "
         "That is why every comparison is interleaved and reported relative to its baseline. "
-        + ("**This task had no GPU machine: absolute numbers here are not production "
-           "figures; they count only from a GPU run.**" if gpu == "none" else ""),
+        + (
+            "**This task had no GPU machine: absolute numbers here are not production "
+            "figures; they count only from a GPU run.**"
+            if gpu == "none"
+            else ""
+        ),
         "## Summary",
         _summary(sections),
         "## What we changed because of it",
@@ -341,8 +437,11 @@ def render(
     for name in ORDER:
         if name in sections:
             section = sections[name]
-            parts += [f"## {section.title}", section.markdown,
-                      f"_This benchmark took {section.seconds:.0f} s._"]
+            parts += [
+                f"## {section.title}",
+                section.markdown,
+                f"_This benchmark took {section.seconds:.0f} s._",
+            ]
     for name, trace in failures.items():
         parts += [f"## {name}: failed", "```", trace.strip()[-3000:], "```"]
     return "\n\n".join(p.strip("\n") for p in parts if p) + "\n"

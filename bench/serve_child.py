@@ -37,12 +37,19 @@ def main() -> None:
 
     from serve_app.app import build_app
 
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
-             object_store_memory=256 * 1024**2, configure_logging=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        object_store_memory=256 * 1024**2,
+        configure_logging=False,
+        log_to_driver=False,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        app = build_app({"env_files": ["configs/offline.env"],
-                         "settings": json.loads(args.settings)})
+        app = build_app(
+            {"env_files": ["configs/offline.env"], "settings": json.loads(args.settings)}
+        )
         serve.run(app, name="ai", route_prefix="/", blocking=False)
         stop.wait()
     finally:

@@ -19,8 +19,9 @@ from bench.env import REPO, child_environment
 from bench.machine import free_port
 
 
-def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None,
-                 poll_s: float = 0.2) -> float:
+def wait_http_ok(
+    url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None, poll_s: float = 0.2
+) -> float:
     """Poll `url` until it answers 200; return the perf_counter time it did."""
     import httpx
 
@@ -41,13 +42,18 @@ def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen[bytes] | 
 
 
 @contextmanager
-def subprocess_server(args: list[str], log_path: Path, env: Mapping[str, str] | None = None
-                      ) -> Iterator[subprocess.Popen[bytes]]:
+def subprocess_server(
+    args: list[str], log_path: Path, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run `python <args>` from the repository root; SIGTERM (then SIGKILL) it at the end."""
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, *args], cwd=REPO, env=child_environment(env), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, *args],
+            cwd=REPO,
+            env=child_environment(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         yield process
@@ -99,8 +105,9 @@ class LocalServe:
         self.started = True
         return self
 
-    def deploy(self, name: str, route_prefix: str, settings: dict[str, Any],
-               timeout_s: float = 600) -> str:
+    def deploy(
+        self, name: str, route_prefix: str, settings: dict[str, Any], timeout_s: float = 600
+    ) -> str:
         """Deploy our application with `settings` (no env files) and wait for /readyz 200."""
         from ray import serve
 

@@ -47,8 +47,17 @@ IN_REPLICA = {"MODEL_MAX_ONGOING_REQUESTS": 64}
 NO_MODEL = "Serve HTTP /healthz, no model"
 FAST = "Serve HTTP, Ray fast path"
 FAST_NO_MODEL = "Serve HTTP /healthz, Ray fast path"
-PATHS = ("direct", "bare FastAPI", "Serve HTTP", "Serve handle", f"Serve HTTP, {QUEUED}",
-         f"Serve handle, {QUEUED}", NO_MODEL, FAST, FAST_NO_MODEL)
+PATHS = (
+    "direct",
+    "bare FastAPI",
+    "Serve HTTP",
+    "Serve handle",
+    f"Serve HTTP, {QUEUED}",
+    f"Serve handle, {QUEUED}",
+    NO_MODEL,
+    FAST,
+    FAST_NO_MODEL,
+)
 TARGET_MS = 2.5
 
 
@@ -59,30 +68,47 @@ def run(ctx: Context) -> Section:
     started = time.perf_counter()
     duration = 1.0 if ctx.quick else 2.0
     model = ClipModel(
-        ClipEmbedderConfig(model=f"local-dir:{ctx.models / 'clip'}", device="cpu",
-                           torch_threads=1)
+        ClipEmbedderConfig(model=f"local-dir:{ctx.models / 'clip'}", device="cpu", torch_threads=1)
     )
     model.warm_up()
     port, fast_port = free_port(), free_port()
-    bare_args = ["-m", "bench.baseline_server", "--mode", "embed", "--models", str(ctx.models),
-                 "--port", str(port), "--threads", "1"]
-    fast_settings = offline_settings(ctx.models, ctx.subdir("serving_fast"),
-                                     IMAGE_SEARCH_ENABLED=True)
-    fast_args = ["-m", "bench.serve_child", "--port", str(fast_port),
-                 "--settings", json.dumps(fast_settings)]
+    bare_args = [
+        "-m",
+        "bench.baseline_server",
+        "--mode",
+        "embed",
+        "--models",
+        str(ctx.models),
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+    ]
+    fast_settings = offline_settings(
+        ctx.models, ctx.subdir("serving_fast"), IMAGE_SEARCH_ENABLED=True
+    )
+    fast_args = [
+        "-m",
+        "bench.serve_child",
+        "--port",
+        str(fast_port),
+        "--settings",
+        json.dumps(fast_settings),
+    ]
     with (
         subprocess_server(bare_args, ctx.log_dir / "bare_fastapi.log") as process,
-        subprocess_server(fast_args, ctx.log_dir / "serve_fast_path.log",
-                          env=fast_path_env(ctx.subdir("haproxy"))) as fast_process,
+        subprocess_server(
+            fast_args, ctx.log_dir / "serve_fast_path.log", env=fast_path_env(ctx.subdir("haproxy"))
+        ) as fast_process,
     ):
         wait_http_ok(f"http://127.0.0.1:{port}/readyz", 600, process)
         fast_url = f"http://127.0.0.1:{fast_port}"
         wait_http_ok(f"{fast_url}/readyz", 600, fast_process)
         serve_urls = {
             app: ctx.serve.deploy(
-                app, f"/{app}",
-                offline_settings(ctx.models, ctx.subdir(app), IMAGE_SEARCH_ENABLED=True,
-                                 **extra),
+                app,
+                f"/{app}",
+                offline_settings(ctx.models, ctx.subdir(app), IMAGE_SEARCH_ENABLED=True, **extra),
             )
             for app, extra in (("serving", {}), ("servingq", IN_REPLICA))
         }
@@ -102,8 +128,10 @@ async def _measure(
 ) -> tuple[dict[tuple[str, int], Sample], list[dict[tuple[str, int], Sample]]]:
     from ray import serve
 
-    handles = {app: serve.get_deployment_handle("ClipEmbedder", app_name=app)
-               for app in ("serving", "servingq")}
+    handles = {
+        app: serve.get_deployment_handle("ClipEmbedder", app_name=app)
+        for app in ("serving", "servingq")
+    }
     body = {"model": "clip", "input": TEXT}
     async with http_session() as session:
 
@@ -134,12 +162,16 @@ async def _measure(
         async def run_path(path: str, concurrency: int, seconds: float) -> Sample:
             if path == "direct":
                 return threaded_closed_loop(direct, concurrency, seconds)
-            call = {"bare FastAPI": bare, "Serve HTTP": serve_http("serving"),
-                    "Serve handle": serve_handle("serving"),
-                    f"Serve HTTP, {QUEUED}": serve_http("servingq"),
-                    f"Serve handle, {QUEUED}": serve_handle("servingq"),
-                    NO_MODEL: healthz("serving"), FAST: serve_http("fast"),
-                    FAST_NO_MODEL: healthz("fast")}[path]
+            call = {
+                "bare FastAPI": bare,
+                "Serve HTTP": serve_http("serving"),
+                "Serve handle": serve_handle("serving"),
+                f"Serve HTTP, {QUEUED}": serve_http("servingq"),
+                f"Serve handle, {QUEUED}": serve_handle("servingq"),
+                NO_MODEL: healthz("serving"),
+                FAST: serve_http("fast"),
+                FAST_NO_MODEL: healthz("fast"),
+            }[path]
             return await closed_loop(call, concurrency, seconds)
 
         def healthz(app: str) -> Any:
@@ -159,7 +191,7 @@ async def _measure(
         for r in range(ctx.rounds):
             this_round: dict[tuple[str, int], Sample] = {}
             for concurrency in CONCURRENCY:
-                order = PATHS[r % len(PATHS):] + PATHS[: r % len(PATHS)]  # rotate the order
+                order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]  # rotate the order
                 for path in order:
                     sample = await run_path(path, concurrency, duration)
                     this_round[(path, concurrency)] = sample
@@ -185,19 +217,22 @@ def _report(
         direct = totals[("direct", concurrency)]
         for path in PATHS:
             sample = totals[(path, concurrency)]
-            rows.append([
-                concurrency, path, fmt(sample.p50_ms, 2), fmt(sample.p99_ms, 2),
-                fmt(sample.throughput, 0),
-                "—" if path == "direct" else f"{added(path, concurrency):+.2f}",
-                fmt(sample.throughput / direct.throughput, 2) if direct.throughput else "n/a",
-                sample.errors,
-            ])
+            rows.append(
+                [
+                    concurrency,
+                    path,
+                    fmt(sample.p50_ms, 2),
+                    fmt(sample.p99_ms, 2),
+                    fmt(sample.throughput, 0),
+                    "—" if path == "direct" else f"{added(path, concurrency):+.2f}",
+                    fmt(sample.throughput / direct.throughput, 2) if direct.throughput else "n/a",
+                    sample.errors,
+                ]
+            )
     http_added = added("Serve HTTP", 1)
     handle_added = added("Serve handle", 1)
     bare_added = added("bare FastAPI", 1)
-    over_bare = median(
-        r[("Serve HTTP", 1)].p50_ms - r[("bare FastAPI", 1)].p50_ms for r in rounds
-    )
+    over_bare = median(r[("Serve HTTP", 1)].p50_ms - r[("bare FastAPI", 1)].p50_ms for r in rounds)
     healthz_p50 = median(r[(NO_MODEL, 1)].p50_ms for r in rounds)
     fast_added = added(FAST, 1)
     fast_healthz_p50 = median(r[(FAST_NO_MODEL, 1)].p50_ms for r in rounds)
@@ -213,7 +248,8 @@ def _report(
         "throughput_queue_in_replica_vs_router": {
             f"{kind}@c{c}": totals[(f"Serve {kind}, {QUEUED}", c)].throughput
             / max(totals[(f"Serve {kind}", c)].throughput, 1e-9)
-            for kind in ("HTTP", "handle") for c in CONCURRENCY
+            for kind in ("HTTP", "handle")
+            for c in CONCURRENCY
         },
         "serve_http_added_ms_c1": http_added,
         "serve_handle_added_ms_c1": handle_added,
@@ -223,36 +259,49 @@ def _report(
     }
     verdict = "met" if http_added <= TARGET_MS else "not met"
     fast_verdict = "met" if fast_added <= TARGET_MS else "not met"
-    markdown = "\n\n".join([
-        f"Model: tiny CLIP text embedding of {TEXT!r} (one torch thread everywhere). "
-        f"{ctx.rounds} round(s) of {duration:g} s per path and concurrency, paths in rotating "
-        "order. *Added p50* is the median over rounds of (p50 of the path − p50 of the "
-        "direct call in the same round).",
-        md_table(
-            ["concurrency", "path", "p50 ms", "p99 ms", "req/s", "added p50 ms",
-             "req/s vs direct", "errors"],
-            rows,
-        ),
-        f"Serve added latency at concurrency 1: **HTTP {http_added:+.2f} ms**, handle "
-        f"{handle_added:+.2f} ms over a direct call (bare FastAPI + uvicorn: "
-        f"{bare_added:+.2f} ms; Serve HTTP over bare FastAPI: {over_bare:+.2f} ms). "
-        f"Target: HTTP ≤ {TARGET_MS} ms over direct — **{verdict}** on this machine. "
-        f"Where it goes: `GET /healthz` through the proxy and the Gateway alone, no model and "
-        f"no body, takes {healthz_p50:.2f} ms (p50); one handle call to the model replica "
-        f"adds {handle_added:+.2f} ms; the rest is the POST body, which the Gateway replica "
-        "fetches from the proxy with one more actor call (Ray Serve's design), and the route.",
-        f"On Ray Serve's fast path (`configs/fast-path.env`: HAProxy in front, the Gateway "
-        f"replica serving HTTP itself, gRPC between replicas): **HTTP {fast_added:+.2f} ms** "
-        f"over direct at concurrency 1 — **{fast_verdict}**; `GET /healthz` "
-        f"{fast_healthz_p50:.2f} ms (p50) against {healthz_p50:.2f} ms through Serve's proxy; "
-        "throughput over the default path: "
-        + ", ".join(f"{k} {fmt(v, 2)}x"
-                    for k, v in figures["fast_path_throughput_vs_default"].items())
-        + ".",
-        "Requests waiting in the model replica (`MODEL_MAX_ONGOING_REQUESTS=64`) over "
-        "waiting in Serve's router (the default, 1), throughput: "
-        + ", ".join(f"{k} {fmt(v, 2)}x"
-                    for k, v in figures["throughput_queue_in_replica_vs_router"].items())
-        + ".",
-    ])
+    markdown = "\n\n".join(
+        [
+            f"Model: tiny CLIP text embedding of {TEXT!r} (one torch thread everywhere). "
+            f"{ctx.rounds} round(s) of {duration:g} s per path and concurrency, paths in rotating "
+            "order. *Added p50* is the median over rounds of (p50 of the path − p50 of the "
+            "direct call in the same round).",
+            md_table(
+                [
+                    "concurrency",
+                    "path",
+                    "p50 ms",
+                    "p99 ms",
+                    "req/s",
+                    "added p50 ms",
+                    "req/s vs direct",
+                    "errors",
+                ],
+                rows,
+            ),
+            f"Serve added latency at concurrency 1: **HTTP {http_added:+.2f} ms**, handle "
+            f"{handle_added:+.2f} ms over a direct call (bare FastAPI + uvicorn: "
+            f"{bare_added:+.2f} ms; Serve HTTP over bare FastAPI: {over_bare:+.2f} ms). "
+            f"Target: HTTP ≤ {TARGET_MS} ms over direct — **{verdict}** on this machine. "
+            f"Where it goes: `GET /healthz` through the proxy and the Gateway alone, no model and "
+            f"no body, takes {healthz_p50:.2f} ms (p50); one handle call to the model replica "
+            f"adds {handle_added:+.2f} ms; the rest is the POST body, which the Gateway replica "
+            "fetches from the proxy with one more actor call (Ray Serve's design), and the route.",
+            f"On Ray Serve's fast path (`configs/fast-path.env`: HAProxy in front, the Gateway "
+            f"replica serving HTTP itself, gRPC between replicas): **HTTP {fast_added:+.2f} ms** "
+            f"over direct at concurrency 1 — **{fast_verdict}**; `GET /healthz` "
+            f"{fast_healthz_p50:.2f} ms (p50) against {healthz_p50:.2f} ms through Serve's proxy; "
+            "throughput over the default path: "
+            + ", ".join(
+                f"{k} {fmt(v, 2)}x" for k, v in figures["fast_path_throughput_vs_default"].items()
+            )
+            + ".",
+            "Requests waiting in the model replica (`MODEL_MAX_ONGOING_REQUESTS=64`) over "
+            "waiting in Serve's router (the default, 1), throughput: "
+            + ", ".join(
+                f"{k} {fmt(v, 2)}x"
+                for k, v in figures["throughput_queue_in_replica_vs_router"].items()
+            )
+            + ".",
+        ]
+    )
     return Section("1. Serving overhead", markdown, figures, seconds)

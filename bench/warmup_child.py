@@ -43,8 +43,17 @@ def main() -> None:
         t0 = time.perf_counter()
         queue.call(call)
         times.append((time.perf_counter() - t0) * 1000)
-    print(json.dumps({"model": args.model, "warm_up": args.warm_up, "warm_up_ms": warm_ms,
-                      "first_ms": times[0], "second_ms": times[1]}))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "warm_up": args.warm_up,
+                "warm_up_ms": warm_ms,
+                "first_ms": times[0],
+                "second_ms": times[1],
+            }
+        )
+    )
     queue.shutdown()
 
 
@@ -57,9 +66,15 @@ def _image(models: Path) -> Calls:
     from deployments.configs import ImageGeneratorConfig
     from deployments.diffusion_model import DiffusionImageModel
 
-    model = DiffusionImageModel(ImageGeneratorConfig(
-        model=str(models / "diffusion"), device="cpu", torch_threads=1,
-        warm_up_width=128, warm_up_height=128))
+    model = DiffusionImageModel(
+        ImageGeneratorConfig(
+            model=str(models / "diffusion"),
+            device="cpu",
+            torch_threads=1,
+            warm_up_width=128,
+            warm_up_height=128,
+        )
+    )
     params = ImageParams(width=128, height=128, steps=2, seed=1)
 
     def call() -> object:
@@ -73,8 +88,9 @@ def _clip(models: Path) -> Calls:
     from deployments.clip_model import ClipModel
     from deployments.configs import ClipEmbedderConfig
 
-    model = ClipModel(ClipEmbedderConfig(model=f"local-dir:{models / 'clip'}",
-                                         device="cpu", torch_threads=1))
+    model = ClipModel(
+        ClipEmbedderConfig(model=f"local-dir:{models / 'clip'}", device="cpu", torch_threads=1)
+    )
     images = iter(random_images(2, seed=5))
 
     def call() -> object:
@@ -92,16 +108,23 @@ def _voice(models: Path) -> Calls:
     from deployments.configs import VoiceClonerConfig
     from deployments.voice_model import VoiceModel
 
-    model = VoiceModel(VoiceClonerConfig(
-        model_config_name=str(models / "f5tts" / "model.yaml"),
-        checkpoint=str(models / "f5tts" / "model.safetensors"),
-        vocab=str(models / "f5tts" / "vocab.txt"), vocoder=str(models / "vocos"),
-        asr_model=str(models / "whisper"), device="cpu", torch_threads=1))
+    model = VoiceModel(
+        VoiceClonerConfig(
+            model_config_name=str(models / "f5tts" / "model.yaml"),
+            checkpoint=str(models / "f5tts" / "model.safetensors"),
+            vocab=str(models / "f5tts" / "vocab.txt"),
+            vocoder=str(models / "vocos"),
+            asr_model=str(models / "whisper"),
+            device="cpu",
+            torch_threads=1,
+        )
+    )
     samples, sr = sf.read(io.BytesIO(reference_wav()), dtype="float32")
 
     def call() -> object:
-        return model.synthesize(samples, sr, "Hello there, how are you?",
-                                "Nice to meet you.", nfe_steps=8, seed=1)
+        return model.synthesize(
+            samples, sr, "Hello there, how are you?", "Nice to meet you.", nfe_steps=8, seed=1
+        )
 
     return model.warm_up, call
 

@@ -67,9 +67,7 @@ def image_key_problem(
     if not isinstance(content_type, str) or content_type not in accepted:
         return f"content type {_shown(content_type)} is not an accepted image type"
     try:
-        expected = image_object_key(
-            prefix, project_id, image_id, IMAGE_CONTENT_TYPES[content_type]
-        )
+        expected = image_object_key(prefix, project_id, image_id, IMAGE_CONTENT_TYPES[content_type])
     except InvalidKey:
         return f"no valid key for image {image_id!r} of project {project_id!r}"
     if object_key != expected:

@@ -82,10 +82,15 @@ def audio_seconds_produced() -> Counter:
 def reason_category(reason: str | None) -> str:
     """A bounded label for a fallback reason ("openai HTTP 500" -> "openai_http")."""
     text = (reason or "unknown").lower()
-    for needle, label in (("no openai_api_key", "no_key"), ("timeout", "timeout"),
-                          ("deadline", "timeout"), ("http", "openai_http"),
-                          ("connection", "connection"), ("empty", "empty_answer"),
-                          ("unavailable", "optimizer_unavailable")):
+    for needle, label in (
+        ("no openai_api_key", "no_key"),
+        ("timeout", "timeout"),
+        ("deadline", "timeout"),
+        ("http", "openai_http"),
+        ("connection", "connection"),
+        ("empty", "empty_answer"),
+        ("unavailable", "optimizer_unavailable"),
+    ):
         if needle in text:
             return label
     return "other"

@@ -10,7 +10,7 @@ FALLBACK_TITLE_MAX_CHARS = 120
 FALLBACK_DESCRIPTION_MAX_CHARS = 360  # with the title and the template: < PROMPT_MAX_CHARS
 
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb\u300c\u300d\u300e\u300f"
-_DOUBLE_QUOTES = re.compile("[\"\u201c\u201d\u00ab\u00bb\u300c\u300d\u300e\u300f]")
+_DOUBLE_QUOTES = re.compile('["\u201c\u201d\u00ab\u00bb\u300c\u300d\u300e\u300f]')
 _LABEL = re.compile(
     r"^\s*(?:\*\*)?(?:image\s+|english\s+)?prompt\s*(?:\*\*)?\s*[:\-\u2013]\s*(?:\*\*)?\s*", re.I
 )

@@ -87,7 +87,9 @@ class VoiceParams(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    nfe_steps: int = Field(default=defaults.VOICE_NFE_STEPS, ge=1, le=128, description="Flow-matching steps")
+    nfe_steps: int = Field(
+        default=defaults.VOICE_NFE_STEPS, ge=1, le=128, description="Flow-matching steps"
+    )
     cfg_strength: float = Field(default=defaults.VOICE_CFG_STRENGTH, ge=0.0, le=10.0)
     speed: float = Field(default=1.0, ge=0.3, le=3.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)

@@ -39,7 +39,9 @@ class ImageGeneratorConfig(_Config):
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
     gpu_memory_fraction: float | None = Field(
-        default=None, gt=0, le=1,
+        default=None,
+        gt=0,
+        le=1,
         description="Cap on the share of the GPU's memory this replica may use (the card is "
         "shared); None: no cap",
     )
@@ -73,13 +75,19 @@ class ClipEmbedderConfig(_Config):
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
     gpu_memory_fraction: float | None = Field(
-        default=None, gt=0, le=1,
+        default=None,
+        gt=0,
+        le=1,
         description="Cap on the share of the GPU's memory this replica may use (the card is "
         "shared); None: no cap",
     )
-    max_batch_size: int = Field(default=defaults.CLIP_MAX_BATCH_SIZE, ge=1, description="items per forward pass")
+    max_batch_size: int = Field(
+        default=defaults.CLIP_MAX_BATCH_SIZE, ge=1, description="items per forward pass"
+    )
     max_image_pixels: int = Field(
-        default=defaults.IMAGE_SEARCH_MAX_PIXELS, ge=1, description="reject images with more pixels (decompression bombs)"
+        default=defaults.IMAGE_SEARCH_MAX_PIXELS,
+        ge=1,
+        description="reject images with more pixels (decompression bombs)",
     )
     warm_up: bool = Field(
         default=True,
@@ -177,7 +185,9 @@ class VoiceClonerConfig(_Config):
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
     gpu_memory_fraction: float | None = Field(
-        default=None, gt=0, le=1,
+        default=None,
+        gt=0,
+        le=1,
         description="Cap on the share of the GPU's memory this replica may use (the card is "
         "shared); None: no cap",
     )

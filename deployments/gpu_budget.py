@@ -26,7 +26,9 @@ def apply_memory_budget(device: torch.device, fraction: float | None) -> None:
 
 
 @contextmanager
-def loading_within_budget(what: str, device: torch.device, fraction: float | None) -> Iterator[None]:
+def loading_within_budget(
+    what: str, device: torch.device, fraction: float | None
+) -> Iterator[None]:
     """Turn running out of GPU memory while loading `what` into `ModelDoesNotFit` with a
     message that says what the share was and which settings give it more."""
     try:

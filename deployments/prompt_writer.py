@@ -43,6 +43,7 @@ Write ONE concise English prompt for a single striking poster-like image of that
 
 Answer with the prompt only: no preamble, no label, no explanation, no quotes."""
 
+
 class PromptWriter:
     """Writes image prompts with an OpenAI-compatible chat model, falling back to a template."""
 

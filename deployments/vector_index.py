@@ -243,14 +243,20 @@ class VectorIndex:
         finished = 0
         for record in self._catalog.pending_deletes(older_than_s=self.delete_grace_s):
             problem = image_key_problem(
-                self._config.search_prefix, record.project_id, record.id, record.object_key,
-                record.content_type, self._config.image_content_types,
+                self._config.search_prefix,
+                record.project_id,
+                record.id,
+                record.object_key,
+                record.content_type,
+                self._config.image_content_types,
             )
             if problem is not None:
                 # Never delete by a key that is not the image's own: drop the row, keep the object.
                 logger.error(
                     "not deleting the object of image %s of project %s: %s",
-                    record.id, record.project_id, problem,
+                    record.id,
+                    record.project_id,
+                    problem,
                 )
                 self._catalog.finish_delete(record.project_id, record.id)
                 continue
@@ -260,7 +266,9 @@ class VectorIndex:
             except ApiError as exc:
                 logger.warning(
                     "could not finish deleting image %s of project %s: %s",
-                    record.id, record.project_id, exc.message,
+                    record.id,
+                    record.project_id,
+                    exc.message,
                 )
                 continue
             finished += 1

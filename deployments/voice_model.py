@@ -80,9 +80,7 @@ class VoiceModel:
         self._utils = utils_infer
 
         model_cls, arch, self.model_config_path = _load_model_config(config.model_config_name)
-        self.checkpoint_path, self.checkpoint_source = resolve_file(
-            config.checkpoint, "checkpoint"
-        )
+        self.checkpoint_path, self.checkpoint_source = resolve_file(config.checkpoint, "checkpoint")
         if config.vocab is None:  # the vocabulary f5-tts's own load_model defaults to
             self.vocab_path = str(files("f5_tts").joinpath("infer/examples/vocab.txt"))
             self.vocab_source = "package"

@@ -58,30 +58,38 @@ def main() -> None:
     again = generator.generate.remote(prompt.prompt, params).result().to_png()
     out = Path(tempfile.gettempdir()) / "handles-example.png"
     out.write_bytes(png)
-    print(f"image: {image.width}x{image.height} seed={image.seed} -> {out} "
-          f"(same seed, same PNG: {again == png})")
+    print(
+        f"image: {image.width}x{image.height} seed={image.seed} -> {out} "
+        f"(same seed, same PNG: {again == png})"
+    )
 
     # CLIP embeddings + the vector index (after one upload over HTTP).
     clip = serve.get_deployment_handle(CLIP_EMBEDDER, app_name=APP_NAME)
     index = serve.get_deployment_handle(VECTOR_INDEX, app_name=APP_NAME)
     texts = clip.embed_text.remote(["a red fox", "고양이"]).result()  # float32 (n, dim)
     print(f"text embeddings: {texts.shape}, norms {np.linalg.norm(texts, axis=1).round(3)}")
-    upload = requests.post(f"{SERVER}/v1/projects/{PROJECT}/images",
-                           files={"file": ("poster.png", png)}, timeout=60)
+    upload = requests.post(
+        f"{SERVER}/v1/projects/{PROJECT}/images", files={"file": ("poster.png", png)}, timeout=60
+    )
     upload.raise_for_status()
     vector = clip.embed_images.remote([png]).result()[0]
     hits = index.search.remote(PROJECT, vector, 3).result()  # list[SearchHit], best first
     top = hits[0]
-    print(f"search: top hit {top.record.id} score {top.score:.3f} "
-          f"(the uploaded image: {top.record.id == upload.json()['id']})")
+    print(
+        f"search: top hit {top.record.id} score {top.score:.3f} "
+        f"(the uploaded image: {top.record.id == upload.json()['id']})"
+    )
 
     # Voice cloning: a synthetic 2 s "voice" as the reference, float32 mono at 24 kHz.
     voice = serve.get_deployment_handle(VOICE_CLONER, app_name=APP_NAME)
     sr = 24_000
     t = np.arange(2 * sr) / sr
-    reference = (0.2 * np.sin(2 * np.pi * 140 * t) + 0.1 * np.sin(2 * np.pi * 280 * t))
+    reference = 0.2 * np.sin(2 * np.pi * 140 * t) + 0.1 * np.sin(2 * np.pi * 280 * t)
     speech = voice.synthesize.remote(
-        reference.astype(np.float32), sr, "hello there", "nice to meet you",
+        reference.astype(np.float32),
+        sr,
+        "hello there",
+        "nice to meet you",
         VoiceParams(nfe_steps=8, seed=1),
     ).result()  # SynthesizedSpeech
     print(f"speech: {speech.sample_rate} Hz, {speech.duration_s:.2f} s, seed {speech.seed}")

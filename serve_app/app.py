@@ -67,20 +67,26 @@ def build_graph(settings: Settings) -> Application:
             deploy_configs.prompt_optimizer_config(settings)
         )
         handles["image_generator"] = bind_model(
-            ImageGenerator, settings, plans["image"],
+            ImageGenerator,
+            settings,
+            plans["image"],
             ModelResources(settings.image_num_cpus, settings.image_max_queued_requests),
             lambda device, threads, memory: deploy_configs.image_generator_config(
-                settings, device, threads, memory),
+                settings, device, threads, memory
+            ),
         )
     if settings.image_search_enabled:
         from deployments.clip_embedder import ClipEmbedder
         from deployments.vector_index import VectorIndex
 
         handles["clip_embedder"] = bind_model(
-            ClipEmbedder, settings, plans["image_search"],
+            ClipEmbedder,
+            settings,
+            plans["image_search"],
             ModelResources(settings.clip_num_cpus, settings.clip_max_queued_requests),
             lambda device, threads, memory: deploy_configs.clip_embedder_config(
-                settings, device, threads, memory),
+                settings, device, threads, memory
+            ),
         )
         handles["vector_index"] = on_head_node(VectorIndex, settings).bind(
             deploy_configs.vector_index_config(settings)
@@ -89,10 +95,13 @@ def build_graph(settings: Settings) -> Application:
         from deployments.voice_cloner import VoiceCloner
 
         handles["voice_cloner"] = bind_model(
-            VoiceCloner, settings, plans["voice"],
+            VoiceCloner,
+            settings,
+            plans["voice"],
             ModelResources(settings.voice_num_cpus, settings.voice_max_queued_requests),
             lambda device, threads, memory: deploy_configs.voice_cloner_config(
-                settings, device, threads, memory),
+                settings, device, threads, memory
+            ),
         )
     placement: dict[str, str] = {module: describe(plan) for module, plan in plans.items()}
     return on_head_node(Gateway, settings).bind(
@@ -138,6 +147,6 @@ def bind_model(
         max_ongoing_requests=model_max_ongoing(settings, resources.max_queued_requests),
         max_queued_requests=resources.max_queued_requests,
         ray_actor_options=model_actor_options(settings, resources.num_cpus, plan.num_gpus),
-    ).bind(make_config(
-        plan.device, torch_threads(settings, resources.num_cpus), plan.memory_fraction
-    ))
+    ).bind(
+        make_config(plan.device, torch_threads(settings, resources.num_cpus), plan.memory_fraction)
+    )

@@ -51,9 +51,7 @@ def voice_limits(settings: Settings) -> VoiceLimits:
     )
 
 
-def gateway_config(
-    settings: Settings, placement: dict[str, str] | None = None
-) -> GatewayConfig:
+def gateway_config(settings: Settings, placement: dict[str, str] | None = None) -> GatewayConfig:
     """The ingress's config: enabled modules, storage, prefixes, request defaults."""
     return GatewayConfig(
         enabled={
@@ -92,9 +90,12 @@ def gateway_config(
         # ImageGenerator: one replica, one running request and IMAGE_MAX_QUEUED_REQUESTS
         # waiting (in the replica by default, see model_max_ongoing, else in Serve's queue)
         image_max_in_flight=(
-            max(model_max_ongoing(settings, settings.image_max_queued_requests),
-                settings.image_max_queued_requests + 1)
-            if settings.image_max_queued_requests >= 0 else None
+            max(
+                model_max_ongoing(settings, settings.image_max_queued_requests),
+                settings.image_max_queued_requests + 1,
+            )
+            if settings.image_max_queued_requests >= 0
+            else None
         ),
         api_keys=settings.api_key_scopes(),
         auth_disabled=settings.auth_disabled,

@@ -98,13 +98,15 @@ def plan_gpus(settings: Settings, node_gpus: Sequence[float] | None) -> dict[Gpu
     if sum(node_gpus) == 0:
         if settings.cpu_fallback:
             for module in wanting:
-                plans[module] = GpuPlan(0.0, "cpu", None, "CPU: the cluster has no GPU "
-                                        "(CPU_FALLBACK=1)")
+                plans[module] = GpuPlan(
+                    0.0, "cpu", None, "CPU: the cluster has no GPU (CPU_FALLBACK=1)"
+                )
             return plans
         for module, gpus in wanting.items():
             share = 1.0 if gpus == "auto" else float(gpus)
-            plans[module] = GpuPlan(share, devices[module], _cap(share),
-                                    "waiting for a GPU node (CPU_FALLBACK=0)")
+            plans[module] = GpuPlan(
+                share, devices[module], _cap(share), "waiting for a GPU node (CPU_FALLBACK=0)"
+            )
         return plans
     cards = _Cards(node_gpus)
     explicit = {m: float(g) for m, g in wanting.items() if g != "auto"}
@@ -116,8 +118,10 @@ def plan_gpus(settings: Settings, node_gpus: Sequence[float] | None) -> dict[Gpu
     for module, share, mates in cards.share(auto):
         if share <= 0:
             raise SettingsError(_cannot_fit(explicit, node_gpus, module, auto=auto))
-        reason = "a GPU of its own" if not mates else (
-            f"{share:.0%} of a GPU shared with {', '.join(mates)} (by memory need)"
+        reason = (
+            "a GPU of its own"
+            if not mates
+            else (f"{share:.0%} of a GPU shared with {', '.join(mates)} (by memory need)")
         )
         plans[module] = GpuPlan(share, devices[module], _cap(share), f"auto: {reason}")
     return plans
@@ -141,8 +145,7 @@ def read_node_gpus(resource: str | None) -> list[float] | None:
 def log_plans(plans: dict[GpuModule, GpuPlan]) -> None:
     """One line per GPU model saying where it runs and why."""
     for module, plan in plans.items():
-        logger.info("placement of %s: %s on %s (%s)", module, _gpus(plan), plan.device,
-                    plan.reason)
+        logger.info("placement of %s: %s on %s (%s)", module, _gpus(plan), plan.device, plan.reason)
 
 
 def describe(plan: GpuPlan) -> str:
@@ -176,9 +179,7 @@ class _Cards:
         self.nodes[node_index][card_index] = round(capacity - gpus, 6)
         return True
 
-    def share(
-        self, modules: list[GpuModule]
-    ) -> list[tuple[GpuModule, float, list[GpuModule]]]:
+    def share(self, modules: list[GpuModule]) -> list[tuple[GpuModule, float, list[GpuModule]]]:
         """Put each module on a card: alone while free cards last, else grouped so the
         cards' loads (memory need over free capacity) even out; each gets its card's free
         capacity in proportion to its need. Share 0 means no card had room."""
@@ -209,7 +210,9 @@ class _Cards:
 
 
 def _cannot_fit(
-    explicit: dict[GpuModule, float], node_gpus: Sequence[float], module: GpuModule,
+    explicit: dict[GpuModule, float],
+    node_gpus: Sequence[float],
+    module: GpuModule,
     auto: list[GpuModule] | None = None,
 ) -> str:
     asked = ", ".join(f"{VARIABLE[m]}={g:g}" for m, g in explicit.items())

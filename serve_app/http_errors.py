@@ -56,11 +56,16 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         if error.get("type") == "json_invalid":
             malformed_json = True
         field = ".".join(part for part in location if part not in ("body", "query", "path"))
-        fields.append({"field": field or location[-1] if location else "body",
-                       "message": error.get("msg", "invalid")})
+        fields.append(
+            {
+                "field": field or location[-1] if location else "body",
+                "message": error.get("msg", "invalid"),
+            }
+        )
     if malformed_json:
-        return error_response(400, "malformed_json", "the request body is not valid JSON",
-                              fields=fields)
+        return error_response(
+            400, "malformed_json", "the request body is not valid JSON", fields=fields
+        )
     names = ", ".join(sorted({entry["field"] for entry in fields}))
     return error_response(422, "invalid_request", f"invalid request: {names}", fields=fields)
 

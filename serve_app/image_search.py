@@ -76,7 +76,8 @@ async def upload_images(
     for position, image in enumerate(images):
         existing = await await_deployment(
             index.find_duplicate.remote(project_id, image.sha256),
-            what="the image index", timeout_s=timeout_s,
+            what="the image index",
+            timeout_s=timeout_s,
         )
         if existing is not None:
             known[position] = existing.model_copy(update={"duplicate": True})
@@ -90,7 +91,8 @@ async def upload_images(
     if fresh:
         vectors: np.ndarray = await await_deployment(
             services.clip_embedder.embed_images.remote([images[i].data for i in fresh]),
-            what="image embedding", timeout_s=timeout_s,
+            what="image embedding",
+            timeout_s=timeout_s,
             watch=services.board.watch(IMAGE_SEARCH),
         )
         new_images = [
@@ -125,7 +127,8 @@ async def search_by_vector(
 ) -> list[SearchHit]:
     return await await_deployment(
         services.vector_index.search.remote(project_id, vector, limit),
-        what="the image index", timeout_s=services.config.request_timeout_s,
+        what="the image index",
+        timeout_s=services.config.request_timeout_s,
     )
 
 
@@ -138,7 +141,8 @@ async def require_project(services: Services, project_id: str) -> None:
     await services.board.require_ready(IMAGE_CATALOG)
     exists = await await_deployment(
         services.vector_index.project_exists.remote(project_id),
-        what="the image index", timeout_s=services.config.request_timeout_s,
+        what="the image index",
+        timeout_s=services.config.request_timeout_s,
     )
     if not exists:
         raise NotFound(f"project '{project_id}' does not exist", project_id=project_id)
@@ -149,7 +153,8 @@ async def get_image(services: Services, project_id: str, image_id: str) -> Image
     await require_project(services, project_id)
     record = await await_deployment(
         services.vector_index.get.remote(project_id, image_id),
-        what="the image index", timeout_s=services.config.request_timeout_s,
+        what="the image index",
+        timeout_s=services.config.request_timeout_s,
     )
     if record is None:
         raise NotFound(f"image '{image_id}' not found in project '{project_id}'", id=image_id)
@@ -170,11 +175,16 @@ async def delete_image(services: Services, project_id: str, image_id: str) -> Im
     if problem is None:
         await asyncio.to_thread(services.store.delete, record.object_key)
     else:  # never delete by a key that is not the image's own: drop the row, keep the object
-        logger.error("not deleting the object of image %s of project %s: %s",
-                     record.id, record.project_id, problem)
+        logger.error(
+            "not deleting the object of image %s of project %s: %s",
+            record.id,
+            record.project_id,
+            problem,
+        )
     await await_deployment(
         index.finish_delete.remote(project_id, image_id),
-        what="the image index", timeout_s=timeout_s,
+        what="the image index",
+        timeout_s=timeout_s,
     )
     return record
 
@@ -184,8 +194,11 @@ def own_key_problem(services: Services, record: ImageRecord) -> str | None:
     stores (`{IMAGE_SEARCH_REMOTE_PREFIX}{project}/{id}.{ext}`, an accepted image type); else
     why not. Checked before a key is served or deleted: a row is data, not an authority."""
     return image_key_problem(
-        services.config.image_search_remote_prefix, record.project_id, record.id,
-        record.object_key, record.content_type,
+        services.config.image_search_remote_prefix,
+        record.project_id,
+        record.id,
+        record.object_key,
+        record.content_type,
     )
 
 
@@ -245,13 +258,17 @@ async def _undo_stored(
         for image in new:
             record = await await_deployment(
                 services.vector_index.get.remote(image.project_id, image.id),
-                what="the image index", timeout_s=services.config.request_timeout_s,
+                what="the image index",
+                timeout_s=services.config.request_timeout_s,
             )
             if record is not None and record.object_key == image.object_key:
                 indexed.add(image.object_key)
     except ApiError as check:
-        logger.error("indexing failed and the index cannot tell what it holds (%s); keeping "
-                     "the objects %s", check.message, list(stored))
+        logger.error(
+            "indexing failed and the index cannot tell what it holds (%s); keeping the objects %s",
+            check.message,
+            list(stored),
+        )
         return
     await _delete_objects(services, [key for key in stored if key not in indexed])
 

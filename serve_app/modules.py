@@ -68,7 +68,10 @@ def module_state(
             failures.append(f"{name}: {status.lower()}: {_first_line(message)}")
     if failures:
         return ComponentStatus(
-            state="failed", enabled_by=spec.enabled_by, reason="; ".join(failures), deployments=shown
+            state="failed",
+            enabled_by=spec.enabled_by,
+            reason="; ".join(failures),
+            deployments=shown,
         )
     if loading:
         return ComponentStatus(

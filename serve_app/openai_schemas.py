@@ -246,7 +246,9 @@ class SpeechRequest(_OpenAIBody):
 
     input: str = Field(min_length=1, max_length=100_000, description="Text to speak")
     voice: str = Field(
-        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$",
         description="A saved voice id",
     )
     model: str | None = Field(default=None, max_length=256, description="Accepted and ignored")

@@ -32,5 +32,6 @@ class RequestMetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             http_requests().inc(
-                1, tags={"route": template, "method": scope.get("method", ""), "status": str(status)}
+                1,
+                tags={"route": template, "method": scope.get("method", ""), "status": str(status)},
             )

@@ -240,4 +240,6 @@ class SavedVoice(BaseModel):
     bytes: int
     duration_s: float | None = None
     transcript: str | None = Field(default=None, description="Stored beside it, if any")
-    created: bool | None = Field(default=None, description="PUT: true when new, false when replaced")
+    created: bool | None = Field(
+        default=None, description="PUT: true when new, false when replaced"
+    )

@@ -49,7 +49,8 @@ class GatewayConfig(BaseModel):
     body_bytes_in_flight: int = Field(default=512 * 1024 * 1024, ge=1)
     audio_decode_workers: int = Field(default=2, ge=1)
     image_max_in_flight: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Generations one gateway replica lets in at once (the ImageGenerator's "
         "running + queued); the excess is refused before the prompt step. None: no limit",
     )
@@ -57,7 +58,8 @@ class GatewayConfig(BaseModel):
         default_factory=dict, description="Where each GPU model runs and why (serve_app.gpu_plan)"
     )
     api_keys: tuple[ApiKey, ...] = Field(
-        default=(), repr=False,
+        default=(),
+        repr=False,
         description="The API keys as SHA-256 digests with their scopes (serve_app/api_keys.py); "
         "empty: no auth, allowed on a loopback bind or with AUTH_DISABLED=1",
     )
@@ -94,7 +96,6 @@ class Services:
     clip_embedder: Any = None
     vector_index: Any = None
     voice_cloner: Any = None
-
 
     @cached_property
     def audio_decoder(self) -> AudioDecoder:

@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     r2_enabled: bool = False
     image_search_db_path: Path = Path("app/image_search.db")
     image_search_db_backup_enabled: bool = True
-    image_search_db_backup_interval_seconds: int = Field(default=defaults.DB_BACKUP_INTERVAL_S, ge=10)
+    image_search_db_backup_interval_seconds: int = Field(
+        default=defaults.DB_BACKUP_INTERVAL_S, ge=10
+    )
 
     # --- seed 6.2: external services ------------------------------------------------------
     openai_api_key: SecretStr | None = None
@@ -79,7 +81,9 @@ class Settings(BaseSettings):
     r2_bucket_name: str | None = None
     r2_endpoint_url: str | None = None  # any S3-compatible server; derived from the account id
     r2_region: str = defaults.R2_REGION
-    r2_presign_expires_seconds: int = Field(default=defaults.PRESIGN_EXPIRES_S, ge=1, le=7 * 24 * 3600)
+    r2_presign_expires_seconds: int = Field(
+        default=defaults.PRESIGN_EXPIRES_S, ge=1, le=7 * 24 * 3600
+    )
     r2_timeout_seconds: float = Field(default=defaults.STORAGE_TIMEOUT_S, gt=0, le=300)
 
     # --- seed 6.3: paths and limits -------------------------------------------------------
@@ -194,9 +198,18 @@ class Settings(BaseSettings):
     # land on the nodes that declare it (`ray start --resources '{"gpu_node": 1}'`).
     model_node_resource: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
-    @field_validator("clip_pretrained", "openai_base_url", "r2_endpoint_url", "r2_account_id",
-                     "storage_public_base_url", "api_keys", "api_keys_file", "voice_vocab",
-                     "model_node_resource", mode="before")
+    @field_validator(
+        "clip_pretrained",
+        "openai_base_url",
+        "r2_endpoint_url",
+        "r2_account_id",
+        "storage_public_base_url",
+        "api_keys",
+        "api_keys_file",
+        "voice_vocab",
+        "model_node_resource",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -310,7 +323,9 @@ def load_settings(
             location = [str(part) for part in error["loc"]]
             name = location[0].upper() if location else "settings"
             value = error.get("input")
-            shown = "" if location == [] or isinstance(value, dict) else f"={_redact(name, value)!r}"
+            shown = (
+                "" if location == [] or isinstance(value, dict) else f"={_redact(name, value)!r}"
+            )
             problems.append(f"{name}{shown}: {error['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 

@@ -70,7 +70,9 @@ class MultipartBody:
             raise InvalidInput(f"'{field}' must be a file", fields=[{"field": field}])
         files = self.files.get(field, [])
         if not files:
-            raise InvalidInput(f"the multipart body has no '{field}' file", fields=[{"field": field}])
+            raise InvalidInput(
+                f"the multipart body has no '{field}' file", fields=[{"field": field}]
+            )
         return files
 
 

@@ -232,8 +232,6 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-
-
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)

@@ -181,7 +181,8 @@ class BackupManager:
         if future:
             log.warning(
                 "%d database snapshot(s) dated in the future are ignored: %s",
-                len(future), ", ".join(future[:5]),
+                len(future),
+                ", ".join(future[:5]),
             )
         stale = [key for key in keys if key not in future][self.keep :]
         for key in stale:
@@ -290,5 +291,3 @@ def _set_aside_stale_journals(db_path: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-
-

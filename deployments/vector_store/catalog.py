@@ -238,9 +238,7 @@ class VectorCatalog:
                     return False
                 generation = state.generation
                 with self._engine.connect() as conn:
-                    rows, live, max_label = conn.execute(
-                        q.COUNTS, {"project_id": project_id}
-                    ).one()
+                    rows, live, max_label = conn.execute(q.COUNTS, {"project_id": project_id}).one()
                 state.save(tmp)
             digest, size = self._files.install(tmp, project_id)
         saved = SavedIndex(

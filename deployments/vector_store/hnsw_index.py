@@ -113,9 +113,7 @@ class ProjectIndex:
         return state
 
     @classmethod
-    def load(
-        cls, params: HnswParams, path: Path, live: int, max_label: int | None
-    ) -> ProjectIndex:
+    def load(cls, params: HnswParams, path: Path, live: int, max_label: int | None) -> ProjectIndex:
         """Read a saved index file; raises when it cannot hold the `live` rows it should.
 
         Labels once used (deleted ones included) stay taken: the next label is past both the

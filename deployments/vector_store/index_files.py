@@ -106,9 +106,7 @@ class IndexFiles:
         `install` moved it into place."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(project_id)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=self.directory, prefix=path.name + ".", suffix=".tmp"
-        )
+        fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=path.name + ".", suffix=".tmp")
         os.close(fd)
         tmp = Path(tmp_name)
         try:

@@ -132,9 +132,7 @@ BY_LABELS = select(*RECORD_COLUMNS).where(
     _LIVE, IMAGE.c.label.in_(bindparam("labels", expanding=True))
 )
 COUNT_LIVE = select(func.count()).select_from(IMAGE).where(_LIVE)
-PAGE_FIRST = (
-    select(*RECORD_COLUMNS).where(_LIVE).order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
-)
+PAGE_FIRST = select(*RECORD_COLUMNS).where(_LIVE).order_by(*_NEWEST_FIRST).limit(bindparam("limit"))
 PAGE_AFTER = (
     select(*RECORD_COLUMNS)
     .where(

@@ -43,8 +43,19 @@ _SCAN = (
 )
 # Every column of `image` (models.ImageRow), copied whole into the quarantine table.
 _COLUMNS = (
-    "id", "project_id", "object_key", "filename", "content_type", "size_bytes", "width",
-    "height", "sha256", "created_at", "label", "vector", "deleting",
+    "id",
+    "project_id",
+    "object_key",
+    "filename",
+    "content_type",
+    "size_bytes",
+    "width",
+    "height",
+    "sha256",
+    "created_at",
+    "label",
+    "vector",
+    "deleting",
 )
 _CREATE_QUARANTINE = f"""
 CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} (
@@ -67,8 +78,12 @@ class RowRules:
     def problem(self, row: sqlite3.Row) -> str | None:
         """None when the row (the columns `_SCAN` selects) may be used; else why not."""
         reason = image_key_problem(
-            self.search_prefix, row["project_id"], row["id"], row["object_key"],
-            row["content_type"], self.content_types,
+            self.search_prefix,
+            row["project_id"],
+            row["id"],
+            row["object_key"],
+            row["content_type"],
+            self.content_types,
         )
         if reason is not None:
             return reason
@@ -127,7 +142,10 @@ def quarantine_untrusted_rows(db_path: Path, rules: RowRules) -> QuarantineRepor
     if report.quarantined:
         log.error(
             "quarantined %d of %d catalog rows of %s (moved to %s), e.g. %s",
-            report.quarantined, report.checked, db_path, QUARANTINE_TABLE,
+            report.quarantined,
+            report.checked,
+            db_path,
+            QUARANTINE_TABLE,
             "; ".join(f"{i} of {p}: {r}" for i, p, _k, r in report.examples),
         )
     if report.dropped_triggers:

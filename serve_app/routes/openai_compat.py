@@ -188,8 +188,10 @@ async def create_embeddings(
 @router.post(
     "/audio/speech",
     response_class=Response,
-    responses={200: {"content": {"audio/mpeg": {}}, "description": "The speech"},
-               404: {"description": "No saved voice with that id"}},
+    responses={
+        200: {"content": {"audio/mpeg": {}}, "description": "The speech"},
+        404: {"description": "No saved voice with that id"},
+    },
     dependencies=[module_access("voice"), model_work],
 )
 async def create_speech(body: SpeechRequest, request: Request, services: ServicesDep) -> Response:
@@ -207,5 +209,8 @@ async def create_speech(body: SpeechRequest, request: Request, services: Service
         params=voice_params(services, body.speed, body.seed, body.nfe_steps),
         user_id=body.voice,
     )
-    return Response(content=spoken.data, media_type=spoken.content_type,
-                    headers={"X-Seed": str(spoken.speech.seed)})
+    return Response(
+        content=spoken.data,
+        media_type=spoken.content_type,
+        headers={"X-Seed": str(spoken.speech.seed)},
+    )

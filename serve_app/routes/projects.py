@@ -94,8 +94,10 @@ async def _checked_uploads(
     "",
     status_code=201,
     response_model=ImageOut,
-    responses={200: {"model": ImageOut, "description": "Already stored: the existing record"},
-               **UPLOAD_RESPONSES},
+    responses={
+        200: {"model": ImageOut, "description": "Already stored: the existing record"},
+        **UPLOAD_RESPONSES,
+    },
     openapi_extra=_multipart_body("file", many=False),
     dependencies=[write_access, model_work],
 )
@@ -219,8 +221,12 @@ async def get_image_file(
     problem = own_key_problem(services, record)
     media_type = media_type_for_key(record.object_key)
     if problem is not None or media_type is None:  # not its own key: never served
-        logger.error("refusing to serve image %s of project %s: %s",
-                     image_id, project_id, problem or "no image type for its key")
+        logger.error(
+            "refusing to serve image %s of project %s: %s",
+            image_id,
+            project_id,
+            problem or "no image type for its key",
+        )
         raise ObjectNotFound("the image's file is not available", id=image_id)
     store = services.store
     if store.kind != "local":

@@ -48,11 +48,23 @@ def _transcript_key(services: Services, voice_id: str) -> str:
     "/{voice_id}",
     response_model=SavedVoice,
     responses={201: {"model": SavedVoice, "description": "Created"}, **RESPONSES},
-    openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
-        "schema": {"type": "object", "required": ["audio"], "properties": {
-            "audio": {"type": "string", "format": "binary"},
-            "transcript": {"type": "string"},
-        }}}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["audio"],
+                        "properties": {
+                            "audio": {"type": "string", "format": "binary"},
+                            "transcript": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        }
+    },
     dependencies=[write_access],
 )
 async def put_voice(voice_id: VoiceId, request: Request, services: ServicesDep) -> JSONResponse:
@@ -60,17 +72,24 @@ async def put_voice(voice_id: VoiceId, request: Request, services: ServicesDep) 
     await services.board.require_ready(VOICE)
     config = services.config
     body = await read_multipart(
-        request, max_file_bytes=config.voice_max_ref_bytes, max_files=1, what="audio",
+        request,
+        max_file_bytes=config.voice_max_ref_bytes,
+        max_files=1,
+        what="audio",
         limit_setting="VOICE_MAX_REF_BYTES",
     )
     (upload,) = body.files_named("audio")
     transcript = (body.fields.get("transcript") or "").strip()
     if len(transcript) > MAX_TRANSCRIPT_CHARS:
-        raise InvalidInput(f"transcript is over {MAX_TRANSCRIPT_CHARS} characters",
-                           fields=[{"field": "transcript", "message": "too long"}])
+        raise InvalidInput(
+            f"transcript is over {MAX_TRANSCRIPT_CHARS} characters",
+            fields=[{"field": "transcript", "message": "too long"}],
+        )
     decoded = await services.audio_decoder.decode(
-        upload.data, target_sr=MODEL_SAMPLE_RATE,
-        max_seconds=config.voice_max_ref_seconds, max_bytes=config.voice_max_ref_bytes,
+        upload.data,
+        target_sr=MODEL_SAMPLE_RATE,
+        max_seconds=config.voice_max_ref_seconds,
+        max_bytes=config.voice_max_ref_bytes,
     )
     audio = upload.data
     if decoded.source_format != "mp3":  # the stored reference is MP3 by convention
@@ -88,9 +107,14 @@ async def put_voice(voice_id: VoiceId, request: Request, services: ServicesDep) 
     else:
         await asyncio.to_thread(services.store.delete, transcript_key)
     await asyncio.to_thread(services.store.put, key, audio, "audio/mpeg")
-    saved = SavedVoice(voice_id=voice_id, key=key, bytes=len(audio),
-                       duration_s=round(decoded.duration_s, 3),
-                       transcript=transcript or None, created=not existed)
+    saved = SavedVoice(
+        voice_id=voice_id,
+        key=key,
+        bytes=len(audio),
+        duration_s=round(decoded.duration_s, 3),
+        transcript=transcript or None,
+        created=not existed,
+    )
     return JSONResponse(saved.model_dump(mode="json"), status_code=200 if existed else 201)
 
 

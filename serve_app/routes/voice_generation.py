@@ -57,24 +57,30 @@ class VoiceFormFields(_Strict):
 @router.post(
     "/v1/voice/generate",
     response_class=Response,
-    responses={200: {"content": {"audio/mpeg": {}}, "description": "The speech"},
-               **VOICE_RESPONSES},
+    responses={
+        200: {"content": {"audio/mpeg": {}}, "description": "The speech"},
+        **VOICE_RESPONSES,
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"multipart/form-data": {"schema": {
-                "type": "object",
-                "required": ["ref_audio", "text"],
-                "properties": {
-                    "ref_audio": {"type": "string", "format": "binary"},
-                    "ref_text": {"type": "string"},
-                    "text": {"type": "string"},
-                    "format": {"type": "string", "enum": ["mp3", "wav", "flac", "ogg"]},
-                    "speed": {"type": "number"},
-                    "seed": {"type": "integer"},
-                    "nfe_steps": {"type": "integer"},
-                },
-            }}},
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["ref_audio", "text"],
+                        "properties": {
+                            "ref_audio": {"type": "string", "format": "binary"},
+                            "ref_text": {"type": "string"},
+                            "text": {"type": "string"},
+                            "format": {"type": "string", "enum": ["mp3", "wav", "flac", "ogg"]},
+                            "speed": {"type": "number"},
+                            "seed": {"type": "integer"},
+                            "nfe_steps": {"type": "integer"},
+                        },
+                    }
+                }
+            },
         }
     },
 )

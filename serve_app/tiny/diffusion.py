@@ -35,36 +35,42 @@ class PipelineSizes:
     tokenizer's vocabulary and may be set larger (the ids it does not use stay unused).
     """
 
-    unet: dict[str, Any] = field(default_factory=lambda: {
-        "sample_size": 32,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": (32, 64),
-        "layers_per_block": 1,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-        "cross_attention_dim": 32,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    })
-    vae: dict[str, Any] = field(default_factory=lambda: {
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        "block_out_channels": (32, 64),
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "sample_size": 64,
-    })
-    text_encoder: dict[str, Any] = field(default_factory=lambda: {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 77,
-        "projection_dim": 32,
-    })
+    unet: dict[str, Any] = field(
+        default_factory=lambda: {
+            "sample_size": 32,
+            "in_channels": 4,
+            "out_channels": 4,
+            "block_out_channels": (32, 64),
+            "layers_per_block": 1,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 32,
+            "attention_head_dim": 8,
+            "norm_num_groups": 32,
+        }
+    )
+    vae: dict[str, Any] = field(
+        default_factory=lambda: {
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            "block_out_channels": (32, 64),
+            "latent_channels": 4,
+            "norm_num_groups": 32,
+            "sample_size": 64,
+        }
+    )
+    text_encoder: dict[str, Any] = field(
+        default_factory=lambda: {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "projection_dim": 32,
+        }
+    )
 
 
 TINY_SIZES = PipelineSizes()

@@ -205,8 +205,6 @@ def _write_vocos(target: Path, seed: int, config: dict[str, Any] | None = None) 
     torch.save(vocoder.state_dict(), target / VOCOS_WEIGHTS_FILE)
 
 
-
-
 def _whisper_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     """Byte-level vocabulary (256 symbols + a few whole-word merges, no `</w>`)."""
     byte_map = bytes_to_unicode()
@@ -327,8 +325,7 @@ def build_tiny_f5tts(
     return build_atomic(out_dir, F5_CHECKPOINT_FILE, "tiny F5-TTS", writer, seed)
 
 
-def build_tiny_vocos(out_dir: Path, seed: int = 0, *, config: dict[str, Any] | None = None
-                     ) -> Path:
+def build_tiny_vocos(out_dir: Path, seed: int = 0, *, config: dict[str, Any] | None = None) -> Path:
     """Create the tiny Vocos vocoder (config.yaml, pytorch_model.bin) in `out_dir`; `config`
     (see `vocos_config`) gives another size."""
     writer = partial(_write_vocos, config=config)

@@ -158,7 +158,10 @@ def test_readyz_reports_ready_with_s3(offline_server: str) -> None:
     assert body["modules"]["image_search"]["state"] == "ready"
     assert body["modules"]["voice"]["state"] == "ready"
     assert body["storage"] == {
-        "state": "ready", "enabled_by": "R2_ENABLED", "reason": None, "backend": "s3",
+        "state": "ready",
+        "enabled_by": "R2_ENABLED",
+        "reason": None,
+        "backend": "s3",
         "deployments": {},
     }
 
@@ -192,9 +195,17 @@ def test_haproxy_fronts_the_fast_path_only(offline_server: str, serve_mode: str)
 def test_seed_curl_writes_a_png(offline_server: str, tmp_path: Path) -> None:
     out = tmp_path / "out.png"
     subprocess.run(
-        ["curl", "-sf", f"{offline_server}/v1/images/generate",
-         "-H", "Content-Type: application/json",
-         "-d", '{"title": "햄릿", "description": "복수와 광기의 비극"}', "--output", str(out)],
+        [
+            "curl",
+            "-sf",
+            f"{offline_server}/v1/images/generate",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"title": "햄릿", "description": "복수와 광기의 비극"}',
+            "--output",
+            str(out),
+        ],
         check=True,
         timeout=120,
     )
@@ -263,8 +274,17 @@ def test_seed_search_curls(offline_server: str, s3: RestartableS3, tmp_path: Pat
 
     listing = json.loads(curl(base))
     assert [item["id"] for item in listing["items"]] == [uploaded["id"]]
-    found = json.loads(curl("-X", "POST", f"{base}/search", "-H", "Content-Type: application/json",
-                            "-d", '{"query": "고양이", "limit": 5}'))
+    found = json.loads(
+        curl(
+            "-X",
+            "POST",
+            f"{base}/search",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"query": "고양이", "limit": 5}',
+        )
+    )
     assert [hit["id"] for hit in found["results"]] == [uploaded["id"]]
 
     down = tmp_path / "down.jpg"
@@ -284,15 +304,33 @@ def test_seed_voice_curls(offline_server: str, s3: RestartableS3, tmp_path: Path
     ref = tmp_path / "ref.mp3"
     ref.write_bytes(reference_audio())
     out = tmp_path / "voice.mp3"
-    curl("-F", f"ref_audio=@{ref}", "-F", "ref_text=안녕", "-F", "text=반가워",
-         f"{offline_server}/v1/voice/generate", "--output", str(out))
+    curl(
+        "-F",
+        f"ref_audio=@{ref}",
+        "-F",
+        "ref_text=안녕",
+        "-F",
+        "text=반가워",
+        f"{offline_server}/v1/voice/generate",
+        "--output",
+        str(out),
+    )
     info = sf.info(str(out))
     assert info.format == "MP3" and info.samplerate == 24_000 and info.duration > 0
 
-    r2_style_client(s3.endpoint).put_object(Bucket=BUCKET, Key="AI/VOICE/user1.mp3",
-                                            Body=ref.read_bytes())
-    body = json.loads(curl("-X", "POST", f"{offline_server}/v1/r2/voice/generate",
-                           "-H", "Content-Type: application/json",
-                           "-d", '{"user_id": "user1", "text": "반가워"}'))
+    r2_style_client(s3.endpoint).put_object(
+        Bucket=BUCKET, Key="AI/VOICE/user1.mp3", Body=ref.read_bytes()
+    )
+    body = json.loads(
+        curl(
+            "-X",
+            "POST",
+            f"{offline_server}/v1/r2/voice/generate",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            '{"user_id": "user1", "text": "반가워"}',
+        )
+    )
     head = r2_style_client(s3.endpoint).head_object(Bucket=BUCKET, Key=body["key"])
     assert head["ContentLength"] == body["bytes"] and body["duration_s"] > 0

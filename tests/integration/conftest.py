@@ -171,8 +171,10 @@ class SearchApp:
         return r2_style_client(self.s3.endpoint)
 
     def object_keys(self, prefix: str = "AI/SEARCH/") -> set[str]:
-        pages = self.s3_client().get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=prefix
+        pages = (
+            self.s3_client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
         )
         return {item["Key"] for page in pages for item in page.get("Contents", ())}
 

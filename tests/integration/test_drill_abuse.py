@@ -287,9 +287,7 @@ def wait_for_calls(apps: tuple[str, ...], request_ids: list[str]) -> tuple[dict,
 # --- the requests -------------------------------------------------------------------------------
 
 
-def voice_form(
-    ref: bytes, ref_text: str, text: str, nfe: int | None = None
-) -> dict[str, object]:
+def voice_form(ref: bytes, ref_text: str, text: str, nfe: int | None = None) -> dict[str, object]:
     fields = {"ref_text": ref_text, "text": text, "format": "wav", "seed": "1"}
     if nfe is not None:
         fields["nfe_steps"] = str(nfe)
@@ -298,8 +296,13 @@ def voice_form(
 
 def ordinary_voice(drill: Drill, voice_app: VoiceApp, ref: bytes, name: str) -> Sent:
     response = drill.send(
-        "ordinary", name, (200,), "POST", f"{voice_app.url}/v1/voice/generate",
-        timeout=180, **voice_form(ref, "hello", ONE_CHUNK),
+        "ordinary",
+        name,
+        (200,),
+        "POST",
+        f"{voice_app.url}/v1/voice/generate",
+        timeout=180,
+        **voice_form(ref, "hello", ONE_CHUNK),
     )
     assert response is not None and response.status_code == 200, drill.sent[-1]
     return drill.sent[-1]
@@ -312,19 +315,32 @@ def over_budget(
     kind, limits = "over budget", {}
     ten_s = reference_audio(seconds=10.0)
     for name, limit, form in (
-        ("voice: 10 s reference, ref_text 'a', 'a。' x 40", "VOICE_REF_TEXT_MIN_BYTES_PER_SECOND",
-         voice_form(ten_s, "a", "a。" * 40)),
-        ("voice: '가。' x 250 (~1000 s of speech)", "VOICE_MAX_OUTPUT_SECONDS",
-         voice_form(ten_s, "hello there", "가。" * 250)),
-        ("voice: 'a。' x 100 at nfe_steps 128 (34 chunks)", "VOICE_MAX_MODEL_STEPS",
-         voice_form(ten_s, "hello there", "a。" * 100, nfe=OVER_STEPS_NFE)),
+        (
+            "voice: 10 s reference, ref_text 'a', 'a。' x 40",
+            "VOICE_REF_TEXT_MIN_BYTES_PER_SECOND",
+            voice_form(ten_s, "a", "a。" * 40),
+        ),
+        (
+            "voice: '가。' x 250 (~1000 s of speech)",
+            "VOICE_MAX_OUTPUT_SECONDS",
+            voice_form(ten_s, "hello there", "가。" * 250),
+        ),
+        (
+            "voice: 'a。' x 100 at nfe_steps 128 (34 chunks)",
+            "VOICE_MAX_MODEL_STEPS",
+            voice_form(ten_s, "hello there", "a。" * 100, nfe=OVER_STEPS_NFE),
+        ),
     ):
         drill.send(kind, name, (422,), "POST", f"{voice_app.url}/v1/voice/generate", **form)
         limits[name] = limit
     for n, size, steps in ((4, "1024x1024", 150), (4, "1024x1024", 50), (1, "1024x1024", 150)):
         name = f"images: n={n}, size={size}, steps={steps}"
         drill.send(
-            kind, name, (422,), "POST", f"{keyed.url}/v1/images/generations",
+            kind,
+            name,
+            (422,),
+            "POST",
+            f"{keyed.url}/v1/images/generations",
             headers=bearer(OPS),
             json={"prompt": "a red fox", "n": n, "size": size, "steps": steps},
         )
@@ -332,7 +348,11 @@ def over_budget(
     for count in (256, 70):
         name = f"embeddings: {count} x 1000 characters"
         drill.send(
-            kind, name, (422,), "POST", f"{search_app.url}/v1/embeddings",
+            kind,
+            name,
+            (422,),
+            "POST",
+            f"{search_app.url}/v1/embeddings",
             json={"model": "clip", "input": ["a" * 999 + str(i % 10) for i in range(count)]},
         )
         limits[name] = "EMBEDDINGS_MAX_TOTAL_CHARS"
@@ -345,25 +365,48 @@ def oversized_bodies(drill: Drill, voice_app: VoiceApp, keyed: KeyedApp) -> None
     generations = f"{keyed.url}/v1/images/generations"
     big_json = b'{"prompt": "' + b"a" * (2 * JSON_CAP) + b'"}'
     json_headers = bearer(OPS, **{"Content-Type": "application/json"})
-    drill.send(kind, "JSON over GATEWAY_MAX_JSON_BYTES, declared", (413,), "POST", generations,
-               headers=json_headers, content=big_json)
+    drill.send(
+        kind,
+        "JSON over GATEWAY_MAX_JSON_BYTES, declared",
+        (413,),
+        "POST",
+        generations,
+        headers=json_headers,
+        content=big_json,
+    )
 
     def chunked() -> Iterator[bytes]:
         for start in range(0, len(big_json), 16 * 1024):
             yield big_json[start : start + 16 * 1024]
 
-    drill.send(kind, "JSON over GATEWAY_MAX_JSON_BYTES, chunked", (413,), "POST", generations,
-               headers=json_headers, content=chunked())
     drill.send(
-        kind, "multipart over GATEWAY_MAX_UPLOAD_BYTES, declared", (413,), "PUT",
-        f"{keyed.url}/v1/voices/alice", headers=bearer(OPS),
+        kind,
+        "JSON over GATEWAY_MAX_JSON_BYTES, chunked",
+        (413,),
+        "POST",
+        generations,
+        headers=json_headers,
+        content=chunked(),
+    )
+    drill.send(
+        kind,
+        "multipart over GATEWAY_MAX_UPLOAD_BYTES, declared",
+        (413,),
+        "PUT",
+        f"{keyed.url}/v1/voices/alice",
+        headers=bearer(OPS),
         files={"audio": ("a.mp3", os.urandom(UPLOAD_CAP + UPLOAD_CAP // 2))},
     )
     boundary = "abuse0boundary"
-    part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"audio\"; "
-            'filename="a.mp3"\r\nContent-Type: audio/mpeg\r\n\r\n').encode() + b"\0" * 4096
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; '
+        'filename="a.mp3"\r\nContent-Type: audio/mpeg\r\n\r\n'
+    ).encode() + b"\0" * 4096
     drill.raw(
-        kind, "multipart declaring 1 GiB (4 kB sent)", (413,), keyed.url,
+        kind,
+        "multipart declaring 1 GiB (4 kB sent)",
+        (413,),
+        keyed.url,
         f"PUT {path_of(keyed.url)}/v1/voices/alice HTTP/1.1\r\nHost: {hostname_of(keyed.url)}\r\n"
         f"Authorization: Bearer {OPS}\r\nX-Request-ID: {{rid}}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
@@ -371,43 +414,79 @@ def oversized_bodies(drill: Drill, voice_app: VoiceApp, keyed: KeyedApp) -> None
         part,
     )
     drill.send(
-        kind, "reference audio over VOICE_MAX_REF_BYTES", (413,), "POST",
+        kind,
+        "reference audio over VOICE_MAX_REF_BYTES",
+        (413,),
+        "POST",
         f"{voice_app.url}/v1/voice/generate",
         files={"ref_audio": ("ref.mp3", os.urandom(VOICE_REF_CAP + VOICE_REF_CAP // 4))},
         data={"ref_text": "hello", "text": "hi"},
     )
 
 
-def hostile_ids(
-    drill: Drill, voice_app: VoiceApp, search_app: SearchApp, keyed: KeyedApp
-) -> None:
+def hostile_ids(drill: Drill, voice_app: VoiceApp, search_app: SearchApp, keyed: KeyedApp) -> None:
     """Class 3."""
     kind, expected = "hostile ids", (404, 422)
     projects = f"{search_app.url}/v1/projects"
     for name, method, url, kwargs in (
         ("project '../../etc': list", "GET", f"{projects}/..%2F..%2Fetc/images", {}),
-        ("project '../../etc': upload", "POST", f"{projects}/..%2F..%2Fetc/images",
-         {"files": {"file": ("x.png", png(64))}}),
-        ("project '..': search", "POST", f"{projects}/%2e%2e/images/search",
-         {"json": {"query": "cat"}}),
+        (
+            "project '../../etc': upload",
+            "POST",
+            f"{projects}/..%2F..%2Fetc/images",
+            {"files": {"file": ("x.png", png(64))}},
+        ),
+        (
+            "project '..': search",
+            "POST",
+            f"{projects}/%2e%2e/images/search",
+            {"json": {"query": "cat"}},
+        ),
         ("voice '../../secret': get", "GET", f"{voice_app.url}/v1/voices/..%2F..%2Fsecret", {}),
-        ("voice '../x': put", "PUT", f"{voice_app.url}/v1/voices/..%2Fx",
-         {"files": {"audio": ("a.mp3", reference_audio())}}),
+        (
+            "voice '../x': put",
+            "PUT",
+            f"{voice_app.url}/v1/voices/..%2Fx",
+            {"files": {"audio": ("a.mp3", reference_audio())}},
+        ),
         ("voice '..': delete", "DELETE", f"{voice_app.url}/v1/voices/%2e%2e", {}),
-        ("user_id '../../x': stored-voice generation", "POST",
-         f"{voice_app.url}/v1/r2/voice/generate", {"json": {"user_id": "../../x", "text": "hi"}}),
-        ("voice '../x': /v1/audio/speech", "POST", f"{voice_app.url}/v1/audio/speech",
-         {"json": {"model": "tts-1", "input": "hi", "voice": "../x"}}),
-        ("storage key '../../etc/passwd' (encoded)", "GET",
-         f"{keyed.url}/v1/storage/..%2F..%2Fetc%2Fpasswd", {"headers": bearer(OPS)}),
-        ("storage key 'AI/POSTER/../../keys.yaml'", "GET",
-         f"{keyed.url}/v1/storage/AI/POSTER/%2e%2e/%2e%2e/keys.yaml", {"headers": bearer(OPS)}),
-        ("storage key 'AI/VOICE/../x' (S3)", "GET",
-         f"{voice_app.url}/v1/storage/AI/VOICE/%2e%2e%2Fx", {}),
+        (
+            "user_id '../../x': stored-voice generation",
+            "POST",
+            f"{voice_app.url}/v1/r2/voice/generate",
+            {"json": {"user_id": "../../x", "text": "hi"}},
+        ),
+        (
+            "voice '../x': /v1/audio/speech",
+            "POST",
+            f"{voice_app.url}/v1/audio/speech",
+            {"json": {"model": "tts-1", "input": "hi", "voice": "../x"}},
+        ),
+        (
+            "storage key '../../etc/passwd' (encoded)",
+            "GET",
+            f"{keyed.url}/v1/storage/..%2F..%2Fetc%2Fpasswd",
+            {"headers": bearer(OPS)},
+        ),
+        (
+            "storage key 'AI/POSTER/../../keys.yaml'",
+            "GET",
+            f"{keyed.url}/v1/storage/AI/POSTER/%2e%2e/%2e%2e/keys.yaml",
+            {"headers": bearer(OPS)},
+        ),
+        (
+            "storage key 'AI/VOICE/../x' (S3)",
+            "GET",
+            f"{voice_app.url}/v1/storage/AI/VOICE/%2e%2e%2Fx",
+            {},
+        ),
     ):
         drill.send(kind, name, expected, method, url, **kwargs)
     drill.raw(
-        kind, "storage key '../../../etc/passwd' (literal on the wire)", expected, keyed.url,
+        kind,
+        "storage key '../../../etc/passwd' (literal on the wire)",
+        expected,
+        keyed.url,
         f"GET {path_of(keyed.url)}/v1/storage/../../../etc/passwd HTTP/1.1\r\n"
         f"Host: {hostname_of(keyed.url)}\r\nAuthorization: Bearer {OPS}\r\n"
         "X-Request-ID: {rid}\r\nConnection: close\r\n\r\n",
@@ -421,23 +500,48 @@ def keys(drill: Drill, keyed: KeyedApp) -> None:
     generations = f"{url}/v1/images/generations"
     body = {"json": ORDINARY_IMAGE}
     drill.send(kind, "no key", (401,), "POST", generations, **body)
-    drill.send(kind, "an unknown key", (401,), "POST", generations,
-               headers=bearer("not-a-key-0000"), **body)
+    drill.send(
+        kind,
+        "an unknown key",
+        (401,),
+        "POST",
+        generations,
+        headers=bearer("not-a-key-0000"),
+        **body,
+    )
     for key, method, path, scope in (
         (SINGLE, "GET", "/v1/voices/alice", "module"),
         (READER, "GET", "/v1/projects/team-b/images", "project"),
         (WRITER, "DELETE", "/v1/voices/bob", "voice"),
         (READER, "DELETE", "/v1/voices/alice", "access"),
     ):
-        drill.send(kind, f"{scope} scope: {method} {path}", (403,), method, f"{url}{path}",
-                   headers=bearer(key))
+        drill.send(
+            kind,
+            f"{scope} scope: {method} {path}",
+            (403,),
+            method,
+            f"{url}{path}",
+            headers=bearer(key),
+        )
     # `limited` may make 3 requests a minute: these three are its budget, then 429
     for i in range(3):
-        drill.send("ordinary", f"limited key, request {i + 1} of 3", (404,), "GET",
-                   f"{url}/v1/voices/x{i}", headers=bearer(LIMITED))
+        drill.send(
+            "ordinary",
+            f"limited key, request {i + 1} of 3",
+            (404,),
+            "GET",
+            f"{url}/v1/voices/x{i}",
+            headers=bearer(LIMITED),
+        )
     for i in range(2):
-        drill.send(kind, f"over requests_per_minute ({i + 4}th)", (429,), "GET",
-                   f"{url}/v1/voices/y{i}", headers=bearer(LIMITED))
+        drill.send(
+            kind,
+            f"over requests_per_minute ({i + 4}th)",
+            (429,),
+            "GET",
+            f"{url}/v1/voices/y{i}",
+            headers=bearer(LIMITED),
+        )
 
 
 def png(side: int) -> bytes:
@@ -448,9 +552,7 @@ def png(side: int) -> bytes:
 
 def stored_objects(voice_app: VoiceApp, search_app: SearchApp, keyed: KeyedApp) -> set[str]:
     """Every object the drill's apps could have written."""
-    pages = voice_app.s3_client().get_paginator("list_objects_v2").paginate(
-        Bucket=voice_app.bucket
-    )
+    pages = voice_app.s3_client().get_paginator("list_objects_v2").paginate(Bucket=voice_app.bucket)
     found = {f"voice:{item['Key']}" for page in pages for item in page.get("Contents", ())}
     found |= {f"search:{key}" for key in search_app.object_keys()}
     found |= {f"local:{p}" for p in keyed.storage_dir.rglob("*") if p.is_file()}
@@ -478,8 +580,12 @@ def test_abuse_is_refused_fast_at_no_model_time_and_an_abandoned_request_stops(
     baseline = ordinary_voice(drill, voice_app, ref, "voice baseline")
     ordinary_s = baseline.seconds
     chunk = drill.send(
-        "ordinary", f"voice, one chunk at nfe_steps {LONG_NFE}", (200,), "POST",
-        f"{voice_app.url}/v1/voice/generate", timeout=300,
+        "ordinary",
+        f"voice, one chunk at nfe_steps {LONG_NFE}",
+        (200,),
+        "POST",
+        f"{voice_app.url}/v1/voice/generate",
+        timeout=300,
         **voice_form(ref, "hello", ONE_CHUNK, nfe=LONG_NFE),
     )
     assert chunk is not None and chunk.status_code == 200, drill.sent[-1]
@@ -495,9 +601,13 @@ def test_abuse_is_refused_fast_at_no_model_time_and_an_abandoned_request_stops(
 
     # 5. an abandoned long synthesis, then an ordinary request
     abandoned = drill.send(
-        "abandoned", f"{len(LONG)} characters at nfe_steps {LONG_NFE}, client gives up after "
-        f"{CLIENT_GIVES_UP_S:.0f} s", ("ReadTimeout",), "POST",
-        f"{voice_app.url}/v1/voice/generate", timeout=CLIENT_GIVES_UP_S,
+        "abandoned",
+        f"{len(LONG)} characters at nfe_steps {LONG_NFE}, client gives up after "
+        f"{CLIENT_GIVES_UP_S:.0f} s",
+        ("ReadTimeout",),
+        "POST",
+        f"{voice_app.url}/v1/voice/generate",
+        timeout=CLIENT_GIVES_UP_S,
         **voice_form(ref, "hello", LONG, nfe=LONG_NFE),
     )
     abandoned_sent = drill.sent[-1]
@@ -507,16 +617,32 @@ def test_abuse_is_refused_fast_at_no_model_time_and_an_abandoned_request_stops(
     # afterwards: probes and one ordinary request per module
     probes = {
         f"{name} {probe}": httpx.get(f"{url}/{probe}", timeout=30).status_code
-        for name, url in (("voice", voice_app.url), ("search", search_app.url),
-                          ("keyed", keyed_app.url))
+        for name, url in (
+            ("voice", voice_app.url),
+            ("search", search_app.url),
+            ("keyed", keyed_app.url),
+        )
         for probe in ("healthz", "readyz")
     }
-    image = drill.send("ordinary", "image after", (200,), "POST",
-                       f"{keyed_app.url}/v1/images/generations", headers=bearer(OPS),
-                       timeout=180, json=ORDINARY_IMAGE)
-    embedding = drill.send("ordinary", "embeddings after", (200,), "POST",
-                           f"{search_app.url}/v1/embeddings", timeout=180,
-                           json={"model": "clip", "input": ["a red fox"]})
+    image = drill.send(
+        "ordinary",
+        "image after",
+        (200,),
+        "POST",
+        f"{keyed_app.url}/v1/images/generations",
+        headers=bearer(OPS),
+        timeout=180,
+        json=ORDINARY_IMAGE,
+    )
+    embedding = drill.send(
+        "ordinary",
+        "embeddings after",
+        (200,),
+        "POST",
+        f"{search_app.url}/v1/embeddings",
+        timeout=180,
+        json={"model": "clip", "input": ["a red fox"]},
+    )
     new_objects = stored_objects(voice_app, search_app, keyed_app) - objects_before
 
     # model time per class, from the model replicas' logs (the ordinary requests must be there)
@@ -528,8 +654,11 @@ def test_abuse_is_refused_fast_at_no_model_time_and_an_abandoned_request_stops(
         ran = sum(ran_on.get(s.request_id, 0.0) for s in sent)
         return len(found), sum(call.ms for call in found) / 1000 + ran
 
-    lost = [s.name for s in drill.sent if s.kind == "ordinary" and s.status == 200
-            and not valid_answer(s, baseline)]
+    lost = [
+        s.name
+        for s in drill.sent
+        if s.kind == "ordinary" and s.status == 200 and not valid_answer(s, baseline)
+    ]
     classes = ("over budget", "oversized bodies", "hostile ids", "keys")
     notes = []
     for kind in classes:
@@ -543,8 +672,7 @@ def test_abuse_is_refused_fast_at_no_model_time_and_an_abandoned_request_stops(
             f"model calls {n_calls} ({model_s:.2f} s)"
         )
     notes.append(
-        f"voice after the over-budget class {after_budget.seconds:.2f} s "
-        f"(alone {ordinary_s:.2f} s)"
+        f"voice after the over-budget class {after_budget.seconds:.2f} s (alone {ordinary_s:.2f} s)"
     )
     _, abandoned_model_s = model_time([abandoned_sent])
     long_chunks = len(plan_chunks(2.0, "hello", LONG, 1.0))
@@ -575,8 +703,9 @@ def test_abuse_is_refused_fast_at_no_model_time_and_an_abandoned_request_stops(
         notes="; ".join(notes),
     )
 
-    wrong = [f"{s.kind} / {s.name}: {s.status} {s.body[:200]!r}" for s in drill.sent
-             if not s.as_expected]
+    wrong = [
+        f"{s.kind} / {s.name}: {s.status} {s.body[:200]!r}" for s in drill.sent if not s.as_expected
+    ]
     assert not wrong, "\n".join(wrong)
     for s in drill.sent:
         if s.kind in classes:
@@ -590,9 +719,9 @@ def test_abuse_is_refused_fast_at_no_model_time_and_an_abandoned_request_stops(
     for s in drill.of("oversized bodies"):
         assert s.code in (None, "payload_too_large"), (s.name, s.body[:200])
     for s in drill.of("keys"):
-        assert s.code == {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}[
-            int(s.status)
-        ], (s.name, s.body[:200])
+        assert (
+            s.code == {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}[int(s.status)]
+        ), (s.name, s.body[:200])
     assert after_budget.seconds < bound(ordinary_s, 0), (after_budget.seconds, ordinary_s)
     assert abandoned is None and abandoned_sent.status == "ReadTimeout"
     assert [c.outcome for c in abandoned_calls] == ["CANCELLED"], abandoned_calls
@@ -610,8 +739,9 @@ def valid_answer(sent: Sent, voice_baseline: Sent) -> bool:
     seed), a PNG, an embedding."""
     checks: dict[str, Callable[[bytes], bool]] = {
         "voice": lambda body: body == voice_baseline.body,
-        "image": lambda body: is_png(base64.b64decode(httpx.Response(200, content=body).json()[
-            "data"][0]["b64_json"])),
+        "image": lambda body: is_png(
+            base64.b64decode(httpx.Response(200, content=body).json()["data"][0]["b64_json"])
+        ),
         "embeddings": lambda body: len(httpx.Response(200, content=body).json()["data"]) == 1,
     }
     if "nfe_steps" in sent.name or sent.status == 404:

@@ -35,7 +35,8 @@ def upload_all(app: SearchApp, project_id: str, seeds: range) -> dict[str, tuple
     for seed in seeds:
         data = make_image(seed)
         response = httpx.post(
-            f"{app.url}/v1/projects/{project_id}/images", files={"file": ("b.png", data)},
+            f"{app.url}/v1/projects/{project_id}/images",
+            files={"file": ("b.png", data)},
             timeout=60,
         )
         assert response.status_code == 201, response.text
@@ -61,7 +62,8 @@ def index_detail(app: SearchApp) -> dict:
 
 
 def test_blank_disk_restores_newest_good_snapshot(
-    search_app: SearchApp, drill_report: DrillReport  # noqa: F811
+    search_app: SearchApp,
+    drill_report: DrillReport,  # noqa: F811
 ) -> None:
     index = index_handle(search_app)
     project_id = f"blank-{uuid.uuid4().hex[:8]}"

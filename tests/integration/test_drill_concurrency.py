@@ -34,7 +34,8 @@ REQUEST_TIMEOUT_S = 60  # requests take well under a second; room for a loaded m
 
 
 def test_searches_during_uploads_and_deletes(
-    search_app: SearchApp, drill_report: DrillReport  # noqa: F811
+    search_app: SearchApp,
+    drill_report: DrillReport,  # noqa: F811
 ) -> None:
     project_id = f"race-{uuid.uuid4().hex[:8]}"
     base = f"{search_app.url}/v1/projects/{project_id}/images"
@@ -74,8 +75,12 @@ def test_searches_during_uploads_and_deletes(
                 time.sleep(0.05)
                 continue
             data = make_image(50_000 + n)
-            response = record("upload", lambda: httpx.post(
-                base, files={"file": (f"{n}.png", data)}, timeout=REQUEST_TIMEOUT_S))
+            response = record(
+                "upload",
+                lambda: httpx.post(
+                    base, files={"file": (f"{n}.png", data)}, timeout=REQUEST_TIMEOUT_S
+                ),
+            )
             if response is not None and response.status_code == 201:
                 with lock:
                     uploaded[response.json()["id"]] = data
@@ -90,8 +95,9 @@ def test_searches_during_uploads_and_deletes(
             if victim is None:
                 time.sleep(0.05)
                 continue
-            response = record("delete", lambda: httpx.delete(
-                f"{base}/{victim}", timeout=REQUEST_TIMEOUT_S))
+            response = record(
+                "delete", lambda: httpx.delete(f"{base}/{victim}", timeout=REQUEST_TIMEOUT_S)
+            )
             if response is not None and response.status_code == 200:
                 with lock:
                     deleted_at[victim] = time.monotonic()
@@ -109,12 +115,17 @@ def test_searches_during_uploads_and_deletes(
                 query_image = uploaded[list(uploaded)[n % len(uploaded)]]
             if kind == "text":
                 call = lambda: httpx.post(  # noqa: E731
-                    f"{base}/search", json={"query": f"picture {n}", "limit": 8},
-                    timeout=REQUEST_TIMEOUT_S)
+                    f"{base}/search",
+                    json={"query": f"picture {n}", "limit": 8},
+                    timeout=REQUEST_TIMEOUT_S,
+                )
             else:
                 call = lambda: httpx.post(  # noqa: E731
-                    f"{base}/search/by-image", params={"limit": 8},
-                    files={"file": ("q.png", query_image)}, timeout=REQUEST_TIMEOUT_S)
+                    f"{base}/search/by-image",
+                    params={"limit": 8},
+                    files={"file": ("q.png", query_image)},
+                    timeout=REQUEST_TIMEOUT_S,
+                )
             response = record(f"search {kind}", call)
             if response is not None and response.status_code == 200:
                 for hit in response.json()["results"]:
@@ -136,18 +147,27 @@ def test_searches_during_uploads_and_deletes(
     took = timer()
     assert not any(thread.is_alive() for thread in threads)
 
-    kept = {image_id: (project_id, data) for image_id, data in uploaded.items()
-            if image_id not in deleted_at}
+    kept = {
+        image_id: (project_id, data)
+        for image_id, data in uploaded.items()
+        if image_id not in deleted_at
+    }
     listed = listed_ids(search_app, project_id)
     lost = lost_uploads(search_app, kept)
     resurrected = sorted(set(deleted_at) & listed)
     books = reconcile(search_app, [project_id])
-    failed = [(kind, r) for kind, r in responses
-              if not isinstance(r, httpx.Response) or r.status_code >= 500]
-    acknowledged = [r for _, r in responses
-                    if isinstance(r, httpx.Response) and 200 <= r.status_code < 300]
-    counts = {kind: sum(1 for k, _ in responses if k == kind)
-              for kind in ("upload", "delete", "search text", "search image")}
+    failed = [
+        (kind, r)
+        for kind, r in responses
+        if not isinstance(r, httpx.Response) or r.status_code >= 500
+    ]
+    acknowledged = [
+        r for _, r in responses if isinstance(r, httpx.Response) and 200 <= r.status_code < 300
+    ]
+    counts = {
+        kind: sum(1 for k, _ in responses if k == kind)
+        for kind in ("upload", "delete", "search text", "search image")
+    }
     drill_report.add(
         drill="Concurrency",
         injected=f"uploads, deletes and searches (text, image) in one project from 4 threads "

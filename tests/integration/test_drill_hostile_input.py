@@ -54,22 +54,41 @@ SKIPPED_ROUTES = {
 def schemathesis(base_url: str, exclude_path_regex: str, workdir: Path) -> tuple[int, str]:
     """Run schemathesis against one app; (number of generated cases, output)."""
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", f"{base_url}/openapi.json",
-        "--url", base_url,
-        "--checks", "not_a_server_error",
-        "--max-examples", str(MAX_EXAMPLES),
-        "--phases", "examples,coverage,fuzzing",
-        "--exclude-path-regex", exclude_path_regex,
-        "--exclude-tag", "voice",
-        "--request-timeout", "60",
-        "--max-response-time", "30",
-        "--workers", "1",
-        "--seed", SEED,
-        "--suppress-health-check", "all",
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{base_url}/openapi.json",
+        "--url",
+        base_url,
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--exclude-path-regex",
+        exclude_path_regex,
+        "--exclude-tag",
+        "voice",
+        "--request-timeout",
+        "60",
+        "--max-response-time",
+        "30",
+        "--workers",
+        "1",
+        "--seed",
+        SEED,
+        "--suppress-health-check",
+        "all",
         "--no-color",
     ]
     done = subprocess.run(
-        command, cwd=workdir, capture_output=True, text=True, timeout=RUN_LIMIT_S,
+        command,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=RUN_LIMIT_S,
         env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"},
     )
     output = done.stdout + done.stderr
@@ -126,77 +145,227 @@ def cases() -> list[Case]:
     upload = "/v1/projects/{pid}/images"
     form = "multipart/form-data"
     listed = [
-        Case("PNG with a ZIP appended", "POST", upload,
-             kwargs=(("files", {"file": ("x.png", png_with_zip())}),), statuses=(415,)),
-        Case("GIF + JavaScript polyglot", "POST", upload,
-             kwargs=(("files", {"file": ("x.gif", gif_js_polyglot())}),), statuses=(415,)),
-        Case("multipart without a boundary", "POST", upload,
-             kwargs=(("content", multipart(b"b0und", [IMAGE_FILE])),
-                     ("headers", {"content-type": form})), statuses=(400,)),
-        Case("multipart with an empty boundary", "POST", upload,
-             kwargs=(("content", multipart(b"b0und", [IMAGE_FILE])),
-                     ("headers", {"content-type": f"{form}; boundary="})), statuses=(400,)),
-        Case("multipart with another boundary than declared", "POST", upload,
-             kwargs=(("content", multipart(b"b0und", [IMAGE_FILE])),
-                     ("headers", {"content-type": f"{form}; boundary=other"})), statuses=(400,)),
-        Case("multipart never closed", "POST", upload,
-             kwargs=(("content", multipart(b"b0und", [IMAGE_FILE], close=False)[:-40]),
-                     ("headers", {"content-type": f"{form}; boundary=b0und"})),
-             statuses=(400, 415, 422)),
-        Case("multipart 'file' as non-UTF-8 text", "POST", upload,
-             kwargs=(("content", multipart(b"b0und", [(b'name="file"', b"\xff\xfe\xc3\x28")])),
-                     ("headers", {"content-type": f"{form}; boundary=b0und"})),
-             statuses=(400, 422)),
-        Case("multipart non-UTF-8 filename, not an image", "POST", upload,
-             kwargs=(("content", multipart(b"b0und", [(b'name="file"; filename="\xff\xfe.png"',
-                                                        b"not an image")])),
-                     ("headers", {"content-type": f"{form}; boundary=b0und"})), statuses=(415,)),
-        Case("multipart non-UTF-8 field name", "POST", upload,
-             kwargs=(("content", multipart(b"b0und", [(b'name="\xff\xfe"; filename="a.png"',
-                                                        make_image(60_002))])),
-                     ("headers", {"content-type": f"{form}; boundary=b0und"})), statuses=(422,)),
-        Case("JSON that is not UTF-8 (search)", "POST", "/v1/projects/{pid}/images/search",
-             kwargs=(("content", b'{"query": "caf\xe9 \xff"}'),
-                     ("headers", {"content-type": "application/json"})), statuses=(400,)),
-        Case("JSON that is not UTF-8 (generate)", "POST", "/v1/images/generate", app="image",
-             kwargs=(("content", b'{"title": "caf\xe9 \xff"}'),
-                     ("headers", {"content-type": "application/json"})), statuses=(400,)),
-        Case("JSON with a lone surrogate (generate)", "POST", "/v1/images/generate", app="image",
-             kwargs=(("content", b'{"title": "\\ud800"}'),
-                     ("headers", {"content-type": "application/json"})), statuses=(422,)),
-        Case("huge width (generate)", "POST", "/v1/images/generate", app="image",
-             kwargs=(("json", {"title": "x", "width": 10**30}),)),
-        Case("negative steps (generate)", "POST", "/v1/images/generate", app="image",
-             kwargs=(("json", {"title": "x", "steps": -1}),)),
+        Case(
+            "PNG with a ZIP appended",
+            "POST",
+            upload,
+            kwargs=(("files", {"file": ("x.png", png_with_zip())}),),
+            statuses=(415,),
+        ),
+        Case(
+            "GIF + JavaScript polyglot",
+            "POST",
+            upload,
+            kwargs=(("files", {"file": ("x.gif", gif_js_polyglot())}),),
+            statuses=(415,),
+        ),
+        Case(
+            "multipart without a boundary",
+            "POST",
+            upload,
+            kwargs=(
+                ("content", multipart(b"b0und", [IMAGE_FILE])),
+                ("headers", {"content-type": form}),
+            ),
+            statuses=(400,),
+        ),
+        Case(
+            "multipart with an empty boundary",
+            "POST",
+            upload,
+            kwargs=(
+                ("content", multipart(b"b0und", [IMAGE_FILE])),
+                ("headers", {"content-type": f"{form}; boundary="}),
+            ),
+            statuses=(400,),
+        ),
+        Case(
+            "multipart with another boundary than declared",
+            "POST",
+            upload,
+            kwargs=(
+                ("content", multipart(b"b0und", [IMAGE_FILE])),
+                ("headers", {"content-type": f"{form}; boundary=other"}),
+            ),
+            statuses=(400,),
+        ),
+        Case(
+            "multipart never closed",
+            "POST",
+            upload,
+            kwargs=(
+                ("content", multipart(b"b0und", [IMAGE_FILE], close=False)[:-40]),
+                ("headers", {"content-type": f"{form}; boundary=b0und"}),
+            ),
+            statuses=(400, 415, 422),
+        ),
+        Case(
+            "multipart 'file' as non-UTF-8 text",
+            "POST",
+            upload,
+            kwargs=(
+                ("content", multipart(b"b0und", [(b'name="file"', b"\xff\xfe\xc3\x28")])),
+                ("headers", {"content-type": f"{form}; boundary=b0und"}),
+            ),
+            statuses=(400, 422),
+        ),
+        Case(
+            "multipart non-UTF-8 filename, not an image",
+            "POST",
+            upload,
+            kwargs=(
+                (
+                    "content",
+                    multipart(
+                        b"b0und", [(b'name="file"; filename="\xff\xfe.png"', b"not an image")]
+                    ),
+                ),
+                ("headers", {"content-type": f"{form}; boundary=b0und"}),
+            ),
+            statuses=(415,),
+        ),
+        Case(
+            "multipart non-UTF-8 field name",
+            "POST",
+            upload,
+            kwargs=(
+                (
+                    "content",
+                    multipart(
+                        b"b0und", [(b'name="\xff\xfe"; filename="a.png"', make_image(60_002))]
+                    ),
+                ),
+                ("headers", {"content-type": f"{form}; boundary=b0und"}),
+            ),
+            statuses=(422,),
+        ),
+        Case(
+            "JSON that is not UTF-8 (search)",
+            "POST",
+            "/v1/projects/{pid}/images/search",
+            kwargs=(
+                ("content", b'{"query": "caf\xe9 \xff"}'),
+                ("headers", {"content-type": "application/json"}),
+            ),
+            statuses=(400,),
+        ),
+        Case(
+            "JSON that is not UTF-8 (generate)",
+            "POST",
+            "/v1/images/generate",
+            app="image",
+            kwargs=(
+                ("content", b'{"title": "caf\xe9 \xff"}'),
+                ("headers", {"content-type": "application/json"}),
+            ),
+            statuses=(400,),
+        ),
+        Case(
+            "JSON with a lone surrogate (generate)",
+            "POST",
+            "/v1/images/generate",
+            app="image",
+            kwargs=(
+                ("content", b'{"title": "\\ud800"}'),
+                ("headers", {"content-type": "application/json"}),
+            ),
+            statuses=(422,),
+        ),
+        Case(
+            "huge width (generate)",
+            "POST",
+            "/v1/images/generate",
+            app="image",
+            kwargs=(("json", {"title": "x", "width": 10**30}),),
+        ),
+        Case(
+            "negative steps (generate)",
+            "POST",
+            "/v1/images/generate",
+            app="image",
+            kwargs=(("json", {"title": "x", "steps": -1}),),
+        ),
     ]
-    for label, project in (("../", "..%2F..%2Fetc"), ("%2e%2e/", "%2e%2e%2f%2e%2e%2fetc"),
-                           ("%2e%2e", "%2e%2e"), ("NUL", "p%00id"), ("10 kB", LONG)):
+    for label, project in (
+        ("../", "..%2F..%2Fetc"),
+        ("%2e%2e/", "%2e%2e%2f%2e%2e%2fetc"),
+        ("%2e%2e", "%2e%2e"),
+        ("NUL", "p%00id"),
+        ("10 kB", LONG),
+    ):
         for what, method, path, kwargs in (
-            ("upload", "POST", "/v1/projects/{}/images",
-             (("files", {"file": ("x.png", make_image(60_003))}),)),
+            (
+                "upload",
+                "POST",
+                "/v1/projects/{}/images",
+                (("files", {"file": ("x.png", make_image(60_003))}),),
+            ),
             ("list", "GET", "/v1/projects/{}/images", ()),
             ("search", "POST", "/v1/projects/{}/images/search", (("json", {"query": "cat"}),)),
         ):
-            listed.append(Case(f"project id {label}: {what}", method, path.format(project),
-                               kwargs=kwargs, statuses=(404, 422)))
-    for label, image in (("../", "..%2F..%2Fx"), ("%2e%2e/", "%2e%2e%2f%2e%2e"),
-                         ("%2e%2e", "%2e%2e"), ("NUL", "a%00b"), ("10 kB", LONG)):
+            listed.append(
+                Case(
+                    f"project id {label}: {what}",
+                    method,
+                    path.format(project),
+                    kwargs=kwargs,
+                    statuses=(404, 422),
+                )
+            )
+    for label, image in (
+        ("../", "..%2F..%2Fx"),
+        ("%2e%2e/", "%2e%2e%2f%2e%2e"),
+        ("%2e%2e", "%2e%2e"),
+        ("NUL", "a%00b"),
+        ("10 kB", LONG),
+    ):
         path = f"/v1/projects/{{pid}}/images/{image}"
         listed.append(Case(f"image id {label}: file", "GET", f"{path}/file", statuses=(404, 422)))
         listed.append(Case(f"image id {label}: delete", "DELETE", path, statuses=(404, 422)))
     for value in ("-1", "0", "-99999999999999999999", "1" + "0" * 30, "1e3", "NaN"):
-        listed.append(Case(f"list ?limit={value[:12]}", "GET", "/v1/projects/{pid}/images",
-                           kwargs=(("params", {"limit": value}),)))
-        listed.append(Case(f"by-image ?limit={value[:12]}", "POST",
-                           "/v1/projects/{pid}/images/search/by-image",
-                           kwargs=(("params", {"limit": value}),
-                                   ("files", {"file": ("q.png", make_image(60_001))}))))
-    for value in (b"-1", b"0", b"-1" + b"0" * 30, b"1" + b"0" * 30, b"1e308", b"1e400", b"NaN",
-                  b"-Infinity", b"1.5", b"[5]", b"{}"):
-        listed.append(Case(f"search body limit {value.decode()[:12]}", "POST",
-                           "/v1/projects/{pid}/images/search",
-                           kwargs=(("content", b'{"query": "cat", "limit": ' + value + b"}"),
-                                   ("headers", {"content-type": "application/json"}))))
+        listed.append(
+            Case(
+                f"list ?limit={value[:12]}",
+                "GET",
+                "/v1/projects/{pid}/images",
+                kwargs=(("params", {"limit": value}),),
+            )
+        )
+        listed.append(
+            Case(
+                f"by-image ?limit={value[:12]}",
+                "POST",
+                "/v1/projects/{pid}/images/search/by-image",
+                kwargs=(
+                    ("params", {"limit": value}),
+                    ("files", {"file": ("q.png", make_image(60_001))}),
+                ),
+            )
+        )
+    for value in (
+        b"-1",
+        b"0",
+        b"-1" + b"0" * 30,
+        b"1" + b"0" * 30,
+        b"1e308",
+        b"1e400",
+        b"NaN",
+        b"-Infinity",
+        b"1.5",
+        b"[5]",
+        b"{}",
+    ):
+        listed.append(
+            Case(
+                f"search body limit {value.decode()[:12]}",
+                "POST",
+                "/v1/projects/{pid}/images/search",
+                kwargs=(
+                    ("content", b'{"query": "cat", "limit": ' + value + b"}"),
+                    ("headers", {"content-type": "application/json"}),
+                ),
+            )
+        )
     return listed
 
 
@@ -214,7 +383,8 @@ def test_hostile_input_gets_4xx_and_leaves_nothing(
     project_id = f"hostile-{uuid.uuid4().hex[:8]}"
     seed = httpx.post(
         f"{search_app.url}/v1/projects/{project_id}/images",
-        files={"file": ("seed.png", make_image(60_001))}, timeout=60,
+        files={"file": ("seed.png", make_image(60_001))},
+        timeout=60,
     )
     assert seed.status_code == 201, seed.text
     image_id = seed.json()["id"]
@@ -244,10 +414,12 @@ def test_hostile_input_gets_4xx_and_leaves_nothing(
     for name, url in (("image", app.url), ("search", search_app.url)):
         generated[name], _ = schemathesis(url, SKIPPED_ROUTES[name], tmp_path)
 
-    healthz = [httpx.get(f"{url}/healthz", timeout=10).status_code
-               for url in (app.url, search_app.url)]
-    readyz = [httpx.get(f"{url}/readyz", timeout=30).status_code
-              for url in (app.url, search_app.url)]
+    healthz = [
+        httpx.get(f"{url}/healthz", timeout=10).status_code for url in (app.url, search_app.url)
+    ]
+    readyz = [
+        httpx.get(f"{url}/readyz", timeout=30).status_code for url in (app.url, search_app.url)
+    ]
     stored = search_app.object_keys(f"AI/SEARCH/{project_id}/")
     listed = httpx.get(f"{search_app.url}/v1/projects/{project_id}/images", timeout=30).json()
     books_after = reconcile_all(search_app)

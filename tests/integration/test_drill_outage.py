@@ -49,7 +49,8 @@ REQUEST_BOUND_S = 45.0
 
 
 def test_storage_outage_mid_burst(
-    search_app: SearchApp, drill_report: DrillReport  # noqa: F811
+    search_app: SearchApp,
+    drill_report: DrillReport,  # noqa: F811
 ) -> None:
     run = uuid.uuid4().hex[:8]
     base = f"outage-{run}-base"
@@ -58,7 +59,8 @@ def test_storage_outage_mid_burst(
     for seed in (30_000, 30_001):
         data = make_image(seed)
         response = httpx.post(
-            f"{search_app.url}/v1/projects/{base}/images", files={"file": ("b.png", data)},
+            f"{search_app.url}/v1/projects/{base}/images",
+            files={"file": ("b.png", data)},
             timeout=60,
         )
         assert response.status_code == 201, response.text
@@ -96,7 +98,8 @@ def test_storage_outage_mid_burst(
                 during["upload"] = inside
                 during["search"] = httpx.post(
                     f"{search_app.url}/v1/projects/{base}/images/search",
-                    json={"query": "a cat", "limit": 2}, timeout=REQUEST_BOUND_S,
+                    json={"query": "a cat", "limit": 2},
+                    timeout=REQUEST_BOUND_S,
                 )
                 during["readyz"] = readyz_when(search_app.url, 503)  # S3 stays down meanwhile
             elif i + 1 == START_AT:
@@ -113,7 +116,8 @@ def test_storage_outage_mid_burst(
     wait_ready(search_app.url, timeout_s=60)
 
     acked = [
-        key for key, response in responses.items()
+        key
+        for key, response in responses.items()
         if isinstance(response, httpx.Response) and response.status_code in (200, 201)
     ]
     for key in acked:
@@ -160,13 +164,12 @@ BODY = {"title": "햄릿", "description": "복수와 광기의 비극"}
 
 
 def generate(app: DeployedApp, seed: int) -> httpx.Response:
-    return httpx.post(
-        f"{app.url}/v1/r2/images/generate", json={**BODY, "seed": seed}, timeout=120
-    )
+    return httpx.post(f"{app.url}/v1/r2/images/generate", json={**BODY, "seed": seed}, timeout=120)
 
 
 def test_openai_outage_falls_back_within_the_bound(
-    app: DeployedApp, drill_report: DrillReport  # noqa: F811
+    app: DeployedApp,
+    drill_report: DrillReport,  # noqa: F811
 ) -> None:
     baseline = generate(app, 1)
     assert baseline.status_code == 200, baseline.text
@@ -200,7 +203,8 @@ def test_openai_outage_falls_back_within_the_bound(
             break
     ok = [(mode, r) for mode, r in responses if r.status_code == 200]
     lost = [
-        r.json()["key"] for _, r in ok
+        r.json()["key"]
+        for _, r in ok
         if not (app.storage_dir / r.json()["key"]).is_file()
         or (app.storage_dir / r.json()["key"]).stat().st_size != r.json()["bytes"]
     ]

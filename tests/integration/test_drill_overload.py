@@ -56,7 +56,8 @@ async def burst(url: str) -> list[tuple[httpx.Response | Exception, float]]:
 
 
 def test_overload_refuses_the_excess_fast_and_stays_healthy(
-    app: DeployedApp, drill_report: DrillReport  # noqa: F811
+    app: DeployedApp,
+    drill_report: DrillReport,  # noqa: F811
 ) -> None:
     polls: list[tuple[int | str, float]] = []
     done = threading.Event()

@@ -41,7 +41,8 @@ REQUEST_TIMEOUT_S = 120  # a replica restart (CLIP model load) takes 10-20 s on 
 
 
 def test_replica_crashes_mid_burst_lose_nothing(
-    search_app: SearchApp, drill_report: DrillReport  # noqa: F811
+    search_app: SearchApp,
+    drill_report: DrillReport,  # noqa: F811
 ) -> None:
     run = uuid.uuid4().hex[:8]
     projects = [f"crash-{run}-{n}" for n in range(PROJECTS)]
@@ -64,7 +65,8 @@ def test_replica_crashes_mid_burst_lose_nothing(
 
     def acked_so_far() -> int:
         return sum(
-            1 for r in list(responses.values())
+            1
+            for r in list(responses.values())
             if isinstance(r, httpx.Response) and r.status_code in (200, 201)
         )
 
@@ -92,7 +94,8 @@ def test_replica_crashes_mid_burst_lose_nothing(
     upload(UPLOADS)  # and uploads work again
 
     acked = [
-        i for i, response in responses.items()
+        i
+        for i, response in responses.items()
         if isinstance(response, httpx.Response) and response.status_code in (200, 201)
     ]
     acknowledged = {responses[i].json()["id"]: images[i] for i in acked}  # type: ignore[union-attr]

@@ -91,7 +91,11 @@ def test_prompt_then_image_through_handles(client: DeploymentHandle) -> None:
     assert "prince" in first["prompt"]
     assert first["result_type"] == "core.types.GeneratedImage"
     assert (first["seed"], first["steps"], first["shape"], first["dtype"]) == (
-        1234, 2, (96, 64, 3), "uint8")
+        1234,
+        2,
+        (96, 64, 3),
+        "uint8",
+    )
     image = Image.open(io.BytesIO(first["png"]))
     assert (image.format, image.size, image.mode) == ("PNG", (64, 96), "RGB")
 
@@ -110,13 +114,22 @@ def test_embeddings_and_index_search_through_handles(
     images = [noise_png(seed) for seed in (501, 502, 503)]
     ids = []
     for i, data in enumerate(images):  # uploaded over HTTP: stored, embedded and indexed
-        response = httpx.post(f"{search_app.url}/v1/projects/{project_id}/images",
-                              files={"file": (f"{i}.png", data)}, timeout=60)
+        response = httpx.post(
+            f"{search_app.url}/v1/projects/{project_id}/images",
+            files={"file": (f"{i}.png", data)},
+            timeout=60,
+        )
         assert response.status_code == 201, response.text
         ids.append(response.json()["id"])
 
-    result = call(serve.get_app_handle(CLIENT_APP), "embed_and_search", project_id,
-                  ["a red fox", "고양이"], images, 3)
+    result = call(
+        serve.get_app_handle(CLIENT_APP),
+        "embed_and_search",
+        project_id,
+        ["a red fox", "고양이"],
+        images,
+        3,
+    )
     dim = result["text_shape"][1]
     assert result["text_shape"] == (2, dim) and result["text_dtype"] == "float32" and dim > 0
     assert result["image_shape"] == (3, dim)
@@ -132,13 +145,23 @@ def test_embeddings_and_index_search_through_handles(
 
     # the handle-computed vector is the one the upload route stored: search over HTTP by image
     # ranks the same way
-    by_image = httpx.post(f"{search_app.url}/v1/projects/{project_id}/images/search/by-image",
-                          params={"limit": 1}, files={"file": ("q.png", images[1])}, timeout=60)
+    by_image = httpx.post(
+        f"{search_app.url}/v1/projects/{project_id}/images/search/by-image",
+        params={"limit": 1},
+        files={"file": ("q.png", images[1])},
+        timeout=60,
+    )
     assert by_image.status_code == 200, by_image.text
     assert by_image.json()["results"][0]["id"] == ids[1]
 
-    unknown = call(serve.get_app_handle(CLIENT_APP), "embed_and_search", "no-such-project",
-                   ["x"], images[:1], 3)
+    unknown = call(
+        serve.get_app_handle(CLIENT_APP),
+        "embed_and_search",
+        "no-such-project",
+        ["x"],
+        images[:1],
+        3,
+    )
     assert unknown["image_hits"] == [[]] and unknown["text_hits"] == []
 
 
@@ -161,8 +184,9 @@ def test_voice_synthesis_through_handles(client: DeploymentHandle) -> None:
     assert other["sha256"] != first["sha256"]
 
     # a reference at another rate is resampled by the deployment
-    resampled = call(client, "speak", voice_clip(seed=3)[::2].copy(), SR // 2, "hello there",
-                     "hi", 11)
+    resampled = call(
+        client, "speak", voice_clip(seed=3)[::2].copy(), SR // 2, "hello there", "hi", 11
+    )
     assert resampled["sample_rate"] == 24_000 and resampled["duration_s"] > 0
 
     transcript = call(client, "transcribe", reference, SR)
@@ -195,7 +219,10 @@ def test_errors_cross_ray_as_the_projects_errors(client: DeploymentHandle) -> No
     cause = caught.value.cause
     assert type(cause) is InvalidInput
     assert (cause.status_code, cause.code, cause.message) == (
-        422, "invalid_request", "prompt must not be empty")
+        422,
+        "invalid_request",
+        "prompt must not be empty",
+    )
     assert api_error(caught.value) is cause
 
     # and straight from the driver to the deployment
@@ -207,4 +234,5 @@ def test_errors_cross_ray_as_the_projects_errors(client: DeploymentHandle) -> No
     # an unknown deployment is Ray's KeyError, not one of ours
     with pytest.raises(KeyError, match="does not exist"):
         serve.get_deployment_handle("NoSuchDeployment", app_name="ai").describe.remote().result(
-            timeout_s=60)
+            timeout_s=60
+        )

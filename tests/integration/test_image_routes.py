@@ -40,8 +40,11 @@ def test_readyz_lists_every_module(app: DeployedApp) -> None:
         "ImageGenerator": "HEALTHY",
     }
     assert body["modules"]["image_search"] == {
-        "state": "disabled", "enabled_by": "IMAGE_SEARCH_ENABLED", "reason": None,
-        "backend": None, "deployments": {},
+        "state": "disabled",
+        "enabled_by": "IMAGE_SEARCH_ENABLED",
+        "reason": None,
+        "backend": None,
+        "deployments": {},
     }
     assert body["modules"]["voice"]["state"] == "disabled"
     assert body["storage"]["state"] == "ready"
@@ -161,8 +164,11 @@ def test_malformed_json_is_400(app: DeployedApp) -> None:
 
 @pytest.mark.parametrize(
     ("content", "content_type"),
-    [(b"title=hamlet", "application/x-www-form-urlencoded"), (b"", "application/json"),
-     (b"[1, 2]", "application/json")],
+    [
+        (b"title=hamlet", "application/x-www-form-urlencoded"),
+        (b"", "application/json"),
+        (b"[1, 2]", "application/json"),
+    ],
 )
 def test_non_object_bodies_are_rejected_with_json(
     app: DeployedApp, content: bytes, content_type: str
@@ -192,7 +198,12 @@ def test_storage_route_refuses_keys_outside_results(app: DeployedApp, key: str) 
 
 def test_server_stays_up_after_bad_requests(app: DeployedApp) -> None:
     for _ in range(3):
-        post(app, "/v1/images/generate", content=b"\xff\xfe", headers={"content-type": "application/json"})
+        post(
+            app,
+            "/v1/images/generate",
+            content=b"\xff\xfe",
+            headers={"content-type": "application/json"},
+        )
     assert httpx.get(f"{app.url}/healthz").status_code == 200
     assert post(app, "/v1/images/generate", json=SEED_BODY).status_code == 200
 
@@ -206,5 +217,7 @@ def test_disabled_module_names_its_variable(imageless_app_url: str) -> None:
     ready = httpx.get(f"{imageless_app_url}/readyz")
     assert ready.status_code == 200
     assert {name: m["state"] for name, m in ready.json()["modules"].items()} == {
-        "image": "disabled", "image_search": "disabled", "voice": "disabled",
+        "image": "disabled",
+        "image_search": "disabled",
+        "voice": "disabled",
     }

@@ -30,12 +30,17 @@ def make_image(seed: int, fmt: str = "PNG", size: tuple[int, int] = (48, 40)) ->
 
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header claims a huge canvas (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     body = zlib.compress(b"\x00" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
 
 
 def project() -> str:
@@ -70,7 +75,11 @@ def test_upload_stores_indexes_and_deduplicates(search_app: SearchApp) -> None:
     first = upload(search_app, pid, data, "poster.png")
     assert first.status_code == 201, first.text
     body = first.json()
-    assert (body["project_id"], body["filename"], body["content_type"]) == (pid, "poster.png", "image/png")
+    assert (body["project_id"], body["filename"], body["content_type"]) == (
+        pid,
+        "poster.png",
+        "image/png",
+    )
     assert (body["width"], body["height"], body["size_bytes"]) == (48, 40, len(data))
     assert body["duplicate"] is False
     keys = search_app.object_keys(f"AI/SEARCH/{pid}/")
@@ -161,7 +170,9 @@ def test_batch_upload_embeds_together_and_reports_duplicates(search_app: SearchA
     pid = project()
     a, b = make_image(60), make_image(61)
     files = [("files", ("a.png", a)), ("files", ("b.png", b)), ("files", ("a-again.png", a))]
-    response = httpx.post(f"{search_app.url}/v1/projects/{pid}/images/batch", files=files, timeout=60)
+    response = httpx.post(
+        f"{search_app.url}/v1/projects/{pid}/images/batch", files=files, timeout=60
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["created"], body["duplicates"]) == (2, 1)
@@ -293,8 +304,14 @@ def test_malformed_multipart(search_app: SearchApp, kwargs: dict, status: int) -
 
 
 @pytest.mark.parametrize(
-    "body", [{"query": ""}, {"query": "x" * 1001}, {"query": "cat", "limit": 0},
-             {"query": "cat", "limit": 1000}, {"limit": 3}],
+    "body",
+    [
+        {"query": ""},
+        {"query": "x" * 1001},
+        {"query": "cat", "limit": 0},
+        {"query": "cat", "limit": 1000},
+        {"limit": 3},
+    ],
 )
 def test_bad_search_bodies(search_app: SearchApp, body: dict) -> None:
     pid = project()

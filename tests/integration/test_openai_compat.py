@@ -220,9 +220,7 @@ def test_dimensions_must_be_the_models(search_app: SearchApp, clip_dim: int) -> 
 
 
 @pytest.mark.parametrize("tokens", [[1, 2, 3], [[1, 2], [3]]])
-def test_token_arrays_are_refused_with_a_clear_message(
-    search_app: SearchApp, tokens: list
-) -> None:
+def test_token_arrays_are_refused_with_a_clear_message(search_app: SearchApp, tokens: list) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         client(search_app.url).embeddings.create(model="clip", input=tokens)
     assert caught.value.status_code == 422
@@ -258,10 +256,16 @@ def test_embeddings_without_the_search_module_is_503(app: DeployedApp) -> None:
     ("root_path", "url", "expected"),
     [
         ("", "/v1/storage/AI/POSTER/a.png", "http://h:8000/v1/storage/AI/POSTER/a.png"),
-        ("/search", "/v1/storage/AI/POSTER/a.png",
-         "http://h:8000/search/v1/storage/AI/POSTER/a.png"),
-        ("/search", "https://bucket.example/AI/POSTER/a.png?X-Amz-Signature=1",
-         "https://bucket.example/AI/POSTER/a.png?X-Amz-Signature=1"),
+        (
+            "/search",
+            "/v1/storage/AI/POSTER/a.png",
+            "http://h:8000/search/v1/storage/AI/POSTER/a.png",
+        ),
+        (
+            "/search",
+            "https://bucket.example/AI/POSTER/a.png?X-Amz-Signature=1",
+            "https://bucket.example/AI/POSTER/a.png?X-Amz-Signature=1",
+        ),
         ("/search", "//cdn.example/AI/POSTER/a.png", "http://cdn.example/AI/POSTER/a.png"),
     ],
 )

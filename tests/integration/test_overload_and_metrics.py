@@ -22,8 +22,10 @@ METRICS_WAIT_S = 120  # metrics are reported every second here; room for a loade
 async def burst(url: str, count: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=120) as client:
         return await asyncio.gather(
-            *(client.post(f"{url}/v1/images/generate", json={**SLOW_BODY, "seed": i})
-              for i in range(count))
+            *(
+                client.post(f"{url}/v1/images/generate", json={**SLOW_BODY, "seed": i})
+                for i in range(count)
+            )
         )
 
 
@@ -56,7 +58,8 @@ def scrape(metrics_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def total(samples: dict, name: str, **labels: str) -> float:
     return sum(
-        value for sample_labels, value in samples.get(name, [])
+        value
+        for sample_labels, value in samples.get(name, [])
         if all(sample_labels.get(key) == wanted for key, wanted in labels.items())
     )
 
@@ -64,27 +67,49 @@ def total(samples: dict, name: str, **labels: str) -> float:
 def test_custom_metrics_are_exported(
     local_ray: LocalRay, app: DeployedApp, search_app: SearchApp
 ) -> None:
-    assert httpx.post(f"{app.url}/v1/images/generate", json={"title": "metrics"}, timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            f"{app.url}/v1/images/generate", json={"title": "metrics"}, timeout=60
+        ).status_code
+        == 200
+    )
     assert httpx.post(f"{app.url}/v1/images/generate", json={"title": ""}).status_code == 422
     app.openai.mode = "http_500"
-    assert httpx.post(f"{app.url}/v1/images/generate", json={"title": "fallback"}, timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            f"{app.url}/v1/images/generate", json={"title": "fallback"}, timeout=60
+        ).status_code
+        == 200
+    )
     asyncio.run(burst(app.url, 8))  # some rejections
     project = f"metrics-{uuid.uuid4().hex[:8]}"
     for seed in (500, 501, 502):
         assert upload(search_app, project, make_image(seed)).status_code == 201
 
     wanted = {
-        "generate 200": lambda s: total(s, "ray_ai_http_requests_total",
-                                        route="/v1/images/generate", status="200") >= 2,
-        "generate 422": lambda s: total(s, "ray_ai_http_requests_total",
-                                        route="/v1/images/generate", status="422") >= 1,
-        "upload 201": lambda s: total(s, "ray_ai_http_requests_total",
-                                      route="/v1/projects/{project_id}/images", status="201") >= 3,
-        "generation latency": lambda s: total(s, "ray_ai_image_generation_seconds_count") >= 2
-        and 0 < total(s, "ray_ai_image_generation_seconds_sum") < 600,
+        "generate 200": lambda s: (
+            total(s, "ray_ai_http_requests_total", route="/v1/images/generate", status="200") >= 2
+        ),
+        "generate 422": lambda s: (
+            total(s, "ray_ai_http_requests_total", route="/v1/images/generate", status="422") >= 1
+        ),
+        "upload 201": lambda s: (
+            total(
+                s,
+                "ray_ai_http_requests_total",
+                route="/v1/projects/{project_id}/images",
+                status="201",
+            )
+            >= 3
+        ),
+        "generation latency": lambda s: (
+            total(s, "ray_ai_image_generation_seconds_count") >= 2
+            and 0 < total(s, "ray_ai_image_generation_seconds_sum") < 600
+        ),
         "fallbacks": lambda s: total(s, "ray_ai_prompt_fallbacks_total", reason="openai_http") >= 1,
-        "rejections": lambda s: total(s, "ray_ai_queue_rejections_total",
-                                      call="image generation") >= 1,
+        "rejections": lambda s: (
+            total(s, "ray_ai_queue_rejections_total", call="image generation") >= 1
+        ),
         "index size": lambda s: total(s, "ray_ai_index_images", project=project) == 3,
         "built-in": lambda s: total(s, "ray_serve_num_http_requests_total") >= 1,
     }

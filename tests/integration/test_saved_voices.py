@@ -14,11 +14,13 @@ from tests.integration.conftest import VoiceApp
 from tests.integration.test_voice_routes import reference_audio
 
 
-def put_voice(app: VoiceApp, voice_id: str, audio: bytes, transcript: str | None = None,
-              name: str = "ref.wav") -> httpx.Response:
+def put_voice(
+    app: VoiceApp, voice_id: str, audio: bytes, transcript: str | None = None, name: str = "ref.wav"
+) -> httpx.Response:
     data = {"transcript": transcript} if transcript is not None else {}
-    return httpx.put(f"{app.url}/v1/voices/{voice_id}", files={"audio": (name, audio)},
-                     data=data, timeout=60)
+    return httpx.put(
+        f"{app.url}/v1/voices/{voice_id}", files={"audio": (name, audio)}, data=data, timeout=60
+    )
 
 
 def client(app: VoiceApp) -> openai.OpenAI:
@@ -30,7 +32,9 @@ def test_saved_voice_lifecycle_and_use(voice_app: VoiceApp) -> None:
     created = put_voice(voice_app, voice_id, reference_audio(fmt="wav"), "안녕하세요")
     assert created.status_code == 201, created.text
     assert created.json()["key"] == f"AI/VOICE/{voice_id}.mp3"
-    stored = voice_app.s3_client().get_object(Bucket=voice_app.bucket, Key=f"AI/VOICE/{voice_id}.mp3")
+    stored = voice_app.s3_client().get_object(
+        Bucket=voice_app.bucket, Key=f"AI/VOICE/{voice_id}.mp3"
+    )
     assert stored["ContentType"] == "audio/mpeg"
     assert sf.info(io.BytesIO(stored["Body"].read())).format == "MP3"  # converted from WAV
 
@@ -42,12 +46,18 @@ def test_saved_voice_lifecycle_and_use(voice_app: VoiceApp) -> None:
     assert httpx.get(f"{voice_app.url}/v1/voices/{voice_id}").json()["transcript"] is None
 
     put_voice(voice_app, voice_id, reference_audio(fmt="wav"), "안녕하세요")
-    body = httpx.post(f"{voice_app.url}/v1/r2/voice/generate",
-                      json={"user_id": voice_id, "text": "반가워"}, timeout=120).json()
+    body = httpx.post(
+        f"{voice_app.url}/v1/r2/voice/generate",
+        json={"user_id": voice_id, "text": "반가워"},
+        timeout=120,
+    ).json()
     assert body["ref_text_source"] == "stored" and body["ref_text"] == "안녕하세요"
 
     speech = client(voice_app).audio.speech.create(
-        model="f5-tts", voice=voice_id, input="hello there", response_format="wav",
+        model="f5-tts",
+        voice=voice_id,
+        input="hello there",
+        response_format="wav",
         extra_body={"seed": 4},
     )
     samples, rate = sf.read(io.BytesIO(speech.read()))
@@ -78,11 +88,14 @@ def test_non_audio_voice_is_415(voice_app: VoiceApp) -> None:
     assert httpx.get(f"{voice_app.url}/v1/voices/not-audio").status_code == 404
 
 
-@pytest.mark.parametrize("body", [
-    {"model": "x", "voice": "v", "input": ""},
-    {"model": "x", "voice": "../v", "input": "hi"},
-    {"model": "x", "voice": "v", "input": "hi", "response_format": "aac"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "x", "voice": "v", "input": ""},
+        {"model": "x", "voice": "../v", "input": "hi"},
+        {"model": "x", "voice": "v", "input": "hi", "response_format": "aac"},
+    ],
+)
 def test_bad_speech_requests_are_422(voice_app: VoiceApp, body: dict) -> None:
     response = httpx.post(f"{voice_app.url}/v1/audio/speech", json=body)
     assert response.status_code == 422, response.text

@@ -50,9 +50,21 @@ def test_seed_multipart_curl_returns_mp3(voice_app: VoiceApp, tmp_path: Path) ->
     ref.write_bytes(reference_audio())
     out = tmp_path / "voice.mp3"
     subprocess.run(
-        ["curl", "-sf", "-F", f"ref_audio=@{ref}", "-F", "ref_text=안녕", "-F", "text=반가워",
-         f"{voice_app.url}/v1/voice/generate", "--output", str(out)],
-        check=True, timeout=120,
+        [
+            "curl",
+            "-sf",
+            "-F",
+            f"ref_audio=@{ref}",
+            "-F",
+            "ref_text=안녕",
+            "-F",
+            "text=반가워",
+            f"{voice_app.url}/v1/voice/generate",
+            "--output",
+            str(out),
+        ],
+        check=True,
+        timeout=120,
     )
     info = sf.info(str(out))
     assert info.format == "MP3"
@@ -62,12 +74,19 @@ def test_seed_multipart_curl_returns_mp3(voice_app: VoiceApp, tmp_path: Path) ->
     assert np.isfinite(samples).all() and np.abs(samples).max() > 0
 
 
-@pytest.mark.parametrize(("fmt", "content_type"), [
-    ("wav", "audio/wav"), ("flac", "audio/flac"), ("ogg", "audio/ogg"), ("mp3", "audio/mpeg"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [
+        ("wav", "audio/wav"),
+        ("flac", "audio/flac"),
+        ("ogg", "audio/ogg"),
+        ("mp3", "audio/mpeg"),
+    ],
+)
 def test_formats(voice_app: VoiceApp, fmt: str, content_type: str) -> None:
-    response = post_voice(voice_app, reference_audio(), ref_text="hello", text="hi there",
-                          format=fmt, seed="3")
+    response = post_voice(
+        voice_app, reference_audio(), ref_text="hello", text="hi there", format=fmt, seed="3"
+    )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == content_type
     samples, rate = decode(response.content)
@@ -90,8 +109,11 @@ def test_stored_reference_is_transcribed_once(voice_app: VoiceApp) -> None:
     s3 = voice_app.s3_client()
     ref = reference_audio(seconds=2.5, seed=2)
     s3.put_object(Bucket=voice_app.bucket, Key=f"AI/VOICE/{user}.mp3", Body=ref)
-    first = httpx.post(f"{voice_app.url}/v1/r2/voice/generate",
-                       json={"user_id": user, "text": "반가워"}, timeout=120)
+    first = httpx.post(
+        f"{voice_app.url}/v1/r2/voice/generate",
+        json={"user_id": user, "text": "반가워"},
+        timeout=120,
+    )
     assert first.status_code == 200, first.text
     body = first.json()
     assert body["ref_text_source"] == "asr"
@@ -101,8 +123,11 @@ def test_stored_reference_is_transcribed_once(voice_app: VoiceApp) -> None:
     assert sf.info(io.BytesIO(stored["Body"].read())).samplerate == SR
     assert body["key"].startswith(f"AI/VOICE/generated/{user}/")
 
-    second = httpx.post(f"{voice_app.url}/v1/r2/voice/generate",
-                        json={"user_id": user, "text": "또 만나요"}, timeout=120).json()
+    second = httpx.post(
+        f"{voice_app.url}/v1/r2/voice/generate",
+        json={"user_id": user, "text": "또 만나요"},
+        timeout=120,
+    ).json()
     assert second["ref_text_source"] == "cached"
     assert second["ref_text"] == body["ref_text"]
     transcripts = s3.list_objects_v2(Bucket=voice_app.bucket, Prefix="AI/VOICE/transcripts/")
@@ -114,23 +139,30 @@ def test_transcript_beside_the_reference_wins(voice_app: VoiceApp) -> None:
     s3 = voice_app.s3_client()
     s3.put_object(Bucket=voice_app.bucket, Key=f"AI/VOICE/{user}.mp3", Body=reference_audio(seed=3))
     s3.put_object(Bucket=voice_app.bucket, Key=f"AI/VOICE/{user}.txt", Body="안녕하세요".encode())
-    body = httpx.post(f"{voice_app.url}/v1/r2/voice/generate",
-                      json={"user_id": user, "text": "반가워", "format": "wav"}, timeout=120).json()
+    body = httpx.post(
+        f"{voice_app.url}/v1/r2/voice/generate",
+        json={"user_id": user, "text": "반가워", "format": "wav"},
+        timeout=120,
+    ).json()
     assert (body["ref_text_source"], body["ref_text"]) == ("stored", "안녕하세요")
     assert body["key"].endswith(".wav") and body["content_type"] == "audio/wav"
 
 
 def test_unknown_user_is_404_naming_the_key(voice_app: VoiceApp) -> None:
-    response = httpx.post(f"{voice_app.url}/v1/r2/voice/generate",
-                          json={"user_id": "nobody-here", "text": "hi"})
+    response = httpx.post(
+        f"{voice_app.url}/v1/r2/voice/generate", json={"user_id": "nobody-here", "text": "hi"}
+    )
     assert response.status_code == 404
     assert "AI/VOICE/nobody-here.mp3" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("user_id", ["../x", "a/b", "", "x" * 200, "..", ".hidden", "a..b", "a\x00b"])
+@pytest.mark.parametrize(
+    "user_id", ["../x", "a/b", "", "x" * 200, "..", ".hidden", "a..b", "a\x00b"]
+)
 def test_user_id_tricks_are_422(voice_app: VoiceApp, user_id: str) -> None:
-    response = httpx.post(f"{voice_app.url}/v1/r2/voice/generate",
-                          json={"user_id": user_id, "text": "hi"})
+    response = httpx.post(
+        f"{voice_app.url}/v1/r2/voice/generate", json={"user_id": user_id, "text": "hi"}
+    )
     assert response.status_code == 422
     assert "user_id" in response.json()["error"]["message"]
 
@@ -143,27 +175,33 @@ def hour_long_wav_header() -> bytes:
     return header + b"data" + struct.pack("<I", data_bytes) + b"\x00" * 4096
 
 
-@pytest.mark.parametrize(("ref", "status"), [
-    (b"this is a text file, not audio", 415),
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, 415),
-    (b"", 415),
-    (hour_long_wav_header(), 413),
-    (b"\x00" * (3 * 1024 * 1024), 413),  # over VOICE_MAX_REF_BYTES (2 MiB here)
-])
+@pytest.mark.parametrize(
+    ("ref", "status"),
+    [
+        (b"this is a text file, not audio", 415),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, 415),
+        (b"", 415),
+        (hour_long_wav_header(), 413),
+        (b"\x00" * (3 * 1024 * 1024), 413),  # over VOICE_MAX_REF_BYTES (2 MiB here)
+    ],
+)
 def test_bad_references(voice_app: VoiceApp, ref: bytes, status: int) -> None:
     response = post_voice(voice_app, ref, ref_text="hi", text="hello")
     assert response.status_code == status, response.text
     assert response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"ref_text": "hi", "text": ""}, "text"),
-    ({"ref_text": "hi", "text": "   "}, "text"),
-    ({"ref_text": "hi", "text": "x" * 600}, "text"),  # VOICE_MAX_TEXT_CHARS=500 here
-    ({"ref_text": "hi"}, "text"),
-    ({"ref_text": "hi", "text": "ok", "format": "aiff"}, "format"),
-    ({"ref_text": "hi", "text": "ok", "speed": "9"}, "speed"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"ref_text": "hi", "text": ""}, "text"),
+        ({"ref_text": "hi", "text": "   "}, "text"),
+        ({"ref_text": "hi", "text": "x" * 600}, "text"),  # VOICE_MAX_TEXT_CHARS=500 here
+        ({"ref_text": "hi"}, "text"),
+        ({"ref_text": "hi", "text": "ok", "format": "aiff"}, "format"),
+        ({"ref_text": "hi", "text": "ok", "speed": "9"}, "speed"),
+    ],
+)
 def test_bad_text_fields_are_422(voice_app: VoiceApp, fields: dict, field: str) -> None:
     response = post_voice(voice_app, reference_audio(), **fields)
     assert response.status_code == 422, response.text
@@ -171,14 +209,16 @@ def test_bad_text_fields_are_422(voice_app: VoiceApp, fields: dict, field: str) 
 
 
 def test_missing_reference_file_is_422(voice_app: VoiceApp) -> None:
-    response = httpx.post(f"{voice_app.url}/v1/voice/generate", data={"text": "hi"},
-                          files={"other": ("x", b"x")})
+    response = httpx.post(
+        f"{voice_app.url}/v1/voice/generate", data={"text": "hi"}, files={"other": ("x", b"x")}
+    )
     assert response.status_code == 422
     assert "ref_audio" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("body", [{"user_id": "u", "text": ""}, {"user_id": "u"},
-                                  {"user_id": "u", "text": "x" * 600}])
+@pytest.mark.parametrize(
+    "body", [{"user_id": "u", "text": ""}, {"user_id": "u"}, {"user_id": "u", "text": "x" * 600}]
+)
 def test_bad_json_text_is_422(voice_app: VoiceApp, body: dict) -> None:
     response = httpx.post(f"{voice_app.url}/v1/r2/voice/generate", json=body)
     assert response.status_code == 422
@@ -200,8 +240,11 @@ def test_a_model_that_fails_to_load_answers_503_with_the_reason(
         "VOICE_CHECKPOINT": str(tmp_path / "missing" / "model.safetensors"),
     }
     try:
-        serve.run(build_app({"env_files": [], "settings": settings}), name="voice-broken",
-                  route_prefix="/voice-broken")
+        serve.run(
+            build_app({"env_files": [], "settings": settings}),
+            name="voice-broken",
+            route_prefix="/voice-broken",
+        )
     except Exception:  # noqa: BLE001 - Serve reports the failed deployment; the app stays up
         pass
     url = f"{serve_url}/voice-broken"

@@ -126,7 +126,9 @@ class FakeOpenAIServer:
         httpd.fake = self
         self._httpd = httpd
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
             name="fake-openai",
         )
         self._thread.start()
@@ -275,8 +277,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = None
         headers = {name.lower(): value for name, value in self.headers.items()}
         path = self.path.split("?", 1)[0]
-        return RecordedRequest(method=self.command, path=path, headers=headers, body=body,
-                               raw_body=raw)
+        return RecordedRequest(
+            method=self.command, path=path, headers=headers, body=body, raw_body=raw
+        )
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:

@@ -139,7 +139,10 @@ class HandleClient:
             "empty_text": self._clip.embed_text.remote([""]),
             "not_an_image": self._clip.embed_images.remote([b"definitely not an image"]),
             "empty_speech_text": self._voice.synthesize.remote(
-                np.zeros(24_000, dtype=np.float32) + 0.1, 24_000, "hello", "   ",
+                np.zeros(24_000, dtype=np.float32) + 0.1,
+                24_000,
+                "hello",
+                "   ",
                 VoiceParams(nfe_steps=1),
             ),
         }

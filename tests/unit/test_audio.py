@@ -195,8 +195,9 @@ def _tone_error_db(samples: np.ndarray, freq: float, sr: int) -> float:
     return float(20 * np.log10(np.sqrt(np.mean(residual**2)) / np.hypot(*coef)))
 
 
-@pytest.mark.parametrize(("source", "target"), [(16_000, 24_000), (44_100, 24_000),
-                                                 (24_000, 16_000)])
+@pytest.mark.parametrize(
+    ("source", "target"), [(16_000, 24_000), (44_100, 24_000), (24_000, 16_000)]
+)
 def test_resample_keeps_tones_clean(source: int, target: int) -> None:
     freq = 0.4 * min(source, target)  # near the top of the shared band
     out = resample(tone(1.0, sr=source, freq=freq), source, target)

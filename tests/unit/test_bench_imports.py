@@ -28,16 +28,25 @@ print(json.dumps(changes))
 """
 
 
-def _environment_changes(modules: list[str], extra_path: Path | None = None
-                         ) -> dict[str, dict[str, list[str | None]]]:
+def _environment_changes(
+    modules: list[str], extra_path: Path | None = None
+) -> dict[str, dict[str, list[str | None]]]:
     from bench.env import DEFAULTS
 
     # Without the variables the benchmarks set, so that a `setdefault` at import shows.
     env = {k: v for k, v in os.environ.items() if k not in DEFAULTS}
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(p) for p in (extra_path, ROOT) if p] + [env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", PROBE, *modules], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+        [str(p) for p in (extra_path, ROOT) if p] + [env.get("PYTHONPATH", "")]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *modules],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, dict[str, list[str | None]]] = json.loads(done.stdout.splitlines()[-1])
     return result
@@ -52,6 +61,8 @@ def test_importing_a_bench_module_leaves_the_environment_alone() -> None:
 def test_the_probe_sees_an_import_time_change(tmp_path: Path) -> None:
     """The check above can fail: a module that sets a variable when imported is caught."""
     (tmp_path / "sets_env.py").write_text(
-        "import os\nos.environ.setdefault('BENCH_IMPORT_PROBE', '1')\n")
+        "import os\nos.environ.setdefault('BENCH_IMPORT_PROBE', '1')\n"
+    )
     assert _environment_changes(["sets_env"], tmp_path) == {
-        "sets_env": {"BENCH_IMPORT_PROBE": [None, "1"]}}
+        "sets_env": {"BENCH_IMPORT_PROBE": [None, "1"]}
+    }

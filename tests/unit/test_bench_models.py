@@ -15,17 +15,38 @@ from bench.report import models_summary
 
 def test_measures_and_reports_on_tiny_models(tiny_models_dir: Path) -> None:
     settings = Settings(
-        image_size=64, image_steps=(1, 2), image_repeats=1, unet_repeats=1,
-        full_size_warm_up=True, clip_rounds=1, clip_batches=(1, 4), voice_nfe=(2, 1),
-        voice_repeats=1, voice_text=SHORT_TEXT, dtypes=("float32",), channels_last=False,
+        image_size=64,
+        image_steps=(1, 2),
+        image_repeats=1,
+        unet_repeats=1,
+        full_size_warm_up=True,
+        clip_rounds=1,
+        clip_batches=(1, 4),
+        voice_nfe=(2, 1),
+        voice_repeats=1,
+        voice_text=SHORT_TEXT,
+        dtypes=("float32",),
+        channels_last=False,
         note="tiny models",
     )
     paths = {name: tiny_models_dir / name for name in ("diffusion", "clip", "f5tts", "vocos")}
-    figures = measure(paths, tiny_models_dir / "whisper", Device("cpu"), settings,
-                      f5_config=str(tiny_models_dir / "f5tts" / "model.yaml"))
+    figures = measure(
+        paths,
+        tiny_models_dir / "whisper",
+        Device("cpu"),
+        settings,
+        f5_config=str(tiny_models_dir / "f5tts" / "model.yaml"),
+    )
 
-    assert set(figures["params"]) == {"unet", "vae", "text_encoder", "clip", "clip_visual",
-                                      "f5tts_dit", "vocos"}
+    assert set(figures["params"]) == {
+        "unet",
+        "vae",
+        "text_encoder",
+        "clip",
+        "clip_visual",
+        "f5tts_dit",
+        "vocos",
+    }
     image = figures["image"]["fp32"]
     assert set(image["generate_p50_ms"]) == {"1", "2"} and image["unet_p50_ms"] > 0
     assert "per_step_ms" in image
@@ -40,5 +61,7 @@ def test_measures_and_reports_on_tiny_models(tiny_models_dir: Path) -> None:
         assert text in section.markdown
     rows = models_summary({"models": Section(section.title, section.markdown, figures)})
     assert [row[0].split(",")[0] for row in rows] == [
-        "sd-turbo-sized 512x512 generation", "CLIP ViT-B-32 embedding",
-        "F5-TTS v1 base real-time factor (synthesis s / audio s)"]
+        "sd-turbo-sized 512x512 generation",
+        "CLIP ViT-B-32 embedding",
+        "F5-TTS v1 base real-time factor (synthesis s / audio s)",
+    ]

@@ -24,14 +24,18 @@ JSON_CAP, UPLOAD_CAP = 4096, 64 * 1024
 
 @pytest.fixture
 def client(tmp_path: Path) -> TestClient:
-    settings = load_settings(None, {
-        "LOCAL_STORAGE_DIR": str(tmp_path),
-        "GATEWAY_MAX_JSON_BYTES": JSON_CAP,
-        "GATEWAY_MAX_UPLOAD_BYTES": UPLOAD_CAP,
-    })
+    settings = load_settings(
+        None,
+        {
+            "LOCAL_STORAGE_DIR": str(tmp_path),
+            "GATEWAY_MAX_JSON_BYTES": JSON_CAP,
+            "GATEWAY_MAX_UPLOAD_BYTES": UPLOAD_CAP,
+        },
+    )
     config = gateway_config(settings)
-    services = Services(config=config, store=LocalObjectStore(tmp_path),
-                        board=ModuleBoard("ai", config.enabled))
+    services = Services(
+        config=config, store=LocalObjectStore(tmp_path), board=ModuleBoard("ai", config.enabled)
+    )
     return TestClient(create_http_app(services))
 
 
@@ -43,8 +47,9 @@ def _assert_413(response: Any, setting: str) -> None:
 
 def test_a_json_body_over_the_cap_is_413_before_the_route(client: TestClient) -> None:
     body = json.dumps({"query": "x" * JSON_CAP, "limit": 5})
-    response = client.post("/v1/projects/p1/images/search", content=body,
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/projects/p1/images/search", content=body, headers={"content-type": "application/json"}
+    )
     _assert_413(response, "GATEWAY_MAX_JSON_BYTES")
 
 
@@ -55,8 +60,11 @@ def test_a_streamed_json_body_is_cut_off_at_the_cap(client: TestClient) -> None:
             yield b"x" * 1000
         yield b'"}'
 
-    response = client.post("/v1/projects/p1/images/search", content=chunks(),
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/projects/p1/images/search",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
     _assert_413(response, "GATEWAY_MAX_JSON_BYTES")
 
 
@@ -88,9 +96,15 @@ def test_bodies_in_flight_share_one_budget() -> None:
     middleware = BodyLimitMiddleware(slow_app, BodyLimits(1000, 1000, 1500))
 
     def request(size: int) -> tuple[dict[str, Any], Any]:
-        scope = {"type": "http", "method": "POST", "path": "/x",
-                 "headers": [(b"content-type", b"application/json"),
-                             (b"content-length", str(size).encode())]}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/x",
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(size).encode()),
+            ],
+        }
         sent = False
 
         async def receive() -> dict[str, Any]:
@@ -110,6 +124,7 @@ def test_bodies_in_flight_share_one_budget() -> None:
             async def send(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     statuses.append(message["status"])
+
             return send
 
         first = asyncio.create_task(middleware(*request(1000), collector()))

@@ -17,8 +17,12 @@ from serve_app.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_CONFIGS = ("serve_config.yaml", "configs/offline-cpu.yaml")
 SECRET_NAMES = (
-    "R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_BUCKET_NAME",
-    "OPENAI_API_KEY", "API_KEYS",
+    "R2_ACCOUNT_ID",
+    "R2_ACCESS_KEY_ID",
+    "R2_SECRET_ACCESS_KEY",
+    "R2_BUCKET_NAME",
+    "OPENAI_API_KEY",
+    "API_KEYS",
 )
 
 
@@ -83,7 +87,9 @@ def test_gpu_workers_declare_the_model_resource(rayservice: dict[str, Any]) -> N
     head, worker = containers(rayservice)
     (group,) = rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     # KubeRay passes the value to `ray start --resources` as is: a quoted JSON object.
-    resources = json.loads(group["rayStartParams"]["resources"].strip("'"))  # KubeRay strips the quotes
+    resources = json.loads(
+        group["rayStartParams"]["resources"].strip("'")
+    )  # KubeRay strips the quotes
     assert resources == {env_of(worker)["MODEL_NODE_RESOURCE"]: 1}
     assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) >= 1
     assert "nvidia.com/gpu" not in head["resources"]["limits"]

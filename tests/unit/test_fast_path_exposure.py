@@ -29,9 +29,15 @@ def render_haproxy_config(host: str, port: int = 8000) -> list[str]:
     env.filters["haproxy_fmt"] = _haproxy_fmt_literal
     config: Any = HAProxyConfig(http_options=HTTPOptions(host=host, port=port))
     text = env.from_string(HAPROXY_CONFIG_TEMPLATE).render(
-        config=config, backends=[], grpc_backends=[], backends_with_health_config=[],
-        grpc_backends_with_health_config=[], healthz_rules="", grpc_healthz_rules="",
-        route_info=config.build_health_route_info([]), has_ingress_request_router=False,
+        config=config,
+        backends=[],
+        grpc_backends=[],
+        backends_with_health_config=[],
+        grpc_backends_with_health_config=[],
+        healthz_rules="",
+        grpc_healthz_rules="",
+        route_info=config.build_health_route_info([]),
+        has_ingress_request_router=False,
     )
     return [line.strip() for line in text.splitlines() if line.strip().startswith("bind ")]
 

@@ -32,7 +32,10 @@ def test_one_gpu_box_shares_the_card_by_memory_need() -> None:
 
 def test_enough_cards_give_each_model_its_own() -> None:
     assert {m: p[0] for m, p in _plan([4]).items()} == {
-        "image": 1.0, "image_search": 1.0, "voice": 1.0}
+        "image": 1.0,
+        "image_search": 1.0,
+        "voice": 1.0,
+    }
     assert all(cap is None for _, _, cap in _plan([1, 1, 1]).values())
 
 
@@ -67,8 +70,11 @@ def test_explicit_numbers_are_honoured_and_auto_takes_the_rest() -> None:
 @pytest.mark.parametrize(
     ("nodes", "overrides", "named"),
     [
-        ([1], {"IMAGE_NUM_GPUS": 1, "CLIP_NUM_GPUS": 1, "VOICE_ENABLED": False},
-         "CLIP_NUM_GPUS"),  # the README's old default on a one-GPU box
+        (
+            [1],
+            {"IMAGE_NUM_GPUS": 1, "CLIP_NUM_GPUS": 1, "VOICE_ENABLED": False},
+            "CLIP_NUM_GPUS",
+        ),  # the README's old default on a one-GPU box
         ([1], {"IMAGE_NUM_GPUS": 0.6, "CLIP_NUM_GPUS": 0.6, "VOICE_NUM_GPUS": 0}, "NUM_GPUS"),
         ([1, 1], {"IMAGE_NUM_GPUS": 2}, "IMAGE_NUM_GPUS"),  # two cards, but not on one node
         ([4], {"IMAGE_NUM_GPUS": 1.5}, "IMAGE_NUM_GPUS"),  # Ray takes fractions below 1 only

@@ -51,13 +51,16 @@ def record(image_id: str = "img-1", **extra: Any) -> ImageRecord:
 
 
 PYDANTIC_VALUES: dict[str, BaseModel] = {
-    "ImageParams": ImageParams(width=64, height=128, steps=3, guidance_scale=1.5,
-                               negative_prompt="blurry", seed=2**63 - 1),
+    "ImageParams": ImageParams(
+        width=64, height=128, steps=3, guidance_scale=1.5, negative_prompt="blurry", seed=2**63 - 1
+    ),
     "ImageParams-defaults": ImageParams(),
-    "OptimizedPrompt": OptimizedPrompt(prompt="Poster art of a prince", source="openai",
-                                       model="gpt-test", elapsed_ms=12.5),
-    "OptimizedPrompt-fallback": OptimizedPrompt(prompt="p", source="fallback",
-                                                fallback_reason="timeout"),
+    "OptimizedPrompt": OptimizedPrompt(
+        prompt="Poster art of a prince", source="openai", model="gpt-test", elapsed_ms=12.5
+    ),
+    "OptimizedPrompt-fallback": OptimizedPrompt(
+        prompt="p", source="fallback", fallback_reason="timeout"
+    ),
     "VoiceParams": VoiceParams(nfe_steps=4, cfg_strength=0.5, speed=1.25, seed=3),
     "ImageRecord": record(duplicate=True),
     "SearchHit": SearchHit(record=record(), score=0.875),
@@ -91,9 +94,18 @@ def test_record_keeps_its_aware_utc_timestamp() -> None:
 
 def test_new_image_with_its_vector_roundtrips() -> None:
     vector = np.random.default_rng(0).standard_normal(32).astype(np.float32)
-    value = NewImage(id="i", project_id="p", object_key="AI/SEARCH/p/i.png", filename="a.png",
-                     content_type="image/png", size_bytes=10, width=4, height=4,
-                     sha256="00" * 32, vector=vector)
+    value = NewImage(
+        id="i",
+        project_id="p",
+        object_key="AI/SEARCH/p/i.png",
+        filename="a.png",
+        content_type="image/png",
+        size_bytes=10,
+        width=4,
+        height=4,
+        sha256="00" * 32,
+        vector=vector,
+    )
     for back in (roundtrip(value), NewImage.model_validate(value.model_dump())):
         assert back.model_dump(exclude={"vector"}) == value.model_dump(exclude={"vector"})
         assert back.vector.dtype == np.float32 and np.array_equal(back.vector, vector)
@@ -104,7 +116,11 @@ def test_generated_image_roundtrips_and_encodes_the_same_png() -> None:
     value = GeneratedImage(pixels=pixels, seed=2**62 + 5, steps=2, elapsed_ms=3.5)
     back = roundtrip(value)
     assert (back.seed, back.steps, back.elapsed_ms, back.created_at) == (
-        value.seed, value.steps, value.elapsed_ms, value.created_at)
+        value.seed,
+        value.steps,
+        value.elapsed_ms,
+        value.created_at,
+    )
     assert back.pixels.dtype == np.uint8 and np.array_equal(back.pixels, pixels)
     assert (back.width, back.height) == (48, 40)
     assert back.to_png() == value.to_png()
@@ -112,12 +128,18 @@ def test_generated_image_roundtrips_and_encodes_the_same_png() -> None:
 
 def test_synthesized_speech_roundtrips() -> None:
     samples = np.random.default_rng(2).uniform(-1, 1, 24_000).astype(np.float32)
-    value = SynthesizedSpeech(samples=samples, sample_rate=24_000, seed=9, duration_s=1.0,
-                              elapsed_ms=50.0, chunks=1)
+    value = SynthesizedSpeech(
+        samples=samples, sample_rate=24_000, seed=9, duration_s=1.0, elapsed_ms=50.0, chunks=1
+    )
     back = roundtrip(value)
     assert back.samples.dtype == np.float32 and np.array_equal(back.samples, samples)
     assert (back.sample_rate, back.seed, back.duration_s, back.elapsed_ms, back.chunks) == (
-        24_000, 9, 1.0, 50.0, 1)
+        24_000,
+        9,
+        1.0,
+        50.0,
+        1,
+    )
 
 
 def test_params_are_validated_on_the_caller_side() -> None:
@@ -130,8 +152,11 @@ def test_params_are_validated_on_the_caller_side() -> None:
 def test_errors_keep_code_status_and_details_when_pickled() -> None:
     error = roundtrip(InvalidInput("prompt must not be empty", field="prompt"))
     assert type(error) is InvalidInput
-    assert (error.status_code, error.code, error.message) == (422, "invalid_request",
-                                                              "prompt must not be empty")
+    assert (error.status_code, error.code, error.message) == (
+        422,
+        "invalid_request",
+        "prompt must not be empty",
+    )
     assert error.details == {"field": "prompt"}
 
 
@@ -155,10 +180,21 @@ def test_api_error_finds_the_cause_behind_wrappers() -> None:
 
 
 def test_api_module_names_every_deployment_and_type() -> None:
-    assert (api.PROMPT_OPTIMIZER, api.IMAGE_GENERATOR, api.CLIP_EMBEDDER, api.VECTOR_INDEX,
-            api.VOICE_CLONER, api.GATEWAY) == (
-        "PromptOptimizer", "ImageGenerator", "ClipEmbedder", "VectorIndex", "VoiceCloner",
-        "Gateway")
+    assert (
+        api.PROMPT_OPTIMIZER,
+        api.IMAGE_GENERATOR,
+        api.CLIP_EMBEDDER,
+        api.VECTOR_INDEX,
+        api.VOICE_CLONER,
+        api.GATEWAY,
+    ) == (
+        "PromptOptimizer",
+        "ImageGenerator",
+        "ClipEmbedder",
+        "VectorIndex",
+        "VoiceCloner",
+        "Gateway",
+    )
     from deployments.clip_embedder import ClipEmbedder
     from deployments.image_generator import ImageGenerator
     from deployments.prompt_optimizer import PromptOptimizer
@@ -166,22 +202,44 @@ def test_api_module_names_every_deployment_and_type() -> None:
     from deployments.voice_cloner import VoiceCloner
     from serve_app.gateway import Gateway
 
-    for deployment in (PromptOptimizer, ImageGenerator, ClipEmbedder, VectorIndex, VoiceCloner,
-                       Gateway):
+    for deployment in (
+        PromptOptimizer,
+        ImageGenerator,
+        ClipEmbedder,
+        VectorIndex,
+        VoiceCloner,
+        Gateway,
+    ):
         assert deployment.name in {name for names in api.DEPLOYMENTS.values() for name in names} | {
-            api.GATEWAY}
+            api.GATEWAY
+        }
     assert set(api.__all__) <= set(dir(api))
     doc = api.__doc__ or ""
-    for method in ("optimize(", "generate(", "embed_text(", "embed_images(", "search(",
-                   "synthesize(", "transcribe("):
+    for method in (
+        "optimize(",
+        "generate(",
+        "embed_text(",
+        "embed_images(",
+        "search(",
+        "synthesize(",
+        "transcribe(",
+    ):
         assert method in doc
 
 
 def test_api_import_is_light() -> None:
     """A client process imports the types without Ray, torch or the model libraries."""
-    code = ("import sys, deployments.api; "
-            "print(sorted(m for m in ('ray', 'torch', 'diffusers', 'open_clip', 'f5_tts') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=120, cwd=ROOT)
+    code = (
+        "import sys, deployments.api; "
+        "print(sorted(m for m in ('ray', 'torch', 'diffusers', 'open_clip', 'f5_tts') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.stdout.strip() == "[]"

@@ -24,8 +24,9 @@ def encode(fmt: str, size: tuple[int, int] = (40, 30), **options: object) -> byt
 def animated_gif() -> bytes:
     frames = [Image.new("RGB", (16, 16), color) for color in ("red", "green", "blue")]
     buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:],
-                   comment=b"hello", loop=0)
+    frames[0].save(
+        buffer, format="GIF", save_all=True, append_images=frames[1:], comment=b"hello", loop=0
+    )
     return buffer.getvalue()
 
 

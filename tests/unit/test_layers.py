@@ -68,14 +68,27 @@ def _loaded_after(statement: str) -> set[str]:
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         check=True,
     ).stdout
     return set(json.loads(out.strip().splitlines()[-1]))
 
 
-HEAVY_FOR_CALLERS = {"boto3", "botocore", "hnswlib", "sqlmodel", "sqlalchemy", "serve_app",
-                     "torch", "openai", "fastapi"}
+HEAVY_FOR_CALLERS = {
+    "boto3",
+    "botocore",
+    "hnswlib",
+    "sqlmodel",
+    "sqlalchemy",
+    "serve_app",
+    "torch",
+    "openai",
+    "fastapi",
+}
 
 
 def test_the_handle_api_is_light() -> None:
@@ -87,8 +100,15 @@ def test_the_handle_api_is_light() -> None:
 def test_the_gateway_does_not_import_the_models_stacks() -> None:
     """The Gateway process never loads hnswlib, SQLModel, openai or the model libraries."""
     loaded = _loaded_after("import serve_app.gateway")
-    unexpected = loaded & {"hnswlib", "sqlmodel", "openai", "open_clip", "diffusers", "f5_tts",
-                           "transformers"}
+    unexpected = loaded & {
+        "hnswlib",
+        "sqlmodel",
+        "openai",
+        "open_clip",
+        "diffusers",
+        "f5_tts",
+        "transformers",
+    }
     assert not unexpected, sorted(unexpected)
 
 

@@ -124,8 +124,10 @@ def test_errors_the_client_should_see_keep_their_status(
     queue.shutdown()
 
 
-@pytest.mark.parametrize("error", [ValueError("/secret/path: shape mismatch"),
-                                   RuntimeError("CUDA error at /secret/path")])
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("/secret/path: shape mismatch"), RuntimeError("CUDA error at /secret/path")],
+)
 def test_a_model_failure_is_masked_and_logged(
     error: Exception, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,7 +18,10 @@ PREFIXES = (
 def test_the_defaults_are_separate_folders() -> None:
     settings = load_settings(None)
     assert [getattr(settings, name.lower()) for name in PREFIXES] == [
-        "AI/POSTER/", "AI/SEARCH/", "AI/VOICE/", "backups/image_search/"
+        "AI/POSTER/",
+        "AI/SEARCH/",
+        "AI/VOICE/",
+        "backups/image_search/",
     ]
 
 

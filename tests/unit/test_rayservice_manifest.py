@@ -69,106 +69,241 @@ STRING_MAP = {"type": "object", "additionalProperties": STRING}  # map[string]st
 QUANTITY = {
     "anyOf": [{"type": "integer"}, {"type": "string"}],
     "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
-               r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
 }
 
 
 def closed(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {"type": "object", "properties": properties, "required": list(required),
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
 
 
 def array(items: dict[str, Any]) -> dict[str, Any]:
     return {"type": "array", "items": items}
 
 
-PROBE = closed({
-    "exec": closed({"command": STRINGS}), "failureThreshold": INT32, "grpc": ANY,
-    "httpGet": ANY, "initialDelaySeconds": INT32, "periodSeconds": INT32,
-    "successThreshold": INT32, "tcpSocket": ANY, "terminationGracePeriodSeconds": INT64,
-    "timeoutSeconds": INT32,
-})
-CONTAINER = closed({
-    "args": STRINGS, "command": STRINGS,
-    "env": array(closed({"name": STRING, "value": STRING, "valueFrom": ANY}, ("name",))),
-    "envFrom": array(closed({
-        "configMapRef": ANY, "prefix": STRING,
-        "secretRef": closed({"name": STRING, "optional": BOOLEAN}),
-    })),
-    "image": STRING, "imagePullPolicy": STRING, "lifecycle": ANY, "livenessProbe": PROBE,
-    "name": STRING,
-    "ports": array(closed({"containerPort": INT32, "hostIP": STRING, "hostPort": INT32,
-                           "name": STRING, "protocol": STRING}, ("containerPort",))),
-    "readinessProbe": PROBE, "resizePolicy": ANY,
-    "resources": closed({
-        "claims": ANY,
-        "limits": {"type": "object", "additionalProperties": QUANTITY},
-        "requests": {"type": "object", "additionalProperties": QUANTITY},
-    }),
-    "restartPolicy": STRING, "securityContext": ANY, "startupProbe": PROBE, "stdin": BOOLEAN,
-    "stdinOnce": BOOLEAN, "terminationMessagePath": STRING, "terminationMessagePolicy": STRING,
-    "tty": BOOLEAN, "volumeDevices": ANY,
-    "volumeMounts": array(closed({
-        "mountPath": STRING, "mountPropagation": STRING, "name": STRING, "readOnly": BOOLEAN,
-        "recursiveReadOnly": STRING, "subPath": STRING, "subPathExpr": STRING,
-    }, ("mountPath", "name"))),
-    "workingDir": STRING,
-}, ("name",))
-POD_SPEC = closed({
-    **dict.fromkeys((
-        "activeDeadlineSeconds", "affinity", "automountServiceAccountToken", "dnsConfig",
-        "dnsPolicy", "enableServiceLinks", "ephemeralContainers", "hostAliases", "hostIPC",
-        "hostNetwork", "hostPID", "hostUsers", "hostname", "imagePullSecrets",
-        "initContainers", "nodeName", "nodeSelector", "os", "overhead", "preemptionPolicy",
-        "priority", "priorityClassName", "readinessGates", "resourceClaims", "resources",
-        "restartPolicy", "runtimeClassName", "schedulerName", "schedulingGates",
-        "serviceAccount", "serviceAccountName", "setHostnameAsFQDN", "shareProcessNamespace",
-        "subdomain", "terminationGracePeriodSeconds", "topologySpreadConstraints",
-    ), ANY),
-    "containers": array(CONTAINER),
-    "securityContext": {"type": "object", "properties": {"fsGroup": INT64}},
-    "tolerations": array(closed({"effect": STRING, "key": STRING, "operator": STRING,
-                                 "tolerationSeconds": INT64, "value": STRING})),
-    # A volume has one source besides its name; only the one used here is spelt out.
-    "volumes": array({
-        "type": "object", "required": ["name"],
-        "properties": {
-            "name": STRING,
-            "persistentVolumeClaim": closed({"claimName": STRING, "readOnly": BOOLEAN},
-                                            ("claimName",)),
-        },
-    }),
-}, ("containers",))
+PROBE = closed(
+    {
+        "exec": closed({"command": STRINGS}),
+        "failureThreshold": INT32,
+        "grpc": ANY,
+        "httpGet": ANY,
+        "initialDelaySeconds": INT32,
+        "periodSeconds": INT32,
+        "successThreshold": INT32,
+        "tcpSocket": ANY,
+        "terminationGracePeriodSeconds": INT64,
+        "timeoutSeconds": INT32,
+    }
+)
+CONTAINER = closed(
+    {
+        "args": STRINGS,
+        "command": STRINGS,
+        "env": array(closed({"name": STRING, "value": STRING, "valueFrom": ANY}, ("name",))),
+        "envFrom": array(
+            closed(
+                {
+                    "configMapRef": ANY,
+                    "prefix": STRING,
+                    "secretRef": closed({"name": STRING, "optional": BOOLEAN}),
+                }
+            )
+        ),
+        "image": STRING,
+        "imagePullPolicy": STRING,
+        "lifecycle": ANY,
+        "livenessProbe": PROBE,
+        "name": STRING,
+        "ports": array(
+            closed(
+                {
+                    "containerPort": INT32,
+                    "hostIP": STRING,
+                    "hostPort": INT32,
+                    "name": STRING,
+                    "protocol": STRING,
+                },
+                ("containerPort",),
+            )
+        ),
+        "readinessProbe": PROBE,
+        "resizePolicy": ANY,
+        "resources": closed(
+            {
+                "claims": ANY,
+                "limits": {"type": "object", "additionalProperties": QUANTITY},
+                "requests": {"type": "object", "additionalProperties": QUANTITY},
+            }
+        ),
+        "restartPolicy": STRING,
+        "securityContext": ANY,
+        "startupProbe": PROBE,
+        "stdin": BOOLEAN,
+        "stdinOnce": BOOLEAN,
+        "terminationMessagePath": STRING,
+        "terminationMessagePolicy": STRING,
+        "tty": BOOLEAN,
+        "volumeDevices": ANY,
+        "volumeMounts": array(
+            closed(
+                {
+                    "mountPath": STRING,
+                    "mountPropagation": STRING,
+                    "name": STRING,
+                    "readOnly": BOOLEAN,
+                    "recursiveReadOnly": STRING,
+                    "subPath": STRING,
+                    "subPathExpr": STRING,
+                },
+                ("mountPath", "name"),
+            )
+        ),
+        "workingDir": STRING,
+    },
+    ("name",),
+)
+POD_SPEC = closed(
+    {
+        **dict.fromkeys(
+            (
+                "activeDeadlineSeconds",
+                "affinity",
+                "automountServiceAccountToken",
+                "dnsConfig",
+                "dnsPolicy",
+                "enableServiceLinks",
+                "ephemeralContainers",
+                "hostAliases",
+                "hostIPC",
+                "hostNetwork",
+                "hostPID",
+                "hostUsers",
+                "hostname",
+                "imagePullSecrets",
+                "initContainers",
+                "nodeName",
+                "nodeSelector",
+                "os",
+                "overhead",
+                "preemptionPolicy",
+                "priority",
+                "priorityClassName",
+                "readinessGates",
+                "resourceClaims",
+                "resources",
+                "restartPolicy",
+                "runtimeClassName",
+                "schedulerName",
+                "schedulingGates",
+                "serviceAccount",
+                "serviceAccountName",
+                "setHostnameAsFQDN",
+                "shareProcessNamespace",
+                "subdomain",
+                "terminationGracePeriodSeconds",
+                "topologySpreadConstraints",
+            ),
+            ANY,
+        ),
+        "containers": array(CONTAINER),
+        "securityContext": {"type": "object", "properties": {"fsGroup": INT64}},
+        "tolerations": array(
+            closed(
+                {
+                    "effect": STRING,
+                    "key": STRING,
+                    "operator": STRING,
+                    "tolerationSeconds": INT64,
+                    "value": STRING,
+                }
+            )
+        ),
+        # A volume has one source besides its name; only the one used here is spelt out.
+        "volumes": array(
+            {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": STRING,
+                    "persistentVolumeClaim": closed(
+                        {"claimName": STRING, "readOnly": BOOLEAN}, ("claimName",)
+                    ),
+                },
+            }
+        ),
+    },
+    ("containers",),
+)
 POD_TEMPLATE = closed({"metadata": {"type": "object"}, "spec": POD_SPEC})
-HEAD_GROUP = closed({
-    "enableIngress": BOOLEAN, "headService": ANY, "rayStartParams": STRING_MAP,
-    "serviceType": STRING, "template": POD_TEMPLATE,
-}, ("rayStartParams", "template"))
-WORKER_GROUP = closed({
-    "groupName": STRING, "idleTimeoutSeconds": INT32, "maxReplicas": INT32,
-    "minReplicas": INT32, "numOfHosts": INT32, "rayStartParams": STRING_MAP,
-    "replicas": INT32, "scaleStrategy": ANY, "suspend": BOOLEAN, "template": POD_TEMPLATE,
-}, ("groupName", "maxReplicas", "minReplicas", "rayStartParams", "template"))
-RAY_CLUSTER = closed({
-    "autoscalerOptions": ANY, "enableInTreeAutoscaling": BOOLEAN,
-    "gcsFaultToleranceOptions": ANY, "headGroupSpec": HEAD_GROUP,
-    "headServiceAnnotations": STRING_MAP, "managedBy": STRING, "rayVersion": STRING,
-    "suspend": BOOLEAN, "workerGroupSpecs": array(WORKER_GROUP),
-}, ("headGroupSpec",))
+HEAD_GROUP = closed(
+    {
+        "enableIngress": BOOLEAN,
+        "headService": ANY,
+        "rayStartParams": STRING_MAP,
+        "serviceType": STRING,
+        "template": POD_TEMPLATE,
+    },
+    ("rayStartParams", "template"),
+)
+WORKER_GROUP = closed(
+    {
+        "groupName": STRING,
+        "idleTimeoutSeconds": INT32,
+        "maxReplicas": INT32,
+        "minReplicas": INT32,
+        "numOfHosts": INT32,
+        "rayStartParams": STRING_MAP,
+        "replicas": INT32,
+        "scaleStrategy": ANY,
+        "suspend": BOOLEAN,
+        "template": POD_TEMPLATE,
+    },
+    ("groupName", "maxReplicas", "minReplicas", "rayStartParams", "template"),
+)
+RAY_CLUSTER = closed(
+    {
+        "autoscalerOptions": ANY,
+        "enableInTreeAutoscaling": BOOLEAN,
+        "gcsFaultToleranceOptions": ANY,
+        "headGroupSpec": HEAD_GROUP,
+        "headServiceAnnotations": STRING_MAP,
+        "managedBy": STRING,
+        "rayVersion": STRING,
+        "suspend": BOOLEAN,
+        "workerGroupSpecs": array(WORKER_GROUP),
+    },
+    ("headGroupSpec",),
+)
 # The CRD types upgradeStrategy.type as a plain string; validation.go rejects other values.
 UPGRADE_TYPES = ("NewCluster", "None")
-RAY_SERVICE = closed({
-    "apiVersion": {"const": "ray.io/v1"},
-    "kind": {"const": "RayService"},
-    "metadata": {"type": "object", "required": ["name"]},
-    "status": ANY,  # written by the operator
-    "spec": closed({
-        "deploymentUnhealthySecondThreshold": INT32, "excludeHeadPodFromServeSvc": BOOLEAN,
-        "rayClusterConfig": RAY_CLUSTER, "serveConfigV2": STRING, "serveService": ANY,
-        "serviceUnhealthySecondThreshold": INT32,
-        "upgradeStrategy": closed({"type": {"type": "string", "enum": list(UPGRADE_TYPES)}}),
-    }, ("rayClusterConfig",)),
-}, ("apiVersion", "kind", "metadata", "spec"))
+RAY_SERVICE = closed(
+    {
+        "apiVersion": {"const": "ray.io/v1"},
+        "kind": {"const": "RayService"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "status": ANY,  # written by the operator
+        "spec": closed(
+            {
+                "deploymentUnhealthySecondThreshold": INT32,
+                "excludeHeadPodFromServeSvc": BOOLEAN,
+                "rayClusterConfig": RAY_CLUSTER,
+                "serveConfigV2": STRING,
+                "serveService": ANY,
+                "serviceUnhealthySecondThreshold": INT32,
+                "upgradeStrategy": closed(
+                    {"type": {"type": "string", "enum": list(UPGRADE_TYPES)}}
+                ),
+            },
+            ("rayClusterConfig",),
+        ),
+    },
+    ("apiVersion", "kind", "metadata", "spec"),
+)
 
 # pod.go: the Serve port KubeRay's worker readiness probe asks (FindContainerPort(container,
 # "serve", 8000)) for `localhost:<port>/-/healthz`; the Serve Service's port is the head
@@ -234,8 +369,10 @@ def schema_problems(service: dict[str, Any]) -> list[str]:
     rejects minReplicas > maxReplicas, and util.go GetWorkerGroupDesiredReplicas clamps
     replicas into [minReplicas, maxReplicas], so replicas outside would not be what runs."""
     validator = jsonschema.Draft202012Validator(RAY_SERVICE)
-    problems = [f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
-                for error in validator.iter_errors(service)]
+    problems = [
+        f"{'.'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+        for error in validator.iter_errors(service)
+    ]
     if problems:
         return problems
     for group in cluster(service).get("workerGroupSpecs", []):
@@ -264,6 +401,7 @@ def _set(path: KeyPath, value: object) -> Callable[[dict[str, Any]], None]:
             del node[last]
         else:
             node[last] = value
+
     return change
 
 
@@ -274,25 +412,30 @@ _WORKER_CONTAINER: KeyPath = (*_WORKER, "template", "spec", "containers", 0)
 _HEAD_CONTAINER: KeyPath = (*_CLUSTER, "headGroupSpec", "template", "spec", "containers", 0)
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("spec", "upgradeStrategey"), {"type": "None"}),  # misspelt key
-    (("spec", "upgradeStrategy", "type"), "NewClusterWithIncrementalUpgrade"),  # v1.5+ only
-    (("spec", "upgradeStrategy", "type"), "none"),
-    ((*_WORKER, "replica"), 1),
-    ((*_WORKER, "minReplicas"), _DELETE),
-    ((*_WORKER, "minReplicas"), 2),  # above maxReplicas
-    ((*_WORKER, "replicas"), 3),
-    ((*_WORKER, "rayStartParams"), _DELETE),  # required in v1.3
-    ((*_WORKER, "rayStartParams", "num-gpus"), 1),  # map[string]string
-    ((*_WORKER_CONTAINER, "resources", "limits", "nvidia.com/gpu"), "one"),
-    ((*_WORKER_CONTAINER, "readinesProbe"), {}),
-    ((*_HEAD_CONTAINER, "name"), _DELETE),
-    ((*_HEAD_CONTAINER, "ports", 0, "containerPort"), "6379"),
-    ((*_CLUSTER, "rayVersion"), 2.6),
-    (("spec", "serveConfigV2"), {"applications": []}),  # a YAML string, not a mapping
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("spec", "upgradeStrategey"), {"type": "None"}),  # misspelt key
+        (("spec", "upgradeStrategy", "type"), "NewClusterWithIncrementalUpgrade"),  # v1.5+ only
+        (("spec", "upgradeStrategy", "type"), "none"),
+        ((*_WORKER, "replica"), 1),
+        ((*_WORKER, "minReplicas"), _DELETE),
+        ((*_WORKER, "minReplicas"), 2),  # above maxReplicas
+        ((*_WORKER, "replicas"), 3),
+        ((*_WORKER, "rayStartParams"), _DELETE),  # required in v1.3
+        ((*_WORKER, "rayStartParams", "num-gpus"), 1),  # map[string]string
+        ((*_WORKER_CONTAINER, "resources", "limits", "nvidia.com/gpu"), "one"),
+        ((*_WORKER_CONTAINER, "readinesProbe"), {}),
+        ((*_HEAD_CONTAINER, "name"), _DELETE),
+        ((*_HEAD_CONTAINER, "ports", 0, "containerPort"), "6379"),
+        ((*_CLUSTER, "rayVersion"), 2.6),
+        (("spec", "serveConfigV2"), {"applications": []}),  # a YAML string, not a mapping
+    ],
+)
 def test_the_schema_check_catches_a_broken_manifest(
-    service: dict[str, Any], path: KeyPath, value: object,
+    service: dict[str, Any],
+    path: KeyPath,
+    value: object,
 ) -> None:
     assert schema_problems(broken(service, _set(path, value)))
 
@@ -309,10 +452,16 @@ def serve_problems(config: Any) -> list[str]:
     levels.append((HTTPOptionsSchema, config.get("http_options", {}), "http_options."))
     for app in config["applications"]:
         levels.append((ServeApplicationSchema, app, f"{app['name']}."))
-        levels += [(DeploymentSchema, deployment, f"{app['name']}.{deployment['name']}.")
-                   for deployment in app.get("deployments", [])]
-    return [f"unknown key {where}{key}" for schema, keys, where in levels
-            for key in keys if key not in schema.model_fields]
+        levels += [
+            (DeploymentSchema, deployment, f"{app['name']}.{deployment['name']}.")
+            for deployment in app.get("deployments", [])
+        ]
+    return [
+        f"unknown key {where}{key}"
+        for schema, keys, where in levels
+        for key in keys
+        if key not in schema.model_fields
+    ]
 
 
 def test_serve_configs_pass_ray_serves_schema(service: dict[str, Any]) -> None:
@@ -350,8 +499,11 @@ def settings_problems(service: dict[str, Any]) -> list[str]:
             problems.append(f"worker group {group['groupName']}: envFrom differs")
         if worker.get("image") != head.get("image"):
             problems.append(f"worker group {group['groupName']}: image differs")
-    unknown = {name for name in env_of(head) if not name.startswith("RAY_")
-               and name.lower() not in Settings.model_fields}
+    unknown = {
+        name
+        for name in env_of(head)
+        if not name.startswith("RAY_") and name.lower() not in Settings.model_fields
+    }
     if unknown:
         problems.append(f"not settings: {sorted(unknown)}")
     return problems
@@ -462,20 +614,25 @@ def test_the_old_escaped_format_loses_num_gpus() -> None:
     assert kuberay_num_gpus({"resources": "'{\"gpu_node\": 1}'"}, {"nvidia.com/gpu": 1}) == "1"
 
 
-@pytest.mark.parametrize("value", [
-    '"{\\"gpu_node\\": 1}"',  # the old format: KubeRay's JSON parse fails, no num-gpus
-    '{"gpu_node": 1}',  # parses, but the shell splits it and drops the quotes
-    "'{\"gpu_node\": \"1\"}'",  # not map[string]float64
-    "'{\"other\": 1}'",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"{\\"gpu_node\\": 1}"',  # the old format: KubeRay's JSON parse fails, no num-gpus
+        '{"gpu_node": 1}',  # parses, but the shell splits it and drops the quotes
+        '\'{"gpu_node": "1"}\'',  # not map[string]float64
+        "'{\"other\": 1}'",
+    ],
+)
 def test_the_resources_check_catches_a_bad_value(service: dict[str, Any], value: str) -> None:
-    assert gpu_resource_problems(broken(service, _set((*_WORKER, "rayStartParams", "resources"),
-                                                       value)))
+    assert gpu_resource_problems(
+        broken(service, _set((*_WORKER, "rayStartParams", "resources"), value))
+    )
 
 
 def test_the_num_gpus_check_catches_a_wrong_count(service: dict[str, Any]) -> None:
-    assert gpu_resource_problems(broken(service, _set((*_WORKER, "rayStartParams", "num-gpus"),
-                                                       "2")))
+    assert gpu_resource_problems(
+        broken(service, _set((*_WORKER, "rayStartParams", "num-gpus"), "2"))
+    )
 
 
 # --- the GPU budget -------------------------------------------------------------------------
@@ -489,7 +646,8 @@ def gpu_budget_problems(service: dict[str, Any], *, voice_on: bool = False) -> l
     per_pod = Decimal(str(limits.get("nvidia.com/gpu", 0)))
     problems = []
     if str(requests.get("nvidia.com/gpu", limits.get("nvidia.com/gpu"))) != str(
-            limits.get("nvidia.com/gpu")):
+        limits.get("nvidia.com/gpu")
+    ):
         problems.append("nvidia.com/gpu requests must equal limits")
     pods = group["minReplicas"]  # always there; more may come, fewer never
     wanted: dict[str, Decimal] = {}
@@ -507,14 +665,14 @@ def gpu_budget_problems(service: dict[str, Any], *, voice_on: bool = False) -> l
             problems.append(f"{variable}={gpus} does not fit on one pod ({per_pod} GPUs)")
         wanted[variable] = gpus
     if sum(wanted.values(), Decimal(0)) > per_pod * pods:
-        problems.append(f"{dict(wanted)} need more than the worker group's "
-                        f"{pods} x {per_pod} GPUs")
+        problems.append(f"{dict(wanted)} need more than the worker group's {pods} x {per_pod} GPUs")
     return problems
 
 
 @pytest.mark.parametrize("voice_on", [False, True], ids=["as-shipped", "voice-on"])
 def test_the_gpu_worker_holds_every_model_it_enables(
-    service: dict[str, Any], voice_on: bool,
+    service: dict[str, Any],
+    voice_on: bool,
 ) -> None:
     assert gpu_budget_problems(service, voice_on=voice_on) == []
 
@@ -522,8 +680,10 @@ def test_the_gpu_worker_holds_every_model_it_enables(
 def test_the_gpu_budget_check_catches_an_overbooked_worker(service: dict[str, Any]) -> None:
     def env_change(**values: str | None) -> Callable[[dict[str, Any]], None]:
         def change(doc: dict[str, Any]) -> None:
-            for container in (ray_container(worker_group(doc)),
-                              ray_container(cluster(doc)["headGroupSpec"])):
+            for container in (
+                ray_container(worker_group(doc)),
+                ray_container(cluster(doc)["headGroupSpec"]),
+            ):
                 env = {k: v for k, v in env_of(container).items()}
                 for name, value in values.items():
                     if value is None:
@@ -531,17 +691,18 @@ def test_the_gpu_budget_check_catches_an_overbooked_worker(service: dict[str, An
                     else:
                         env[name] = value
                 container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+
         return change
 
     # the manifest before the fix: two halves, voice would add a default (1 or "auto") GPU
     old = broken(service, env_change(CLIP_NUM_GPUS="0.5", VOICE_NUM_GPUS=None))
     assert gpu_budget_problems(old) == []
     assert gpu_budget_problems(old, voice_on=True)
-    assert gpu_budget_problems(broken(service, env_change(VOICE_ENABLED="1",
-                                                           CLIP_NUM_GPUS="0.5")))
+    assert gpu_budget_problems(broken(service, env_change(VOICE_ENABLED="1", CLIP_NUM_GPUS="0.5")))
     assert gpu_budget_problems(broken(service, env_change(IMAGE_NUM_GPUS="1.5")))
-    assert gpu_budget_problems(broken(service, _set(
-        (*_WORKER_CONTAINER, "resources", "requests", "nvidia.com/gpu"), 2)))
+    assert gpu_budget_problems(
+        broken(service, _set((*_WORKER_CONTAINER, "resources", "requests", "nvidia.com/gpu"), 2))
+    )
 
 
 # --- readiness of the GPU worker ------------------------------------------------------------
@@ -574,15 +735,20 @@ def readiness_problems(service: dict[str, Any]) -> list[str]:
             is_on(env.get(switch, "1")) for switch in MODEL_GPUS
         )
         if location is not ProxyLocation.EveryNode:
-            problems.append(f"proxy_location {location.value}: no proxy on the workers, so "
-                            "KubeRay's probe keeps them NotReady (kuberay#4994), and a "
-                            "probe of their own would let the Serve Service send them traffic")
+            problems.append(
+                f"proxy_location {location.value}: no proxy on the workers, so "
+                "KubeRay's probe keeps them NotReady (kuberay#4994), and a "
+                "probe of their own would let the Serve Service send them traffic"
+            )
         elif not hosts_models:
             problems.append(f"{group['groupName']}: no replica, so no proxy (NotReady)")
-        if "readinessProbe" not in worker and find_port(
-                worker, SERVING_PORT_NAME, DEFAULT_SERVING_PORT) != port:
-            problems.append(f"{group['groupName']}: KubeRay's probe would ask a port other "
-                            f"than Serve's {port}")
+        if (
+            "readinessProbe" not in worker
+            and find_port(worker, SERVING_PORT_NAME, DEFAULT_SERVING_PORT) != port
+        ):
+            problems.append(
+                f"{group['groupName']}: KubeRay's probe would ask a port other than Serve's {port}"
+            )
     return problems
 
 
@@ -596,25 +762,32 @@ def test_the_readiness_check_catches_a_worker_without_a_proxy(service: dict[str,
     def serve_change(**values: Any) -> Callable[[dict[str, Any]], None]:
         def change(doc: dict[str, Any]) -> None:
             doc["spec"]["serveConfigV2"] = yaml.safe_dump({**serve_config(doc), **values})
+
         return change
 
     def no_models(doc: dict[str, Any]) -> None:
         worker = ray_container(worker_group(doc))
         worker["env"] = [
-            {**item, "value": "0"} if item["name"] in MODEL_GPUS else item
-            for item in worker["env"]
+            {**item, "value": "0"} if item["name"] in MODEL_GPUS else item for item in worker["env"]
         ]
 
-    raylet_only = {"exec": {"command": ["bash", "-c", "wget -q -O- "
-                                        "http://localhost:52365/api/local_raylet_healthz"]}}
+    raylet_only = {
+        "exec": {
+            "command": ["bash", "-c", "wget -q -O- http://localhost:52365/api/local_raylet_healthz"]
+        }
+    }
     assert readiness_problems(broken(service, serve_change(proxy_location="HeadOnly")))
     assert readiness_problems(broken(service, serve_change(proxy_location="Disabled")))
     head_only_raylet_probe = broken(service, serve_change(proxy_location="HeadOnly"))
     ray_container(worker_group(head_only_raylet_probe))["readinessProbe"] = raylet_only
     assert readiness_problems(head_only_raylet_probe)
     assert readiness_problems(broken(service, no_models))
-    assert readiness_problems(broken(service, serve_change(
-        http_options={**serve_config(service)["http_options"], "port": 8080})))
+    assert readiness_problems(
+        broken(
+            service,
+            serve_change(http_options={**serve_config(service)["http_options"], "port": 8080}),
+        )
+    )
 
 
 # --- the image: Dockerfile and .dockerignore --------------------------------------------------
@@ -637,7 +810,7 @@ def dockerignore_regex(pattern: str) -> re.Pattern[str]:
             out += "[^/]"
         elif char == "[":
             end = pattern.index("]", i)
-            out, i = out + pattern[i:end + 1], end + 1
+            out, i = out + pattern[i : end + 1], end + 1
             continue
         else:
             out += re.escape(char)
@@ -661,25 +834,49 @@ def dockerignored(path: str, lines: list[str]) -> bool:
 
 
 KEPT_OUT = (
-    ".env", ".env.production", "configs/.env", ".venv/bin/python", "serve_app/.venv/x",
-    ".git/HEAD", ".models/clip/model.safetensors", ".data/storage/a.png",
-    "data/storage/a.png", "app/image_search.db", "image_search.db-wal",
-    "serve_app/__pycache__/app.cpython-311.pyc", "core/records.pyc",
-    "common_ai_server.egg-info/PKG-INFO", ".pytest_cache/v/cache", ".mypy_cache/x",
-    ".ruff_cache/x", "out.png", "build/lib/x.py", ".coverage", "htmlcov/index.html",
+    ".env",
+    ".env.production",
+    "configs/.env",
+    ".venv/bin/python",
+    "serve_app/.venv/x",
+    ".git/HEAD",
+    ".models/clip/model.safetensors",
+    ".data/storage/a.png",
+    "data/storage/a.png",
+    "app/image_search.db",
+    "image_search.db-wal",
+    "serve_app/__pycache__/app.cpython-311.pyc",
+    "core/records.pyc",
+    "common_ai_server.egg-info/PKG-INFO",
+    ".pytest_cache/v/cache",
+    ".mypy_cache/x",
+    ".ruff_cache/x",
+    "out.png",
+    "build/lib/x.py",
+    ".coverage",
+    "htmlcov/index.html",
 )
 KEPT_IN = (  # what `pip install .` needs, and the profiles
-    "Dockerfile", "pyproject.toml", "README.md", "serve_config.yaml", "core/__init__.py",
-    "serve_app/app.py", "serve_app/routes/__init__.py", "deployments/__init__.py",
-    "configs/offline.env", "configs/fast-path.env",
+    "Dockerfile",
+    "pyproject.toml",
+    "README.md",
+    "serve_config.yaml",
+    "core/__init__.py",
+    "serve_app/app.py",
+    "serve_app/routes/__init__.py",
+    "deployments/__init__.py",
+    "configs/offline.env",
+    "configs/fast-path.env",
 )
 
 
 def dockerignore_problems(lines: list[str]) -> list[str]:
-    problems = [f"{path} goes into the image" for path in KEPT_OUT
-                if not dockerignored(path, lines)]
-    problems += [f"{path} is left out of the image" for path in KEPT_IN
-                 if dockerignored(path, lines)]
+    problems = [
+        f"{path} goes into the image" for path in KEPT_OUT if not dockerignored(path, lines)
+    ]
+    problems += [
+        f"{path} is left out of the image" for path in KEPT_IN if dockerignored(path, lines)
+    ]
     # What git ignores is local state: keep it out of the image too.
     for raw in (ROOT / ".gitignore").read_text().splitlines():
         entry = raw.strip()
@@ -687,8 +884,11 @@ def dockerignore_problems(lines: list[str]) -> list[str]:
             continue
         name = entry.strip("/").replace("*", "x")
         samples = [name] if entry.startswith("/") else [name, f"serve_app/{name}"]
-        problems += [f"{sample} (.gitignore {entry}) goes into the image"
-                     for sample in samples if not dockerignored(sample, lines)]
+        problems += [
+            f"{sample} (.gitignore {entry}) goes into the image"
+            for sample in samples
+            if not dockerignored(sample, lines)
+        ]
     return problems
 
 
@@ -708,9 +908,11 @@ def test_the_dockerignore_check_catches_a_leak() -> None:
 
 def test_the_dockerfile_builds_the_image_the_manifest_runs(service: dict[str, Any]) -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    instructions = [line.split(maxsplit=1) for line in
-                    re.sub(r"\\\n", " ", dockerfile).splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
+    instructions = [
+        line.split(maxsplit=1)
+        for line in re.sub(r"\\\n", " ", dockerfile).splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     ray_version = cluster(service)["rayVersion"]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert ray_version == ray.__version__
@@ -720,8 +922,9 @@ def test_the_dockerfile_builds_the_image_the_manifest_runs(service: dict[str, An
     runs = [arg for op, arg in instructions if op == "RUN"]
     assert any("apt-get install" in run and "ffmpeg" in run for run in runs)
     assert ["COPY", "--chown=ray:users . /home/ray/common-ai-server"] in instructions
-    assert any(run.startswith("pip install") and "/home/ray/common-ai-server" in run
-               for run in runs)
+    assert any(
+        run.startswith("pip install") and "/home/ray/common-ai-server" in run for run in runs
+    )
     header = MANIFEST.read_text().split("\napiVersion:", 1)[0]
     assert "Dockerfile" in header and "FROM " not in header, "the header points at the file"
 

@@ -59,14 +59,21 @@ def forge(db_path: Path, rows: list[tuple[str, str, str, str, int]], **extra: An
                 (project, "2025-01-01 00:00:00.000000"),
             )
             values = {
-                "id": image_id, "project_id": project, "object_key": key,
-                "filename": f"{image_id}.png", "content_type": content_type, "size_bytes": 1,
-                "width": 1, "height": 1, "sha256": f"forged-{image_id}",
+                "id": image_id,
+                "project_id": project,
+                "object_key": key,
+                "filename": f"{image_id}.png",
+                "content_type": content_type,
+                "size_bytes": 1,
+                "width": 1,
+                "height": 1,
+                "sha256": f"forged-{image_id}",
                 "created_at": "2025-01-01 00:00:00.000000",
                 "label": conn.execute("SELECT coalesce(max(label), 0) + 1 FROM image").fetchone()[
                     0
                 ],
-                "vector": unit_vectors(1, seed=n)[0].tobytes(), "deleting": deleting,
+                "vector": unit_vectors(1, seed=n)[0].tobytes(),
+                "deleting": deleting,
             } | extra
             columns = ", ".join(values)
             marks = ", ".join("?" for _ in values)

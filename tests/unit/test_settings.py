@@ -90,8 +90,11 @@ def test_r2_needs_credentials_and_never_prints_the_secret(monkeypatch: pytest.Mo
 
 def test_r2_endpoint_is_derived_from_account_or_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {
-        "R2_ENABLED": "1", "R2_ACCOUNT_ID": "acc123", "R2_ACCESS_KEY_ID": "id",
-        "R2_SECRET_ACCESS_KEY": "s3cr3t-value", "R2_BUCKET_NAME": "bucket",
+        "R2_ENABLED": "1",
+        "R2_ACCOUNT_ID": "acc123",
+        "R2_ACCESS_KEY_ID": "id",
+        "R2_SECRET_ACCESS_KEY": "s3cr3t-value",
+        "R2_BUCKET_NAME": "bucket",
     }.items():
         monkeypatch.setenv(name, value)
     settings = load_settings(None)

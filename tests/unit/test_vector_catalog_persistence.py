@@ -16,8 +16,12 @@ from tests.unit.test_vector_catalog import DIM, new_image, unit_vectors
 
 
 def open_catalog(db_path: Path, **kwargs: object) -> VectorCatalog:
-    options: dict[str, object] = {"dim": DIM, "max_elements": 1000, "hnsw_m": 16,
-                                  "ef_construction": 100}
+    options: dict[str, object] = {
+        "dim": DIM,
+        "max_elements": 1000,
+        "hnsw_m": 16,
+        "ef_construction": 100,
+    }
     options.update(kwargs)
     return VectorCatalog(db_path, **options)  # type: ignore[arg-type]
 
@@ -93,8 +97,9 @@ def test_rows_changed_without_a_generation_bump_are_noticed(db_path: Path) -> No
     with sqlite3.connect(db_path) as conn:
         conn.execute("DELETE FROM image WHERE id = 'img-4'")
     with open_catalog(db_path) as reopened:
-        assert reopened.open_report["p1"] == "rebuilt (stale: the rows differ from the saved " \
-                                             "index's)"
+        assert (
+            reopened.open_report["p1"] == "rebuilt (stale: the rows differ from the saved index's)"
+        )
         assert reopened.stats() == {"p1": 9}
         assert "img-4" not in {h.record.id for h in reopened.search("p1", vectors[4], 9)}
 
