@@ -176,11 +176,12 @@ def report(figures: dict[str, Any], s: Settings, seconds: float) -> Section:
                 "production size, built here (no hub) and loaded through the production wrappers; "
                 "the images and audio are noise, the times are real. Weights are stored in fp16 "
                 "(Vocos in fp32) and cast to each variant's dtype when loaded. "
-                f"Models built in {figures.get('build_s', float('nan')):.0f} s. Speed-ups are against "
-                "fp32 in this run.",
+                f"Models built in {figures.get('build_s', float('nan')):.0f} s. "
+                "Speed-ups are against fp32 in this run.",
                 s.note,
                 params_table,
-                f"**Image** ({s.image_size}x{s.image_size}, guidance 0, `DiffusionImageModel.generate` "
+                f"**Image** ({s.image_size}x{s.image_size}, guidance 0, "
+                "`DiffusionImageModel.generate` "
                 f"end to end: text encoder, UNet steps, VAE decode, uint8 image; p50 of "
                 f"{s.image_repeats} run(s) each after warm-up). The UNet forward is one denoising "
                 f"call at that size, batch 1, p50 of {s.unet_repeats}."
@@ -191,7 +192,8 @@ def report(figures: dict[str, Any], s: Settings, seconds: float) -> Section:
                 ),
                 image_table,
                 f"**CLIP** (`ClipModel.embed_images`, {max(s.clip_batches)} new "
-                f"{figures['clip_image_size']}x{figures['clip_image_size']} JPEGs per round, decoded and "
+                f"{figures['clip_image_size']}x{figures['clip_image_size']} JPEGs per round, "
+                "decoded and "
                 f"preprocessed as the server does, one call per batch; median of {s.clip_rounds} "
                 "round(s)).",
                 clip_table,

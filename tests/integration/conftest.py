@@ -52,7 +52,8 @@ class LocalRay:
 def local_ray() -> Iterator[LocalRay]:
     """Start Ray and Serve once per session; Serve's proxy and Ray's metrics endpoint listen on
     free loopback ports. Metrics are reported every second instead of every ten."""
-    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # inherited by Ray's processes
+    # Ray reads this exact, lower-case name; Ray's processes inherit it.
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"  # noqa: SIM112
     http_port, metrics_port = free_port(), free_port()
     ray.init(
         address="local",

@@ -77,7 +77,7 @@ def test_searches_during_uploads_and_deletes(
             data = make_image(50_000 + n)
             response = record(
                 "upload",
-                lambda: httpx.post(
+                lambda n=n, data=data: httpx.post(
                     base, files={"file": (f"{n}.png", data)}, timeout=REQUEST_TIMEOUT_S
                 ),
             )
@@ -96,7 +96,8 @@ def test_searches_during_uploads_and_deletes(
                 time.sleep(0.05)
                 continue
             response = record(
-                "delete", lambda: httpx.delete(f"{base}/{victim}", timeout=REQUEST_TIMEOUT_S)
+                "delete",
+                lambda victim=victim: httpx.delete(f"{base}/{victim}", timeout=REQUEST_TIMEOUT_S),
             )
             if response is not None and response.status_code == 200:
                 with lock:
@@ -114,13 +115,13 @@ def test_searches_during_uploads_and_deletes(
                 gone_before = {i for i, at in deleted_at.items() if at < started}
                 query_image = uploaded[list(uploaded)[n % len(uploaded)]]
             if kind == "text":
-                call = lambda: httpx.post(  # noqa: E731
+                call = lambda n=n: httpx.post(  # noqa: E731
                     f"{base}/search",
                     json={"query": f"picture {n}", "limit": 8},
                     timeout=REQUEST_TIMEOUT_S,
                 )
             else:
-                call = lambda: httpx.post(  # noqa: E731
+                call = lambda query_image=query_image: httpx.post(  # noqa: E731
                     f"{base}/search/by-image",
                     params={"limit": 8},
                     files={"file": ("q.png", query_image)},

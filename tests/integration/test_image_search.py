@@ -365,7 +365,7 @@ def test_restart_of_vector_index_loses_nothing(search_app: SearchApp) -> None:
     ids = [upload(search_app, pid, data).json()["id"] for data in images]
     restart_vector_index(search_app)
     assert sorted(listed_ids(search_app, pid)) == sorted(ids)
-    for image_id, data in zip(ids, images):
+    for image_id, data in zip(ids, images, strict=True):
         assert search_by_image(search_app, pid, data, limit=1)[0]["id"] == image_id
 
 
@@ -385,7 +385,7 @@ def test_snapshot_restored_on_an_empty_disk_gives_back_every_upload(search_app: 
     restart_vector_index(search_app)
     assert search_app.db_path.exists()
     assert index.stats.remote().result(timeout_s=30) == everything_before
-    for image_id, data in zip(ids, images):
+    for image_id, data in zip(ids, images, strict=True):
         assert search_by_image(search_app, pid, data, limit=1)[0]["id"] == image_id
 
 

@@ -188,7 +188,7 @@ def test_embeddings_of_a_list_keep_order_and_match_single_calls(search_app: Sear
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert np.allclose(vectors[0], vectors[3], atol=1e-6)
     assert not np.allclose(vectors[0], vectors[2], atol=1e-3)
-    for text, vector in zip(texts[:3], vectors):
+    for text, vector in zip(texts[:3], vectors, strict=True):
         single = openai_client.embeddings.create(model="clip", input=text, encoding_format="float")
         assert np.allclose(single.data[0].embedding, vector, atol=1e-5)
     assert response.usage.prompt_tokens == 3 + 1 + 6 + 3
@@ -201,7 +201,7 @@ def test_float_and_base64_encodings_agree(search_app: SearchApp, clip_dim: int) 
     encoded = openai_client.embeddings.create(model="clip", input=texts, encoding_format="base64")
     # Without encoding_format the client asks for base64 itself and decodes it to floats.
     default = openai_client.embeddings.create(model="clip", input=texts)
-    for plain, packed, decoded in zip(floats.data, encoded.data, default.data):
+    for plain, packed, decoded in zip(floats.data, encoded.data, default.data, strict=True):
         assert isinstance(packed.embedding, str)
         unpacked = np.frombuffer(base64.b64decode(packed.embedding), dtype="<f4")
         assert unpacked.shape == (clip_dim,)

@@ -71,7 +71,7 @@ class DrillReport:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        print(f"\nreliability drill: {json.dumps(row, ensure_ascii=False)}")
+        print(f"\nreliability drill: {json.dumps(row, ensure_ascii=False)}")  # noqa: T201 - shown with -s
 
 
 @pytest.fixture(scope="session")

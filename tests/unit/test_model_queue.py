@@ -137,9 +137,8 @@ def test_a_model_failure_is_masked_and_logged(
     def fails() -> None:
         raise error
 
-    with caplog.at_level(logging.ERROR, logger="ray.serve"):
-        with pytest.raises(ModelFailed) as caught:
-            asyncio.run(queue.run("image generation", fails))
+    with caplog.at_level(logging.ERROR, logger="ray.serve"), pytest.raises(ModelFailed) as caught:
+        asyncio.run(queue.run("image generation", fails))
     body = caught.value.to_body()
     assert caught.value.status_code == 503
     assert body == {"error": {"code": "model_error", "message": "image generation failed"}}
@@ -168,9 +167,11 @@ def test_a_model_that_does_not_fit_its_share_says_how_to_give_it_more() -> None:
 
     from deployments.gpu_budget import ModelDoesNotFit, loading_within_budget
 
-    with pytest.raises(ModelDoesNotFit, match=r"37% of the card.*\*_NUM_GPUS"):
-        with loading_within_budget("the image model", torch.device("cpu"), 0.37):
-            raise torch.OutOfMemoryError("CUDA out of memory")
+    with (
+        pytest.raises(ModelDoesNotFit, match=r"37% of the card.*\*_NUM_GPUS"),
+        loading_within_budget("the image model", torch.device("cpu"), 0.37),
+    ):
+        raise torch.OutOfMemoryError("CUDA out of memory")
 
 
 def test_a_running_call_sees_its_callers_cancellation_and_the_next_call_runs() -> None:
