@@ -6,7 +6,7 @@ model ids (`serve_app.tiny.hub_cache`), moto's S3 on loopback with a bucket, a f
 OpenAI-compatible server, a working directory holding `.env` (only settings a user would
 write there) beside a byte-identical copy of `serve_config.yaml`, and a Ray head started in
 that directory with `ray start --head --num-gpus 1` (HF_HOME and HF_HUB_OFFLINE=1 in its
-environment). Every test here is `slow` (and `rehearsal` once that marker is registered).
+environment). Every test here is `slow` and `rehearsal`.
 """
 
 from __future__ import annotations
@@ -34,15 +34,12 @@ from tests.support.s3 import RestartableS3
 MARKERS = ("slow", "rehearsal")
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark this folder's tests `slow`, and `rehearsal` when pyproject registers it (under
-    --strict-markers an unregistered marker is an error)."""
-    registered = {line.split(":")[0].strip() for line in config.getini("markers")}
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark this folder's tests `slow` and `rehearsal` (the hook sees every collected item)."""
     for item in items:
         if HERE in Path(str(item.path)).parents:
             for marker in MARKERS:
-                if marker in registered:
-                    item.add_marker(getattr(pytest.mark, marker))
+                item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(scope="package")
