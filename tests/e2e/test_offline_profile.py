@@ -90,6 +90,9 @@ def offline_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Ctrl-C must reach it even when this pytest was started in the background by a
+            # non-interactive shell, which leaves SIGINT ignored for every child it starts.
+            preexec_fn=_default_sigint,
         )
     SERVER_PIDS[serve_mode] = process.pid
     try:
@@ -115,6 +118,10 @@ def offline_server(
         assert not port_in_use(port), (
             f"port {port} still taken {PORT_RELEASE_TIMEOUT_S} s after stop"
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
