@@ -30,6 +30,7 @@ from bench.index_bench import (
     search_paths,
     timed,
 )
+from bench.inputs import add_numbered
 from bench.tables import fmt, md_table
 
 SWEEP = (16, 32, 64, 128, 256)
@@ -48,7 +49,6 @@ def run(ctx: Context, sizes: list[int], data_kinds: list[str]) -> Section:
 
 
 def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) -> dict[str, Any]:
-    from core.records import NewImage
     from deployments.vector_store.catalog import VectorCatalog
 
     dim = 512
@@ -64,24 +64,7 @@ def _one(ctx: Context, n: int, kind: str, queries_n: int, full_startup: bool) ->
             f"ef_search={catalog.ef_search}"
         )
         t0 = time.perf_counter()
-        for start in range(0, n, 1000):
-            catalog.add_many(
-                [
-                    NewImage(
-                        id=f"{i:08d}",
-                        project_id=PROJECT,
-                        object_key=f"bench/{i:08d}.png",
-                        filename=f"{i}.png",
-                        content_type="image/png",
-                        size_bytes=1,
-                        width=1,
-                        height=1,
-                        sha256=f"{i:064x}",
-                        vector=data[i],
-                    )
-                    for i in range(start, min(start + 1000, n))
-                ]
-            )
+        add_numbered(catalog, PROJECT, data[:n])
         out["build_s"] = time.perf_counter() - t0
         raw = catalog._indexes[PROJECT].index  # the catalog's own hnswlib index
         raw.set_num_threads(1)

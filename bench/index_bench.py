@@ -28,7 +28,7 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from core.records import NewImage
+from bench.inputs import add_numbered
 from deployments.vector_store.catalog import VectorCatalog
 
 K = 10
@@ -139,24 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             persist_indexes=False,  # reopen = rebuild from SQLite (load: bench/index.py)
         )
         t0 = time.perf_counter()
-        for start in range(0, n, 1000):
-            catalog.add_many(
-                [
-                    NewImage(
-                        id=f"{i:08d}",
-                        project_id=PROJECT,
-                        object_key=f"bench/{i:08d}.png",
-                        filename=f"{i}.png",
-                        content_type="image/png",
-                        size_bytes=1,
-                        width=1,
-                        height=1,
-                        sha256=f"{i:064x}",
-                        vector=data[i],
-                    )
-                    for i in range(start, min(start + 1000, n))
-                ]
-            )
+        add_numbered(catalog, PROJECT, data[:n])
         build_catalog = time.perf_counter() - t0
 
         raw = hnswlib.Index(space="ip", dim=dim)

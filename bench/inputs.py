@@ -90,3 +90,28 @@ def new_image(project: str, i: int, vector: Any) -> NewImage:
         sha256=f"{i:064x}",
         vector=vector,
     )
+
+
+def add_numbered(catalog: AddsImages, project: str, vectors: Any, batch: int = 1000) -> None:
+    """Add `vectors` as images `00000000`, `00000001`, ... of `project`, `batch` rows per
+    transaction: a hit's id is its row number in `vectors` (the index benchmarks' ground truth)."""
+    from core.records import NewImage
+
+    for start in range(0, len(vectors), batch):
+        catalog.add_many(
+            [
+                NewImage(
+                    id=f"{i:08d}",
+                    project_id=project,
+                    object_key=f"bench/{i:08d}.png",
+                    filename=f"{i}.png",
+                    content_type="image/png",
+                    size_bytes=1,
+                    width=1,
+                    height=1,
+                    sha256=f"{i:064x}",
+                    vector=vectors[i],
+                )
+                for i in range(start, min(start + batch, len(vectors)))
+            ]
+        )
