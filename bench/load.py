@@ -2,7 +2,9 @@
 in-process calls), the aiohttp session they share and the 2xx check of each response.
 
 A closed loop keeps `concurrency` callers busy back to back for a fixed time and returns a
-`bench.stats.Sample` of what completed.
+`bench.stats.Sample` of what completed. A 503 (the server refusing work for lack of room,
+`HttpOverloaded`) is an error like any other, and is also counted on its own
+(`Sample.rejected`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ async def closed_loop(
 ) -> Sample:
     """`concurrency` workers each call `call()` back to back for `duration_s`.
 
-    A call that raises counts as an error (its latency is not kept). Throughput counts the
-    requests that completed; the wall time runs until the last worker's request finished.
+    A call that raises counts as an error (its latency is not kept), an `HttpOverloaded`
+    also as rejected. Throughput counts the requests that completed; the wall time runs
+    until the last worker's request finished.
     """
     sample = Sample()
     deadline = time.perf_counter() + duration_s
@@ -37,6 +40,8 @@ async def closed_loop(
                 await call()
             except Exception as exc:  # noqa: BLE001 - counted and shown, not fatal
                 sample.errors += 1
+                if isinstance(exc, HttpOverloaded):
+                    sample.rejected += 1
                 if len(sample.error_examples) < 3:
                     sample.error_examples.append(f"{type(exc).__name__}: {exc}"[:200])
                 await asyncio.sleep(0.01)
@@ -92,9 +97,14 @@ class HttpStatusError(Exception):
     """A response that is not 2xx."""
 
 
+class HttpOverloaded(HttpStatusError):
+    """A 503: the server refused the request for lack of room (a full queue, a module away)."""
+
+
 async def expect_ok(response: aiohttp.ClientResponse) -> bytes:
-    """Read an aiohttp response; raise unless it is 2xx."""
+    """Read an aiohttp response; raise unless it is 2xx (`HttpOverloaded` for a 503)."""
     body = await response.read()
     if response.status >= 300:
-        raise HttpStatusError(f"HTTP {response.status}: {body[:160]!r}")
+        error = HttpOverloaded if response.status == 503 else HttpStatusError
+        raise error(f"HTTP {response.status}: {body[:160]!r}")
     return body

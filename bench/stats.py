@@ -17,10 +17,14 @@ import numpy as np
 
 @dataclass
 class Sample:
-    """Latencies (s) of the successful requests of one or more timed runs, errors, wall time."""
+    """Latencies (s) of the successful requests of one or more timed runs, errors, wall time.
+
+    `errors` counts every failed request; `rejected` the 503s among them (`HttpOverloaded`).
+    """
 
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
+    rejected: int = 0
     wall_s: float = 0.0
     error_examples: list[str] = field(default_factory=list)
 
@@ -49,6 +53,7 @@ class Sample:
     def add(self, other: Sample) -> None:
         self.latencies_s.extend(other.latencies_s)
         self.errors += other.errors
+        self.rejected += other.rejected
         self.wall_s += other.wall_s
         self.error_examples.extend(other.error_examples[: max(0, 3 - len(self.error_examples))])
 
@@ -56,6 +61,7 @@ class Sample:
         return {
             "count": self.count,
             "errors": self.errors,
+            "rejected": self.rejected,
             "wall_s": round(self.wall_s, 3),
             "throughput": round(self.throughput, 3),
             "p50_ms": round(self.p50_ms, 3),
