@@ -74,6 +74,20 @@ def fill_catalog(catalog: AddsImages, project: str, count: int, dim: int, seed: 
     catalog.add_many([new_image(project, i, vectors[i]) for i in range(count)])
 
 
+def fill_graph(app: str, project: str, count: int, dim: int) -> None:
+    """`fill_catalog` into the VectorIndex of our Serve app `app`, through a handle (from a
+    process connected to that app's Ray)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("VectorIndex", app_name=app)
+
+    class _Adder:
+        def add_many(self, images: list[NewImage]) -> None:
+            handle.add_many.remote(images).result()
+
+    fill_catalog(_Adder(), project, count, dim)
+
+
 def new_image(project: str, i: int, vector: Any) -> NewImage:
     """The `i`-th benchmark image of `project`, with `vector` as its embedding."""
     from core.records import NewImage

@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.app_settings import offline_settings
 from bench.context import Context, Section
-from bench.inputs import clip_dim, fill_catalog, reference_wav
+from bench.inputs import clip_dim, fill_graph, reference_wav
 from bench.load import closed_loop, expect_ok, http_session
 from bench.machine import cpu_seconds_of_tree, free_port
 from bench.servers import subprocess_server, wait_http_ok
@@ -112,16 +112,7 @@ def run(ctx: Context, variants: dict[str, dict[str, Any]] | None = None) -> Sect
 
 def _fill_graph(ctx: Context, app: str) -> None:
     """The same searched project as the baseline's: FILL random vectors, through the handle."""
-    from ray import serve
-
-    handle = serve.get_deployment_handle("VectorIndex", app_name=app)
-    dim = clip_dim(ctx.models)
-
-    class _Adder:
-        def add_many(self, images: list[Any]) -> None:
-            handle.add_many.remote(images).result()
-
-    fill_catalog(_Adder(), PROJECT, FILL, dim)
+    fill_graph(app, PROJECT, FILL, clip_dim(ctx.models))
 
 
 async def _measure(
