@@ -2,9 +2,17 @@
 
     python -m bench.baseline_server --mode embed --models DIR --port P [--threads 1]
     python -m bench.baseline_server --mode mixed --models DIR --port P --work DIR [--threads 2]
+    python -m bench.baseline_server --mode search --models DIR --port P --work DIR [--fill N]
 
 `embed`: a bare FastAPI app around the same tiny CLIP model, `POST /v1/embeddings` answering
 the same JSON shape as our OpenAI-compatible route: the serving-overhead baseline.
+
+`search`: a bare FastAPI app doing our text-to-image search in-process, the baseline of
+search under concurrency: the tiny CLIP (one call at a time, under a lock) and a
+`VectorCatalog` whose project "search" holds `--fill` random vectors (`fill_catalog`, as the
+graph's is filled); `POST /v1/projects/{project_id}/images/search` checks that the project
+exists, embeds the query, searches and answers our route's JSON (the same result fields).
+The blocking part runs in a worker thread (`asyncio.to_thread`), the search outside the lock.
 
 `mixed`: the original server's design: every model (diffusion, CLIP, F5-TTS) in one process
 and every model call behind one global lock. It serves the three routes of the mixed
@@ -83,6 +91,60 @@ def embed_app(models: Path, threads: int) -> Any:
             "model": body.model,
             "usage": {"prompt_tokens": 1, "total_tokens": 1},
         }
+
+    return app
+
+
+def search_app(models: Path, work: Path, threads: int, fill: int) -> Any:
+    from fastapi import FastAPI, HTTPException
+
+    from deployments.clip_model import ClipModel
+    from deployments.configs import ClipEmbedderConfig
+    from deployments.vector_store.catalog import VectorCatalog
+
+    model = ClipModel(
+        ClipEmbedderConfig(
+            model=f"local-dir:{models / 'clip'}", device="cpu", torch_threads=threads
+        )
+    )
+    model.warm_up()
+    model_lock = threading.Lock()  # the model runs one call at a time
+    catalog = VectorCatalog(
+        work / "search.db", dim=model.dim, max_elements=50_000, persist_indexes=False
+    )
+    fill_catalog(catalog, "search", fill, model.dim)
+
+    def search_in_thread(project_id: str, body: SearchBody) -> dict[str, Any]:
+        if not catalog.project_exists(project_id):
+            raise HTTPException(404, f"project '{project_id}' does not exist")
+        with model_lock:
+            vector = model.embed_texts([body.query])[0]
+        hits = catalog.search(project_id, vector, body.limit)
+        return {
+            "project_id": project_id,
+            "results": [
+                {
+                    "id": h.record.id,
+                    "score": h.score,
+                    "filename": h.record.filename,
+                    "content_type": h.record.content_type,
+                    "width": h.record.width,
+                    "height": h.record.height,
+                    "file_url": f"/v1/projects/{project_id}/images/{h.record.id}/file",
+                }
+                for h in hits
+            ],
+        }
+
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.post("/v1/projects/{project_id}/images/search")
+    async def search(project_id: str, body: SearchBody) -> dict[str, Any]:
+        return await asyncio.to_thread(search_in_thread, project_id, body)
 
     return app
 
@@ -177,7 +239,7 @@ def mixed_app(models: Path, work: Path, threads: int, fill: int) -> Any:
 def main() -> None:
     prepare_environment()  # before the models (huggingface_hub) are imported
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=["embed", "mixed"], required=True)
+    parser.add_argument("--mode", choices=["embed", "mixed", "search"], required=True)
     parser.add_argument("--models", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
@@ -191,7 +253,8 @@ def main() -> None:
         app = embed_app(args.models, args.threads)
     else:
         args.work.mkdir(parents=True, exist_ok=True)
-        app = mixed_app(args.models, args.work, args.threads, args.fill)
+        make = search_app if args.mode == "search" else mixed_app
+        app = make(args.models, args.work, args.threads, args.fill)
     uvicorn.run(
         app,
         host="127.0.0.1",
