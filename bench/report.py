@@ -269,6 +269,20 @@ def _summary(sections: dict[str, Section]) -> str:
                     "met" if fast <= 2.5 else "**not met**",
                 ]
             )
+            floor = _get(sections, "serving", "floor_ms_c1")
+            if floor is not None:
+                from bench.serving import OVER_FLOOR_MS
+
+                rows.append(
+                    [
+                        "Serve added latency at c=1 on the fast path vs the floor (bare FastAPI's "
+                        "added latency + one Serve handle hop, same run)",
+                        f"≤ floor + {OVER_FLOOR_MS:g} ms",
+                        f"fast path {fast:+.2f} ms; floor {floor:+.2f} ms; "
+                        f"{fast - floor:+.2f} ms over it",
+                        "met" if fast <= floor + OVER_FLOOR_MS else "**not met**",
+                    ]
+                )
     ratios = _get(sections, "mixed", "ratios")
     if ratios:
         best = _get(sections, "mixed", "best")
