@@ -7,6 +7,7 @@ the Gateway and other Ray apps can use them without the catalog's dependencies.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,3 +71,11 @@ class NewImage(BaseModel):
     height: int = Field(ge=0)
     sha256: str = Field(min_length=1, max_length=64)
     vector: np.ndarray
+
+
+class SearchQuery(NamedTuple):
+    """One nearest-neighbour query of a batch (`VectorIndex.search_many`)."""
+
+    project_id: str
+    vector: np.ndarray
+    limit: int

@@ -29,7 +29,7 @@ from ray import serve
 from core.errors import ApiError
 from core.image_keys import image_key_problem
 from core.metrics import index_images
-from core.records import ImagePage, ImageRecord, NewImage, SearchHit
+from core.records import ImagePage, ImageRecord, NewImage, SearchHit, SearchQuery
 from core.storage import make_object_store
 from deployments.configs import VectorIndexConfig
 from deployments.vector_store import BackupManager, VectorCatalog
@@ -155,6 +155,18 @@ class VectorIndex:
     ) -> builtins.list[SearchHit]:
         """The `limit` images closest to `vector` (cosine), best first."""
         return self._catalog.search(project_id, vector, limit)
+
+    def search_many(
+        self, queries: builtins.list[SearchQuery]
+    ) -> builtins.list[builtins.list[SearchHit] | None]:
+        """Several searches in one call (the Gateway gathers concurrent ones): each query's
+        hits, or None when its project does not exist."""
+        return [
+            self._catalog.search(query.project_id, query.vector, query.limit)
+            if self._catalog.project_exists(query.project_id)
+            else None
+            for query in queries
+        ]
 
     def stats(self) -> dict[str, int]:
         """Live images per project."""

@@ -82,6 +82,7 @@ def gateway_config(settings: Settings, placement: dict[str, str] | None = None) 
         voice_limits=voice_limits(settings),
         image_max_pixel_steps=settings.image_max_pixel_steps,
         embeddings_max_total_chars=settings.embeddings_max_total_chars,
+        embedding_batch_size=settings.clip_max_batch_size,
         request_timeout_s=settings.request_timeout_seconds,
         json_max_bytes=settings.gateway_max_json_bytes,
         upload_max_bytes=settings.gateway_max_upload_bytes,

@@ -18,7 +18,7 @@ import numpy as np
 
 from core.errors import ApiError, NotFound
 from core.image_keys import image_key_problem, image_object_key
-from core.records import ImageRecord, NewImage, SearchHit
+from core.records import ImageRecord, NewImage, SearchHit, SearchQuery
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import IMAGE_CATALOG, IMAGE_SEARCH
 from serve_app.schemas import ImageOut, SearchResult
@@ -89,12 +89,7 @@ async def upload_images(
 
     records: dict[int, ImageRecord] = dict(known)
     if fresh:
-        vectors: np.ndarray = await await_deployment(
-            services.clip_embedder.embed_images.remote([images[i].data for i in fresh]),
-            what="image embedding",
-            timeout_s=timeout_s,
-            watch=services.board.watch(IMAGE_SEARCH),
-        )
+        vectors = await services.image_embeddings([images[i].data for i in fresh])
         new_images = [
             _new_image(services, project_id, images[i], vectors[row]) for row, i in enumerate(fresh)
         ]
@@ -125,11 +120,12 @@ async def upload_images(
 async def search_by_vector(
     services: Services, project_id: str, vector: np.ndarray, limit: int
 ) -> list[SearchHit]:
-    return await await_deployment(
-        services.vector_index.search.remote(project_id, vector, limit),
-        what="the image index",
-        timeout_s=services.config.request_timeout_s,
-    )
+    """The project's `limit` closest images (gathered with concurrent searches); 404 when the
+    project does not exist."""
+    (hits,) = await services.index_searches([SearchQuery(project_id, vector, limit)])
+    if hits is None:
+        raise NotFound(f"project '{project_id}' does not exist", project_id=project_id)
+    return hits
 
 
 async def require_project(services: Services, project_id: str) -> None:

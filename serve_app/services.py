@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import defaults
+from core.records import SearchHit, SearchQuery
 from core.storage import ObjectStore, StorageConfig
 from core.types import ImageParams
 from core.voice_cost import VoiceLimits
 from serve_app.admission import InFlightLimit
 from serve_app.api_keys import ApiKey
 from serve_app.audio import AudioDecoder
-from serve_app.modules import ModuleBoard
+from serve_app.call_batching import CallBatcher
+from serve_app.deployment_calls import await_deployment
+from serve_app.modules import IMAGE_SEARCH, ModuleBoard
 
 
 class GatewayConfig(BaseModel):
@@ -43,6 +48,11 @@ class GatewayConfig(BaseModel):
     voice_limits: VoiceLimits = Field(default_factory=VoiceLimits)
     image_max_pixel_steps: int = Field(default=defaults.IMAGE_MAX_PIXEL_STEPS, ge=1)
     embeddings_max_total_chars: int = Field(default=defaults.EMBEDDINGS_MAX_TOTAL_CHARS, ge=1)
+    embedding_batch_size: int = Field(
+        default=defaults.CLIP_MAX_BATCH_SIZE,
+        ge=1,
+        description="Most inputs one gathered CLIP or index request carries (CLIP_MAX_BATCH_SIZE)",
+    )
     request_timeout_s: float = Field(gt=0)
     json_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     upload_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
@@ -101,6 +111,48 @@ class Services:
     def audio_decoder(self) -> AudioDecoder:
         """This replica's bounded pool for audio decoding (AUDIO_DECODE_WORKERS)."""
         return AudioDecoder(self.config.audio_decode_workers)
+
+    @cached_property
+    def text_embeddings(self) -> CallBatcher[str, np.ndarray]:
+        """CLIP text embeddings, concurrent calls of this replica gathered into one model
+        request (serve_app/call_batching.py)."""
+
+        async def embed(texts: list[str]) -> Sequence[np.ndarray]:
+            return await self._call_clip(self.clip_embedder.embed_text, texts, "text embedding")
+
+        return CallBatcher(embed, max_batch_size=self.config.embedding_batch_size)
+
+    @cached_property
+    def image_embeddings(self) -> CallBatcher[bytes, np.ndarray]:
+        """CLIP image embeddings of encoded images, gathered the same way."""
+
+        async def embed(images: list[bytes]) -> Sequence[np.ndarray]:
+            return await self._call_clip(self.clip_embedder.embed_images, images, "image embedding")
+
+        return CallBatcher(embed, max_batch_size=self.config.embedding_batch_size)
+
+    @cached_property
+    def index_searches(self) -> CallBatcher[SearchQuery, list[SearchHit] | None]:
+        """Nearest-neighbour searches, gathered into one VectorIndex call: each query's hits,
+        or None when its project does not exist."""
+
+        async def search(queries: list[SearchQuery]) -> Sequence[list[SearchHit] | None]:
+            return await await_deployment(
+                self.vector_index.search_many.remote(queries),
+                what="the image index",
+                timeout_s=self.config.request_timeout_s,
+            )
+
+        return CallBatcher(search, max_batch_size=self.config.embedding_batch_size)
+
+    async def _call_clip(self, method: Any, inputs: list[Any], what: str) -> Sequence[np.ndarray]:
+        vectors = await await_deployment(
+            method.remote(inputs),
+            what=what,
+            timeout_s=self.config.request_timeout_s,
+            watch=self.board.watch(IMAGE_SEARCH),
+        )
+        return list(np.asarray(vectors, dtype=np.float32))
 
     @cached_property
     def image_admission(self) -> InFlightLimit:

@@ -164,13 +164,7 @@ async def create_embeddings(
             f"{dim} dimensions (omit dimensions or pass {dim})",
             fields=[{"field": "dimensions", "message": f"must be {dim}"}],
         )
-    vectors = await await_deployment(
-        services.clip_embedder.embed_text.remote(body.input),
-        what="text embedding",
-        timeout_s=services.config.request_timeout_s,
-        watch=services.board.watch(IMAGE_SEARCH),
-    )
-    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors = np.asarray(await services.text_embeddings(body.input), dtype=np.float32)
     if body.encoding_format == "base64":
         encoded: list[Any] = [
             base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii") for vector in vectors

@@ -167,14 +167,10 @@ async def search_images(
 ) -> SearchResponse:
     """Text-to-image search: the `limit` closest images, best first."""
     await services.board.require_ready(IMAGE_SEARCH)
-    await require_project(services, project_id)
-    vectors = await await_deployment(
-        services.clip_embedder.embed_text.remote([body.query]),
-        what="text embedding",
-        timeout_s=services.config.request_timeout_s,
-        watch=services.board.watch(IMAGE_SEARCH),
-    )
-    hits = await search_by_vector(services, project_id, vectors[0], body.limit)
+    # Concurrent searches share one embedding request and one index request; the index
+    # answers 404 for an unknown project.
+    (vector,) = await services.text_embeddings([body.query])
+    hits = await search_by_vector(services, project_id, vector, body.limit)
     return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
 
 
@@ -195,13 +191,8 @@ async def search_images_by_image(
     await services.board.require_ready(IMAGE_SEARCH)
     await require_project(services, project_id)
     (image,) = await _checked_uploads(request, services, field="file", max_files=1)
-    vectors = await await_deployment(
-        services.clip_embedder.embed_images.remote([image.data]),
-        what="image embedding",
-        timeout_s=services.config.request_timeout_s,
-        watch=services.board.watch(IMAGE_SEARCH),
-    )
-    hits = await search_by_vector(services, project_id, vectors[0], limit)
+    (vector,) = await services.image_embeddings([image.data])
+    hits = await search_by_vector(services, project_id, vector, limit)
     return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
 
 
