@@ -55,6 +55,11 @@ VOICE_MAX_MODEL_STEPS: Final = 8192
 VOICE_REF_TEXT_MIN_BYTES_PER_SECOND: Final = 1.0
 VOICE_REF_TEXT_MAX_BYTES_PER_SECOND: Final = 60.0
 
+# --- serving ------------------------------------------------------------------------------
+# Serve's router retry for a request whose model replica is busy (serve_app/settings.py).
+MODEL_ROUTER_INITIAL_BACKOFF_S: Final = 0.002
+MODEL_ROUTER_MAX_BACKOFF_S: Final = 0.02
+
 # --- object storage -----------------------------------------------------------------------
 LOCAL_STORAGE_DIR: Final = "data/storage"
 R2_REGION: Final = "auto"

@@ -24,6 +24,7 @@ from serve_app.placement import (
     ModelResources,
     model_actor_options,
     model_max_ongoing,
+    model_router_config,
     on_head_node,
     torch_threads,
 )
@@ -147,6 +148,7 @@ def bind_model(
         max_ongoing_requests=model_max_ongoing(settings, resources.max_queued_requests),
         max_queued_requests=resources.max_queued_requests,
         ray_actor_options=model_actor_options(settings, resources.num_cpus, plan.num_gpus),
+        request_router_config=model_router_config(settings),
     ).bind(
         make_config(plan.device, torch_threads(settings, resources.num_cpus), plan.memory_fraction)
     )

@@ -57,6 +57,17 @@ def model_max_ongoing(settings: Settings, max_queued: int) -> int:
     return settings.model_max_ongoing_requests
 
 
+def model_router_config(settings: Settings) -> dict[str, float]:
+    """How callers' routers retry a busy model replica: MODEL_ROUTER_INITIAL_BACKOFF_S,
+    doubling up to MODEL_ROUTER_MAX_BACKOFF_S (Serve's defaults: 25 ms up to 0.5 s)."""
+    initial = settings.model_router_initial_backoff_s
+    return {  # a RequestRouterConfig's fields (Serve takes the dict)
+        "initial_backoff_s": initial,
+        "backoff_multiplier": 2.0,
+        "max_backoff_s": max(initial, settings.model_router_max_backoff_s),
+    }
+
+
 def torch_threads(settings: Settings, num_cpus: float) -> int:
     """Threads for torch in a replica: TORCH_CPU_THREADS, else the CPUs it reserves."""
     return settings.torch_cpu_threads or max(1, int(num_cpus))

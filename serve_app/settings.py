@@ -174,6 +174,17 @@ class Settings(BaseSettings):
     # idle). The default, 1, is the contract: one request per GPU model replica, the rest in
     # Serve's bounded queue (*_MAX_QUEUED_REQUESTS). Raise it to queue in the replica instead.
     model_max_ongoing_requests: int = Field(default=1, ge=1, le=1024)
+    # How soon a request that found its model replica busy asks again (Serve's router
+    # retries, the wait growing x2 each time up to the max). Serve's own 25 ms doubling to
+    # 0.5 s leaves a model idle for up to half a second after it frees; these keep the gap
+    # at a few milliseconds for a handful of queue-length probes per second per caller
+    # (docs/benchmarks.md, benchmark 1 and 2).
+    model_router_initial_backoff_s: float = Field(
+        default=defaults.MODEL_ROUTER_INITIAL_BACKOFF_S, gt=0, le=1
+    )
+    model_router_max_backoff_s: float = Field(
+        default=defaults.MODEL_ROUTER_MAX_BACKOFF_S, gt=0, le=10
+    )
 
     # --- gateway --------------------------------------------------------------------------
     request_timeout_seconds: float = Field(default=300.0, gt=0)
