@@ -33,6 +33,17 @@ def queue_rejections() -> Counter:
 
 
 @cache
+def gathered_batch_size() -> Histogram:
+    return Histogram(
+        "ai_gathered_batch_size",
+        description="Items per deployment request sent by the gateway's call batchers "
+        "(concurrent searches and embeddings gathered into one request).",
+        boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+        tag_keys=("call",),
+    )
+
+
+@cache
 def image_generation_seconds() -> Histogram:
     return Histogram(
         "ai_image_generation_seconds",

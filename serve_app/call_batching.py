@@ -96,11 +96,14 @@ class CallBatcher(Generic[Item, Result]):
         call: Callable[[list[Item]], Awaitable[Sequence[Result]]],
         *,
         max_batch_size: int,
+        on_send: Callable[[int], None] | None = None,
     ) -> None:
+        """`on_send(items)` is told the size of each request sent (for a metric)."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.max_batch_size = max_batch_size
         self._call = call
+        self._on_send = on_send
         self._waiting: deque[_Call[Item, Result]] = deque()
         self._in_flight: asyncio.Task[None] | None = None
 
@@ -138,6 +141,8 @@ class CallBatcher(Generic[Item, Result]):
             batch.append(self._waiting.popleft())
             size += len(waiting.items)
         if batch:  # the model call runs in the first caller's context (its request id)
+            if self._on_send is not None:
+                self._on_send(size)
             self._in_flight = asyncio.get_running_loop().create_task(
                 self._send(batch), context=batch[0].context
             )

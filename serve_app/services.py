@@ -12,6 +12,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import defaults
+from core.metrics import gathered_batch_size
 from core.records import SearchHit, SearchQuery
 from core.storage import ObjectStore, StorageConfig
 from core.types import ImageParams
@@ -120,7 +121,7 @@ class Services:
         async def embed(texts: list[str]) -> Sequence[np.ndarray]:
             return await self._call_clip(self.clip_embedder.embed_text, texts, "text embedding")
 
-        return CallBatcher(embed, max_batch_size=self.config.embedding_batch_size)
+        return self._batcher(embed, "text embedding")
 
     @cached_property
     def image_embeddings(self) -> CallBatcher[bytes, np.ndarray]:
@@ -129,7 +130,7 @@ class Services:
         async def embed(images: list[bytes]) -> Sequence[np.ndarray]:
             return await self._call_clip(self.clip_embedder.embed_images, images, "image embedding")
 
-        return CallBatcher(embed, max_batch_size=self.config.embedding_batch_size)
+        return self._batcher(embed, "image embedding")
 
     @cached_property
     def index_searches(self) -> CallBatcher[SearchQuery, list[SearchHit] | None]:
@@ -143,7 +144,15 @@ class Services:
                 timeout_s=self.config.request_timeout_s,
             )
 
-        return CallBatcher(search, max_batch_size=self.config.embedding_batch_size)
+        return self._batcher(search, "image search")
+
+    def _batcher(self, call: Any, name: str) -> CallBatcher[Any, Any]:
+        histogram = gathered_batch_size()
+        return CallBatcher(
+            call,
+            max_batch_size=self.config.embedding_batch_size,
+            on_send=lambda size: histogram.observe(size, tags={"call": name}),
+        )
 
     async def _call_clip(self, method: Any, inputs: list[Any], what: str) -> Sequence[np.ndarray]:
         vectors = await await_deployment(

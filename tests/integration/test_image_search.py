@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import socket
 import struct
@@ -424,3 +425,35 @@ def test_objects_and_rows_match(search_app: SearchApp) -> None:
     objects = set().union(*(search_app.object_keys(f"AI/SEARCH/{pid}/") for pid in mine))
     assert len(rows) == 5 + 8, sorted(rows)  # 4 + 2 - 1 kept, a full project, none refused
     assert rows == objects
+
+
+def test_thirty_two_concurrent_searches_are_all_answered_as_if_alone(search_app: SearchApp) -> None:
+    """32 clients at once against the default queue bound (CLIP_MAX_QUEUED_REQUESTS=16): the
+    Gateway gathers their embeddings and index searches, so none is refused, and each gets
+    what the same search alone gets."""
+    pid = project()
+    for seed in range(700, 704):
+        assert upload(search_app, pid, make_image(seed)).status_code == 201
+    queries = [f"query number {i} about a {'cat' if i % 2 else 'dog'}" for i in range(32)]
+    url = f"{search_app.url}/v1/projects/{pid}/images/search"
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(
+                *(client.post(url, json={"query": q, "limit": 3}) for q in queries)
+            )
+
+    together = asyncio.run(burst())
+    assert [r.status_code for r in together] == [200] * 32, [r.text for r in together[:3]]
+    for query, response in zip(queries, together, strict=True):
+        alone = httpx.post(url, json={"query": query, "limit": 3}, timeout=60)
+        assert alone.status_code == 200
+        got, want = response.json()["results"], alone.json()["results"]
+        assert [hit["id"] for hit in got] == [hit["id"] for hit in want]
+        assert [hit["score"] for hit in got] == pytest.approx(
+            [hit["score"] for hit in want], abs=1e-5
+        )
+    unknown = httpx.post(
+        f"{search_app.url}/v1/projects/{project()}/images/search", json={"query": "x"}, timeout=60
+    )
+    assert unknown.status_code == 404 and "does not exist" in unknown.json()["error"]["message"]

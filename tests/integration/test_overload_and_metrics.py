@@ -48,6 +48,17 @@ def test_overload_answers_503_with_retry_after_and_serves_the_rest(app: Deployed
     assert httpx.get(f"{app.url}/healthz").status_code == 200
 
 
+async def search_burst(url: str, project: str, count: int) -> None:
+    async with httpx.AsyncClient(timeout=60) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(f"{url}/v1/projects/{project}/images/search", json={"query": f"q {i}"})
+                for i in range(count)
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * count
+
+
 def scrape(metrics_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
@@ -85,6 +96,7 @@ def test_custom_metrics_are_exported(
     project = f"metrics-{uuid.uuid4().hex[:8]}"
     for seed in (500, 501, 502):
         assert upload(search_app, project, make_image(seed)).status_code == 201
+    asyncio.run(search_burst(search_app.url, project, 32))  # gathered: fewer requests than calls
 
     wanted = {
         "generate 200": lambda s: (
@@ -111,6 +123,11 @@ def test_custom_metrics_are_exported(
             total(s, "ray_ai_queue_rejections_total", call="image generation") >= 1
         ),
         "index size": lambda s: total(s, "ray_ai_index_images", project=project) == 3,
+        "gathered searches": lambda s: (
+            total(s, "ray_ai_gathered_batch_size_sum", call="text embedding")
+            > total(s, "ray_ai_gathered_batch_size_count", call="text embedding")
+            > 0
+        ),
         "built-in": lambda s: total(s, "ray_serve_num_http_requests_total") >= 1,
     }
     deadline = time.monotonic() + METRICS_WAIT_S

@@ -39,9 +39,10 @@ class RecordingModel:
 
 def test_concurrent_calls_share_requests_one_at_a_time() -> None:
     model = RecordingModel()
+    sent: list[int] = []
 
     async def main() -> list[list[int]]:
-        batcher = CallBatcher(model, max_batch_size=32)
+        batcher = CallBatcher(model, max_batch_size=32, on_send=sent.append)
         return await asyncio.gather(*(batcher([i, 100 + i]) for i in range(20)))
 
     results = asyncio.run(main())
@@ -49,7 +50,7 @@ def test_concurrent_calls_share_requests_one_at_a_time() -> None:
     assert model.most_running == 1
     # The first call goes alone (nobody waits for company); the other 19 arrived while it
     # ran and go together, within the size bound (16 calls of 2 items = 32).
-    assert [len(r) for r in model.requests] == [2, 32, 6]
+    assert [len(r) for r in model.requests] == [2, 32, 6] == sent
     assert sorted(x for r in model.requests for x in r) == sorted(
         [i for i in range(20)] + [100 + i for i in range(20)]
     )
