@@ -66,26 +66,43 @@ class AddsImages(Protocol):
 
 def fill_catalog(catalog: AddsImages, project: str, count: int, dim: int, seed: int = 7) -> None:
     """`count` random unit vectors as images of `project` (search cost, not content, matters)."""
-    if count <= 0:
-        return
+    if count > 0:
+        catalog.add_many(fill_images(project, count, dim, seed))
+
+
+def fill_images(project: str, count: int, dim: int, seed: int = 7) -> list[NewImage]:
+    """What `fill_catalog` adds: `count` random unit vectors as images of `project`."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((count, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    catalog.add_many([new_image(project, i, vectors[i]) for i in range(count)])
+    return [new_image(project, i, vectors[i]) for i in range(count)]
 
 
 def fill_graph(app: str, project: str, count: int, dim: int) -> None:
-    """`fill_catalog` into the VectorIndex of our Serve app `app`, through a handle (from a
-    process connected to that app's Ray)."""
-    from ray import serve
+    """What `fill_catalog` adds, into the VectorIndex of our Serve app `app` through a handle
+    (from a process connected to that app's Ray).
 
-    handle = serve.get_deployment_handle("VectorIndex", app_name=app)
+    The handle is one of its own (not Serve's cached one), awaited in an event loop of its
+    own and shut down before that loop closes: on Serve's fast path a handle's router runs on
+    the loop of its first call (a blocking `.result()` outside one fails), and a cached handle
+    would be shut down by `serve.shutdown()` on the closed loop.
+    """
+    import asyncio
 
-    class _Adder:
-        def add_many(self, images: list[NewImage]) -> None:
-            handle.add_many.remote(images).result()
+    from ray.serve.handle import DeploymentHandle
 
-    fill_catalog(_Adder(), project, count, dim)
+    if count <= 0:
+        return
+    images = fill_images(project, count, dim)
+
+    async def add() -> None:
+        handle: DeploymentHandle[Any] = DeploymentHandle("VectorIndex", app_name=app)
+        try:
+            await handle.add_many.remote(images)
+        finally:
+            await handle.shutdown_async()
+
+    asyncio.run(add())
 
 
 def new_image(project: str, i: int, vector: Any) -> NewImage:
