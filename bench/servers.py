@@ -20,16 +20,26 @@ from bench.machine import free_port
 
 
 def wait_http_ok(
-    url: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None, poll_s: float = 0.2
+    url: str,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    poll_s: float = 0.2,
+    log_path: Path | None = None,
 ) -> float:
-    """Poll `url` until it answers 200; return the perf_counter time it did."""
+    """Poll `url` until it answers 200; return the perf_counter time it did.
+
+    If `process` exits first, the error quotes the end of its log (`log_path`), which the
+    scratch directory takes with it at the end of the run.
+    """
     import httpx
 
     deadline = time.perf_counter() + timeout_s
     last = "no answer"
     while time.perf_counter() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server process exited with {process.returncode} ({url})")
+            raise RuntimeError(
+                f"server process exited with {process.returncode} ({url})" + log_tail(log_path)
+            )
         try:
             response = httpx.get(url, timeout=5)
             if response.status_code == 200:
@@ -39,6 +49,14 @@ def wait_http_ok(
             last = f"{type(exc).__name__}"
         time.sleep(poll_s)
     raise TimeoutError(f"{url} not ready after {timeout_s}s: {last}")
+
+
+def log_tail(log_path: Path | None, chars: int = 3000) -> str:
+    """The last `chars` of a log, as lines to append to an error ("" without a log)."""
+    if log_path is None or not log_path.is_file():
+        return ""
+    text = log_path.read_bytes()[-chars:].decode(errors="replace")
+    return f"; the end of {log_path.name}:\n{text}"
 
 
 @contextmanager
