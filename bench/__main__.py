@@ -4,7 +4,8 @@
     python -m bench --index-sizes 50000   # the 200k index alone takes tens of minutes here
     python -m bench --quick               # shorter runs, smaller index, fewer starts
     python -m bench --only serving,mixed  # some of: coldstart, index, serving, embedding, mixed,
-                                          # models (by default only where CUDA is available)
+                                          # search, models (by default only where CUDA is
+                                          # available)
     python -m bench --only models --device cuda --compile   # real-sized models on a GPU
 
 Tiny models are built into a temporary directory (or `--models DIR`); apps are deployed on
@@ -28,7 +29,7 @@ from bench.context import Context, Section
 from bench.env import REPO, prepare_environment
 from bench.machine import git_revision, machine_info
 
-BENCHMARKS = ("coldstart", "index", "serving", "embedding", "mixed", "models")
+BENCHMARKS = ("coldstart", "index", "serving", "embedding", "mixed", "search", "models")
 # Run by default only where CUDA is available (real-sized models are slow on a small CPU).
 CUDA_DEFAULT_ONLY = ("models",)
 
@@ -211,6 +212,10 @@ def _run_one(name: str, ctx: Context, args: argparse.Namespace) -> Section:
         from bench import mixed
 
         return mixed.run(ctx)
+    if name == "search":
+        from bench import search_load
+
+        return search_load.run(ctx)
     raise ValueError(f"unknown benchmark {name!r}")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from bench.context import Section
 from bench.tables import fmt, md_table
 
-ORDER = ("serving", "mixed", "index", "embedding", "coldstart", "models")
+ORDER = ("serving", "mixed", "index", "embedding", "coldstart", "models", "search")
 
 
 def _changes(sections: dict[str, Section]) -> str:
@@ -243,6 +243,47 @@ def models_summary(sections: dict[str, Section]) -> list[list[str]]:
     return rows
 
 
+def search_summary(sections: dict[str, Section]) -> list[list[str]]:
+    """Rows for benchmark 7: throughput, tail and 503s of search at 32 clients, per graph path."""
+    from bench.search_load import TARGET_RATIO, TARGET_TAIL, verdicts
+
+    ratio = _get(sections, "search", "search_c32_ratio_vs_bare")
+    if not ratio:
+        return []
+    tails = _get(sections, "search", "search_c32_p99_over_p50")
+    rejected = _get(sections, "search", "search_c32_503")
+    added = _get(sections, "search", "search_c1_added_ms")
+    bound = _get(sections, "search", "clip_max_queued_requests")
+
+    def per_path(values: dict[str, float], digits: int, unit: str) -> str:
+        return "; ".join(f"{p}: {fmt(v, digits)}{unit}" for p, v in values.items())
+
+    return [
+        [
+            "Search at 32 concurrent HTTP clients vs bare FastAPI doing the same search "
+            "in-process (req/s ratio)",
+            f"≥ {TARGET_RATIO}x",
+            per_path(ratio, 2, "x")
+            + "; added p50 at 1 client: "
+            + "; ".join(f"{p}: {v:+.2f} ms" for p, v in added.items()),
+            verdicts(ratio, lambda v: v >= TARGET_RATIO),
+        ],
+        [
+            "Search p99/p50 at 32 clients",
+            f"≤ {TARGET_TAIL:g}",
+            per_path(tails, 1, ""),
+            verdicts(tails, lambda v: v <= TARGET_TAIL),
+        ],
+        [
+            f"Search 503s at 32 clients with the default queue bounds "
+            f"(`CLIP_MAX_QUEUED_REQUESTS={bound}`)",
+            "0",
+            "; ".join(f"{p}: {v}" for p, v in rejected.items()),
+            verdicts(rejected, lambda v: v == 0),
+        ],
+    ]
+
+
 def _summary(sections: dict[str, Section]) -> str:
     rows: list[list[str]] = []
     added = _get(sections, "serving", "serve_http_added_ms_c1")
@@ -313,6 +354,7 @@ def _summary(sections: dict[str, Section]) -> str:
                     "—",
                 ]
             )
+    rows += search_summary(sections)
     results = _get(sections, "index", "results")
     if results:
         for r in results:
