@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from ray.serve import Deployment
 
+from deployments import model_router
 from serve_app.settings import Settings
 
 
@@ -57,11 +58,13 @@ def model_max_ongoing(settings: Settings, max_queued: int) -> int:
     return settings.model_max_ongoing_requests
 
 
-def model_router_config(settings: Settings) -> dict[str, float]:
-    """How callers' routers retry a busy model replica: MODEL_ROUTER_INITIAL_BACKOFF_S,
-    doubling up to MODEL_ROUTER_MAX_BACKOFF_S (Serve's defaults: 25 ms up to 0.5 s)."""
+def model_router_config(settings: Settings) -> dict[str, Any]:
+    """How callers route to a model replica (deployments/model_router.py): a request that
+    finds it busy retries when one of its caller's requests completes, or at the latest
+    after MODEL_ROUTER_INITIAL_BACKOFF_S, doubling up to MODEL_ROUTER_MAX_BACKOFF_S."""
     initial = settings.model_router_initial_backoff_s
     return {  # a RequestRouterConfig's fields (Serve takes the dict)
+        "request_router_class": model_router.CLASS_PATH,
         "initial_backoff_s": initial,
         "backoff_multiplier": 2.0,
         "max_backoff_s": max(initial, settings.model_router_max_backoff_s),
