@@ -16,7 +16,9 @@ FAST_PATH_ENV_FILE = REPO / "configs" / "fast-path.env"
 
 def fast_path_env(scratch: Path) -> dict[str, str]:
     """Environment of a Ray on Serve's fast path (configs/fast-path.env), with HAProxy's
-    ports and files of its own so it cannot meet another Ray's HAProxy on this machine."""
+    ports and files of its own so it cannot meet another Ray's HAProxy on this machine.
+    Keep `scratch` short: HAProxy refuses a stats socket path over 97 characters, and Ray
+    puts the socket two levels below it."""
     from dotenv import dotenv_values
 
     scratch.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,7 @@ def run(ctx: Context) -> Section:
     with (
         subprocess_server(bare_args, bare_log) as process,
         subprocess_server(
-            fast_args, fast_log, env=fast_path_env(ctx.subdir("search_haproxy"))
+            fast_args, fast_log, env=fast_path_env(ctx.subdir("hap"))
         ) as fast_process,
     ):
         wait_http_ok(f"{urls[BARE]}/readyz", 600, process, log_path=bare_log)
