@@ -99,7 +99,13 @@ def _first_line(message: str, limit: int = 500) -> str:
 
 
 class ModuleBoard:
-    """Caches module states read from Serve for a moment, so routes can check cheaply."""
+    """Caches module states read from Serve for a moment, so routes can check cheaply.
+
+    Reading Serve's status takes tens of milliseconds, so once the cache is `ttl_s` old it
+    is refreshed in the background while routes go on with the states they have (they used
+    to wait for the read, every request arriving meanwhile with them); only the first read,
+    and a `fresh` one, wait for Serve.
+    """
 
     def __init__(self, app_name: str, enabled: dict[str, bool], ttl_s: float = 1.0):
         self._app_name = app_name
@@ -109,13 +115,25 @@ class ModuleBoard:
         self._deployment_states: dict[str, tuple[str, str]] = {}
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._refresh: asyncio.Task[None] | None = None
 
     async def states(self, fresh: bool = False) -> dict[str, ComponentStatus]:
-        """Every module's state, read from Serve when the cache is stale."""
-        async with self._lock:
-            if fresh or time.monotonic() - self._read_at > self._ttl_s:
-                self._keep(await asyncio.to_thread(self._read_serve_status))
-            return dict(self._states)
+        """Every module's state; read from Serve first when asked `fresh` or never read."""
+        if fresh or not self._states:
+            async with self._lock:
+                if fresh or not self._states:
+                    self._keep(await asyncio.to_thread(self._read_serve_status))
+        elif time.monotonic() - self._read_at > self._ttl_s and (
+            self._refresh is None or self._refresh.done()
+        ):
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_in_background())
+        return dict(self._states)
+
+    async def _refresh_in_background(self) -> None:
+        try:
+            self._keep(await asyncio.to_thread(self._read_serve_status))
+        except Exception as exc:  # noqa: BLE001 - the next request tries again
+            logger.warning("cannot read Serve's status: %s", exc)
 
     async def read_now(self) -> dict[str, ComponentStatus]:
         """Every module's state, read from Serve now without taking the lock the routes wait
