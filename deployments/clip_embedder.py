@@ -6,6 +6,7 @@ import numpy as np
 from ray import serve
 
 from core import defaults
+from core.cpu_priority import yield_cpu
 from deployments.clip_model import ClipModel
 from deployments.configs import ClipEmbedderConfig
 from deployments.model_queue import ModelQueue
@@ -25,6 +26,7 @@ class ClipEmbedder:
     """Image and text embeddings in one space. The model loads in the constructor."""
 
     def __init__(self, config: ClipEmbedderConfig):
+        yield_cpu(config.cpu_nice)  # before the model loads: its threads inherit it
         self._model = ClipModel(config)
         self._queue = ModelQueue("clip-embedder")
         if config.warm_up:  # before the replica reports ready: the first request is not slower

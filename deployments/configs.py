@@ -38,6 +38,12 @@ class ImageGeneratorConfig(_Config):
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
+    cpu_nice: int | None = Field(
+        default=None,
+        ge=0,
+        le=19,
+        description="Niceness the replica yields to (core/cpu_priority.py)",
+    )
     gpu_memory_fraction: float | None = Field(
         default=None,
         gt=0,
@@ -74,6 +80,12 @@ class ClipEmbedderConfig(_Config):
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
+    cpu_nice: int | None = Field(
+        default=None,
+        ge=0,
+        le=19,
+        description="Niceness the replica yields to (core/cpu_priority.py)",
+    )
     gpu_memory_fraction: float | None = Field(
         default=None,
         gt=0,
@@ -184,6 +196,12 @@ class VoiceClonerConfig(_Config):
     device: Device = "auto"
     dtype: TorchDType = "auto"
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch")
+    cpu_nice: int | None = Field(
+        default=None,
+        ge=0,
+        le=19,
+        description="Niceness the replica yields to (core/cpu_priority.py)",
+    )
     gpu_memory_fraction: float | None = Field(
         default=None,
         gt=0,

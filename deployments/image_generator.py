@@ -5,6 +5,7 @@ from __future__ import annotations
 from ray import serve
 
 from core import defaults
+from core.cpu_priority import yield_cpu
 from core.metrics import image_generation_seconds
 from core.types import GeneratedImage, ImageParams
 from deployments.configs import ImageGeneratorConfig
@@ -26,6 +27,7 @@ class ImageGenerator:
     """Text-to-image generation. The model loads in the constructor (Serve shows "UPDATING")."""
 
     def __init__(self, config: ImageGeneratorConfig):
+        yield_cpu(config.cpu_nice)  # before the model loads: its threads inherit it
         self._model = DiffusionImageModel(config)
         self._device = self._model.describe().get("device", "unknown")
         self._queue = ModelQueue("image-generator")

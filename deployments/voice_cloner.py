@@ -6,6 +6,7 @@ import numpy as np
 from ray import serve
 
 from core import defaults
+from core.cpu_priority import yield_cpu
 from core.metrics import audio_seconds_produced, voice_synthesis_seconds
 from core.types import SynthesizedSpeech, VoiceParams
 from deployments.configs import VoiceClonerConfig
@@ -27,6 +28,7 @@ class VoiceCloner:
     """Speech in the voice of a reference clip. The model loads in the constructor."""
 
     def __init__(self, config: VoiceClonerConfig):
+        yield_cpu(config.cpu_nice)  # before the model loads: its threads inherit it
         self._model = VoiceModel(config)
         self._device = self._model.describe().get("device", "unknown")
         self._queue = ModelQueue("voice-cloner")

@@ -84,6 +84,7 @@ def gateway_config(settings: Settings, placement: dict[str, str] | None = None) 
         embeddings_max_total_chars=settings.embeddings_max_total_chars,
         embedding_batch_size=settings.clip_max_batch_size,
         request_timeout_s=settings.request_timeout_seconds,
+        cpu_nice=settings.gateway_cpu_nice,
         json_max_bytes=settings.gateway_max_json_bytes,
         upload_max_bytes=settings.gateway_max_upload_bytes,
         body_bytes_in_flight=settings.gateway_max_body_bytes_in_flight,
@@ -167,6 +168,7 @@ def image_generator_config(
         dtype=settings.image_dtype,
         torch_threads=threads,
         gpu_memory_fraction=gpu_memory_fraction,
+        cpu_nice=settings.image_cpu_nice,
         warm_up=settings.model_warm_up,
         warm_up_width=settings.image_default_width,
         warm_up_height=settings.image_default_height,
@@ -186,6 +188,7 @@ def clip_embedder_config(
         gpu_memory_fraction=gpu_memory_fraction,
         max_batch_size=settings.clip_max_batch_size,
         max_image_pixels=settings.image_search_max_pixels,
+        cpu_nice=settings.clip_cpu_nice,
         warm_up=settings.model_warm_up,
     )
 
@@ -206,5 +209,6 @@ def voice_cloner_config(
         gpu_memory_fraction=gpu_memory_fraction,
         max_ref_seconds_used=settings.voice_ref_seconds_used,
         limits=voice_limits(settings),
+        cpu_nice=settings.voice_cpu_nice,
         warm_up=settings.model_warm_up,
     )

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from core.cpu_priority import yield_cpu
 from core.storage import make_object_store
 from serve_app.exposure import AuthRequired, HttpBind, check_auth, serve_http_bind
 from serve_app.http_app import create_http_app
@@ -34,6 +35,7 @@ class Gateway:
     ):
         app_name = serve.get_replica_context().app_name
         require_auth_where_exposed(config)
+        yield_cpu(config.cpu_nice)
         self._services = Services(
             config=config,
             store=make_object_store(config.storage),

@@ -55,6 +55,9 @@ class GatewayConfig(BaseModel):
         description="Most inputs one gathered CLIP or index request carries (CLIP_MAX_BATCH_SIZE)",
     )
     request_timeout_s: float = Field(gt=0)
+    cpu_nice: int | None = Field(
+        default=None, ge=0, le=19, description="Niceness the replica yields to (GATEWAY_CPU_NICE)"
+    )
     json_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
     upload_max_bytes: int = Field(default=128 * 1024 * 1024, ge=1)
     body_bytes_in_flight: int = Field(default=512 * 1024 * 1024, ge=1)

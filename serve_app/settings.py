@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     # idle). The default, 1, is the contract: one request per GPU model replica, the rest in
     # Serve's bounded queue (*_MAX_QUEUED_REQUESTS). Raise it to queue in the replica instead.
     model_max_ongoing_requests: int = Field(default=1, ge=1, le=1024)
+    # Who gets the CPU first where models share the cores (core/cpu_priority.py): Unix
+    # niceness each replica yields to, 0-19. Ray starts replicas at 15; a higher value yields
+    # to the others; unset leaves Ray's. Only ever lowers a priority (docs/benchmarks.md, 2).
+    image_cpu_nice: int | None = Field(default=None, ge=0, le=19)
+    clip_cpu_nice: int | None = Field(default=None, ge=0, le=19)
+    voice_cpu_nice: int | None = Field(default=None, ge=0, le=19)
+    gateway_cpu_nice: int | None = Field(default=None, ge=0, le=19)
     # How soon a request that found its model replica busy asks again (Serve's router
     # retries, the wait growing x2 each time up to the max). Serve's own 25 ms doubling to
     # 0.5 s leaves a model idle for up to half a second after it frees; these keep the gap
