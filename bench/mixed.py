@@ -6,8 +6,11 @@ Three servers hold the same tiny models and answer the same three routes:
   model call (`bench.baseline_server --mode mixed`, torch on both cores);
 - graph, 1 thread: our Serve graph, one lock per deployment (each model replica on its own
   process), `TORCH_CPU_THREADS=1` per model replica;
-- graph, 2 threads: the same with `TORCH_CPU_THREADS=2` (what the offline profile used:
-  three replicas x two threads on two cores);
+- graph, 1 thread, priorities: the same with the offline profile's CPU priorities
+  (`*_CPU_NICE`: the Gateway and CLIP yield the most, image less, voice keeps Ray's 15);
+- graph, 1 thread, priorities, fast path: that on Ray Serve's fast path (HAProxy in front,
+  the Gateway answering HTTP itself, gRPC between replicas), the production path, in a Ray
+  of its own (`bench.serve_child`);
 - graph, 1 thread, in-replica queue: model replicas that hold their whole queue
   (`MODEL_MAX_ONGOING_REQUESTS=65`; waiting requests wait inside the replica in order)
   instead of one request (the default; the rest wait in Serve's router).
@@ -20,15 +23,19 @@ headline is the ratio of throughputs, per route and as a geometric mean of the t
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
-from bench.app_settings import offline_settings
+from bench.app_settings import fast_path_env, offline_settings
 from bench.context import Context, Section
 from bench.inputs import clip_dim, fill_graph, reference_wav
 from bench.load import closed_loop, expect_ok, http_session
 from bench.machine import cpu_seconds_of_tree, free_port
-from bench.servers import subprocess_server, wait_http_ok
+from bench.servers import subprocess_server, wait_http_ok, wait_project_filled
 from bench.stats import Sample, geomean
 from bench.tables import fmt, md_table
 
@@ -63,18 +70,37 @@ def _graph_settings(ctx: Context, name: str, extra: dict[str, Any]) -> dict[str,
     )
 
 
-def run(ctx: Context, variants: dict[str, dict[str, Any]] | None = None) -> Section:
-    """`variants`: graph apps to compare, name -> extra settings (default: 1 and 2 threads)."""
+PRIORITIES = "graph, 1 thread, priorities"
+FAST_PATH = "graph, 1 thread, priorities, fast path"
+# The offline profile's CPU priorities (configs/offline.env): HTTP handling and the CLIP model
+# yield the most, the image model less, the voice model keeps Ray's 15.
+PRIORITY_SETTINGS = {"GATEWAY_CPU_NICE": 19, "CLIP_CPU_NICE": 19, "IMAGE_CPU_NICE": 18}
+
+
+def run(
+    ctx: Context,
+    variants: dict[str, dict[str, Any]] | None = None,
+    fast_variants: dict[str, dict[str, Any]] | None = None,
+) -> Section:
+    """Graph apps to compare, name -> extra settings: `variants` on Serve's default HTTP path
+    (apps on this process's Ray), `fast_variants` on Serve's fast path, the production path,
+    each in a Ray of its own (`bench.serve_child`: Ray reads the switch once per process)."""
     started = time.perf_counter()
     duration = 8.0 if ctx.quick else 20.0
-    variants = variants or {
-        "graph, 1 thread": {"TORCH_CPU_THREADS": 1},
-        "graph, 2 threads": {"TORCH_CPU_THREADS": 2},
-        "graph, 1 thread, in-replica queue": {
-            "TORCH_CPU_THREADS": 1,
-            "MODEL_MAX_ONGOING_REQUESTS": 65,
-        },
-    }
+    variants = (
+        {
+            "graph, 1 thread": {"TORCH_CPU_THREADS": 1},
+            PRIORITIES: {"TORCH_CPU_THREADS": 1, **PRIORITY_SETTINGS},
+            "graph, 1 thread, in-replica queue": {
+                "TORCH_CPU_THREADS": 1,
+                "MODEL_MAX_ONGOING_REQUESTS": 65,
+            },
+        }
+        if variants is None
+        else variants
+    )
+    if fast_variants is None:
+        fast_variants = {FAST_PATH: {"TORCH_CPU_THREADS": 1, **PRIORITY_SETTINGS}}
     port = free_port()
     baseline_args = [
         "-m",
@@ -94,7 +120,14 @@ def run(ctx: Context, variants: dict[str, dict[str, Any]] | None = None) -> Sect
     ]
     urls: dict[str, str] = {}
     apps: list[str] = []
-    with subprocess_server(baseline_args, ctx.log_dir / "mixed_baseline.log") as process:
+    with ExitStack() as servers:
+        process = servers.enter_context(
+            subprocess_server(baseline_args, ctx.log_dir / "mixed_baseline.log")
+        )
+        children = [
+            _start_fast_child(ctx, servers, f"mixedf{i}", extra)
+            for i, extra in enumerate(fast_variants.values())
+        ]
         try:
             for i, (name, extra) in enumerate(variants.items()):
                 app = f"mixed{i}"
@@ -102,12 +135,38 @@ def run(ctx: Context, variants: dict[str, dict[str, Any]] | None = None) -> Sect
                 apps.append(app)
                 _fill_graph(ctx, app)
             wait_http_ok(f"http://127.0.0.1:{port}/readyz", 600, process)
+            for name, (url, child, log) in zip(fast_variants, children, strict=True):
+                wait_http_ok(f"{url}/readyz", 600, child, log_path=log)
+                wait_project_filled(url, PROJECT, FILL, 600, child, log)
+                urls[name] = url
             urls = {"baseline (global lock)": f"http://127.0.0.1:{port}", **urls}
             totals, rounds, cpu = asyncio.run(_measure(ctx, urls, duration))
         finally:
             for app in apps:
                 ctx.serve.delete(app)
     return _report(totals, rounds, cpu, ctx, duration, time.perf_counter() - started)
+
+
+def _start_fast_child(
+    ctx: Context, servers: ExitStack, name: str, extra: dict[str, Any]
+) -> tuple[str, subprocess.Popen[bytes], Path]:
+    """A graph on Serve's fast path in a process and Ray of its own, its project filled."""
+    port = free_port()
+    args = [
+        "-m",
+        "bench.serve_child",
+        "--port",
+        str(port),
+        "--settings",
+        json.dumps(_graph_settings(ctx, name, extra)),
+        "--fill",
+        f"{PROJECT}:{FILL}:{clip_dim(ctx.models)}",
+    ]
+    log = ctx.log_dir / f"{name}.log"
+    child = servers.enter_context(
+        subprocess_server(args, log, env=fast_path_env(ctx.subdir(f"h{name[-1]}")))
+    )
+    return f"http://127.0.0.1:{port}", child, log
 
 
 def _fill_graph(ctx: Context, app: str) -> None:

@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.app_settings import fast_path_env, offline_settings
@@ -46,7 +44,7 @@ from bench.context import Context, Section
 from bench.inputs import clip_dim, fill_graph
 from bench.load import closed_loop, expect_ok, http_session
 from bench.machine import free_port
-from bench.servers import log_tail, subprocess_server, wait_http_ok
+from bench.servers import subprocess_server, wait_http_ok, wait_project_filled
 from bench.stats import Sample, median
 from bench.tables import fmt, md_table
 
@@ -125,41 +123,12 @@ def run(ctx: Context) -> Section:
         urls[DEFAULT] = ctx.serve.deploy(APP, f"/{APP}", _graph_settings(ctx, APP))
         try:
             fill_graph(APP, PROJECT, FILL, dim)
-            _wait_filled(urls[DEFAULT], 600)
-            _wait_filled(urls[FAST], 600, fast_process, fast_log)
+            wait_project_filled(urls[DEFAULT], PROJECT, FILL, 600)
+            wait_project_filled(urls[FAST], PROJECT, FILL, 600, fast_process, fast_log)
             totals, rounds = asyncio.run(_measure(ctx, urls, duration))
         finally:
             ctx.serve.delete(APP)
     return _report(totals, rounds, ctx, duration, time.perf_counter() - started)
-
-
-def _wait_filled(
-    url: str,
-    timeout_s: float,
-    process: subprocess.Popen[bytes] | None = None,
-    log_path: Path | None = None,
-) -> None:
-    """Poll a graph's listing of the project until it holds FILL images."""
-    import httpx
-
-    deadline = time.perf_counter() + timeout_s
-    last = "no answer"
-    while time.perf_counter() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(
-                f"server process exited with {process.returncode} ({url})" + log_tail(log_path)
-            )
-        try:
-            response = httpx.get(
-                f"{url}/v1/projects/{PROJECT}/images", params={"limit": 1}, timeout=5
-            )
-            if response.status_code == 200 and response.json()["total"] == FILL:
-                return
-            last = f"{response.status_code}: {response.text[:300]}"
-        except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}"
-        time.sleep(0.5)
-    raise TimeoutError(f"project {PROJECT!r} at {url} not filled after {timeout_s}s: {last}")
 
 
 async def _check_answer(session: aiohttp.ClientSession, url: str) -> None:

@@ -154,3 +154,35 @@ class LocalServe:
         finally:
             ray.shutdown()
             self.started = False
+
+
+def wait_project_filled(
+    url: str,
+    project: str,
+    count: int,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Poll a graph's listing of `project` until it holds `count` images (a filled graph
+    in another process: `bench.serve_child --fill`)."""
+    import httpx
+
+    deadline = time.perf_counter() + timeout_s
+    last = "no answer"
+    while time.perf_counter() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(
+                f"server process exited with {process.returncode} ({url})" + log_tail(log_path)
+            )
+        try:
+            response = httpx.get(
+                f"{url}/v1/projects/{project}/images", params={"limit": 1}, timeout=5
+            )
+            if response.status_code == 200 and response.json()["total"] == count:
+                return
+            last = f"{response.status_code}: {response.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}"
+        time.sleep(0.5)
+    raise TimeoutError(f"project {project!r} at {url} not filled after {timeout_s}s: {last}")
