@@ -18,6 +18,7 @@ LONG_BACKOFF_S = 30.0  # what a queued request would wait without the wake-up
 
 
 @serve.deployment(
+    ray_actor_options={"num_cpus": 0},  # the session's Ray has its CPUs taken by other apps
     max_ongoing_requests=1,
     request_router_config={
         "request_router_class": CLASS_PATH,
