@@ -168,6 +168,12 @@ class VectorIndex:
             for query in queries
         ]
 
+    def similar(
+        self, project_id: str, image_id: str, limit: int
+    ) -> builtins.list[SearchHit] | None:
+        """The `limit` images closest to a stored image, itself excluded; None when unknown."""
+        return self._catalog.similar(project_id, image_id, limit)
+
     def stats(self) -> dict[str, int]:
         """Live images per project."""
         return self._catalog.stats()

@@ -385,6 +385,23 @@ class VectorCatalog:
         hits.sort(key=lambda hit: (-hit.score, hit.record.id))
         return hits
 
+    def similar(
+        self, project_id: str, image_id: str, limit: int
+    ) -> builtins.list[SearchHit] | None:
+        """The `limit` live images closest to image `image_id` of the project (its stored
+        vector), itself excluded, best first; None when that image is absent or deleting."""
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1", limit=limit)
+        with self._reader() as conn:
+            row = conn.execute(
+                q.VECTOR_BY_ID, {"project_id": project_id, "image_id": image_id}
+            ).first()
+        if row is None:
+            return None
+        vector = np.frombuffer(row.vector, dtype=np.float32)
+        hits = self.search(project_id, vector, limit + 1)
+        return [hit for hit in hits if hit.record.id != image_id][:limit]
+
     def pending_deletes(self, older_than_s: float = 0.0) -> builtins.list[ImageRecord]:
         """Tombstoned images of all projects, oldest image first, whose delete began at least
         `older_than_s` seconds ago (0: every one), so that their owner can finish them.

@@ -53,6 +53,7 @@ __all__ = [
     "BY_ID",
     "BY_LABELS",
     "BY_SHA",
+    "VECTOR_BY_ID",
     "COUNTS",
     "COUNT_LIVE",
     "IMAGE",
@@ -128,6 +129,7 @@ _NEWEST_FIRST = (IMAGE.c.created_at.desc(), IMAGE.c.id.desc())
 
 BY_ID = select(*RECORD_COLUMNS).where(_LIVE, IMAGE.c.id == bindparam("image_id"))
 BY_SHA = select(*RECORD_COLUMNS).where(_LIVE, IMAGE.c.sha256 == bindparam("sha256"))
+VECTOR_BY_ID = select(IMAGE.c.vector).where(_LIVE, IMAGE.c.id == bindparam("image_id"))
 BY_LABELS = select(*RECORD_COLUMNS).where(
     _LIVE, IMAGE.c.label.in_(bindparam("labels", expanding=True))
 )

@@ -457,3 +457,26 @@ def test_thirty_two_concurrent_searches_are_all_answered_as_if_alone(search_app:
         f"{search_app.url}/v1/projects/{project()}/images/search", json={"query": "x"}, timeout=60
     )
     assert unknown.status_code == 404 and "does not exist" in unknown.json()["error"]["message"]
+
+
+def test_similar_images_of_a_stored_image(search_app: SearchApp) -> None:
+    pid = project()
+    ids = [upload(search_app, pid, make_image(seed)).json()["id"] for seed in range(720, 724)]
+    first = ids[0]
+    url = f"{search_app.url}/v1/projects/{pid}/images/{first}/similar"
+    response = httpx.get(url, params={"limit": 10}, timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert sorted(hit["id"] for hit in results) == sorted(ids[1:])  # all others, not itself
+    scores = [hit["score"] for hit in results]
+    assert scores == sorted(scores, reverse=True)
+    # The same order as searching by the image's own bytes, minus the image itself.
+    by_image = search_by_image(search_app, pid, make_image(720), limit=4)
+    assert by_image[0]["id"] == first
+    assert [hit["id"] for hit in results] == [hit["id"] for hit in by_image[1:]]
+    assert len(httpx.get(url, params={"limit": 2}, timeout=60).json()["results"]) == 2
+    missing = httpx.get(f"{search_app.url}/v1/projects/{pid}/images/nope/similar", timeout=60)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    unknown = httpx.get(f"{search_app.url}/v1/projects/{project()}/images/{first}/similar")
+    assert unknown.status_code == 404
+    assert httpx.get(url, params={"limit": 0}, timeout=60).status_code == 422

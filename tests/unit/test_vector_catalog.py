@@ -468,3 +468,27 @@ def test_concurrent_add_search_delete(db_path: Path) -> None:
         some = sorted(live)[0]
         i = int(some.split("-")[1])
         assert reopened.search("p1", vectors[i], 1)[0].record.id == some
+
+
+def test_similar_is_a_search_by_the_stored_vector_without_the_image_itself(
+    catalog: VectorCatalog,
+) -> None:
+    vectors = unit_vectors(8, seed=31)
+    for i, vector in enumerate(vectors):
+        catalog.add(new_image(i, vector))
+    catalog.add(new_image("other", vectors[0], project="p2"))  # another project: never a hit
+    similar = catalog.similar("p1", "img-3", 4)
+    assert similar is not None
+    by_vector = catalog.search("p1", vectors[3], 5)
+    assert by_vector[0].record.id == "img-3"
+    assert [h.record.id for h in similar] == [h.record.id for h in by_vector[1:]]
+    assert [h.score for h in similar] == pytest.approx([h.score for h in by_vector[1:]])
+    assert all(h.record.project_id == "p1" for h in similar)
+    assert len(catalog.similar("p1", "img-3", 100) or []) == 7  # every other live image
+    assert catalog.similar("p1", "nope", 3) is None
+    assert catalog.similar("p2", "img-3", 3) is None  # ids are per project
+    catalog.begin_delete("p1", "img-5")
+    assert catalog.similar("p1", "img-5", 3) is None  # being deleted: gone
+    assert "img-5" not in [h.record.id for h in catalog.similar("p1", "img-3", 100) or []]
+    with pytest.raises(InvalidInput):
+        catalog.similar("p1", "img-3", 0)
