@@ -41,6 +41,10 @@ VECTOR_INDEX = "VectorIndex"  (module: image_search; exactly one replica, the ca
     search(project_id: str, vector: np.ndarray, limit: int) -> list[SearchHit]
         Cosine similarity against the project's images, best first ([] for an unknown
         project). ``vector`` is a (dim,) float32, e.g. a row of ClipEmbedder's output.
+    search_many(queries: list[SearchQuery]) -> list[list[SearchHit] | None]
+        Several searches in one call; None for a project that does not exist.
+    similar(project_id: str, image_id: str, limit: int) -> list[SearchHit] | None
+        The images closest to a stored one, itself excluded (None: no such live image).
     get(project_id: str, image_id: str) -> ImageRecord | None
     list(project_id: str, limit: int, cursor: str | None = None) -> ImagePage  (newest first)
     project_exists(project_id: str) -> bool
@@ -93,7 +97,7 @@ from core.errors import (
     UnsupportedMediaType,
     find_api_error,
 )
-from core.records import ImagePage, ImageRecord, NewImage, SearchHit
+from core.records import ImagePage, ImageRecord, NewImage, SearchHit, SearchQuery
 from core.types import (
     GeneratedImage,
     ImageParams,
@@ -121,6 +125,7 @@ __all__ = [
     "NewImage",
     "OptimizedPrompt",
     "SearchHit",
+    "SearchQuery",
     "ServiceUnavailable",
     "SynthesizedSpeech",
     "UnsupportedMediaType",

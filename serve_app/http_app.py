@@ -13,6 +13,7 @@ from serve_app.routes import (
     files,
     health,
     images,
+    models,
     openai_compat,
     projects,
     saved_voices,
@@ -49,4 +50,5 @@ def create_http_app(services: Services) -> FastAPI:
     app.include_router(saved_voices.router)
     app.include_router(files.router)
     app.include_router(openai_compat.router)
+    app.include_router(models.router)
     return app

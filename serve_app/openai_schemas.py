@@ -1,4 +1,5 @@
-"""Bodies of the OpenAI-compatible routes (`/v1/images/generations`, `/v1/embeddings`).
+"""Bodies of the OpenAI-compatible routes (`/v1/images/generations`, `/v1/embeddings`,
+`/v1/audio/speech`) and the answers of `/v1/models`.
 
 Unlike the seed's bodies these accept unknown fields and ignore them: the official `openai`
 client sends OpenAI's own options (`quality`, `style`, `user`, ...) that mean nothing here.
@@ -257,3 +258,25 @@ class SpeechRequest(_OpenAIBody):
     instructions: str | None = Field(default=None, max_length=4000, description="Ignored")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Extension")
     nfe_steps: int | None = Field(default=None, ge=1, le=128, description="Extension")
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+class ModelObject(BaseModel):
+    """One served model, in OpenAI's shape plus which module serves it and where."""
+
+    id: str = Field(description="The model as configured (a hub id, or a local model's name)")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time, seconds: when this server first saw it")
+    owned_by: str = Field(description="A hub id's organisation, else common-ai-server")
+    module: str = Field(description="Extension: the module serving it (image, image_search, voice)")
+    endpoints: list[str] = Field(description="Extension: the OpenAI routes that use it")
+    dimensions: int | None = Field(
+        default=None, description="Extension: the embedding size (embedding models only)"
+    )
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]

@@ -24,7 +24,6 @@ from fastapi.responses import Response
 
 from core.errors import InvalidInput, OverBudget
 from serve_app.access import check_voice, model_work, module_access
-from serve_app.deployment_calls import await_deployment
 from serve_app.image_pipeline import (
     check_image_work,
     check_pixel_budget,
@@ -43,7 +42,9 @@ from serve_app.openai_schemas import (
     ImagesResponse,
     SpeechRequest,
 )
+from serve_app.routes.models import model_catalog
 from serve_app.schemas import ERROR_RESPONSES
+from serve_app.served_models import CLIP_MODEL
 from serve_app.services import Services, get_services
 from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
 
@@ -109,20 +110,6 @@ async def create_images(
     return ImagesResponse(created=created, data=data)
 
 
-async def _embedder_info(request: Request, services: Services) -> dict[str, Any]:
-    """The embedder's model name and dimension, asked once per gateway replica."""
-    info = getattr(request.app.state, "openai_embedder_info", None)
-    if info is None:
-        info = await await_deployment(
-            services.clip_embedder.describe.remote(),
-            what="text embedding",
-            timeout_s=services.config.request_timeout_s,
-            watch=services.board.watch(IMAGE_SEARCH),
-        )
-        request.app.state.openai_embedder_info = info
-    return info
-
-
 def count_tokens(texts: list[str]) -> int:
     """Usage is approximate: whitespace-separated words, not the CLIP tokenizer's tokens."""
     return sum(len(text.split()) for text in texts)
@@ -156,8 +143,8 @@ async def create_embeddings(
     (77 tokens for CLIP) are truncated."""
     await services.board.require_ready(IMAGE_SEARCH)
     check_embedding_work(services, body.input)
-    info = await _embedder_info(request, services)
-    dim = int(info["dim"])
+    embedder = await model_catalog(request).model(CLIP_MODEL)
+    dim = embedder.dimensions
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidInput(
             f"dimensions={body.dimensions} is not supported: this model's embeddings have "
@@ -174,7 +161,7 @@ async def create_embeddings(
     tokens = count_tokens(body.input)
     return EmbeddingsResponse(
         data=[EmbeddingData(index=i, embedding=value) for i, value in enumerate(encoded)],
-        model=body.model or str(info.get("model", "clip")),
+        model=body.model or embedder.id,
         usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
     )
 

@@ -1,7 +1,8 @@
 """The OpenAI-compatible routes, driven by the official `openai` client through Serve's proxy.
 
 Images come from the main app (tiny diffusion model, local store, defaults 64x64, at most
-256x256 pixels); embeddings from the search app (tiny CLIP, under /search).
+256x256 pixels); embeddings from the search app (tiny CLIP, under /search); `/v1/models`
+from both.
 """
 
 from __future__ import annotations
@@ -247,6 +248,55 @@ def test_embeddings_without_the_search_module_is_503(app: DeployedApp) -> None:
     assert error.code == "module_disabled"
     assert "IMAGE_SEARCH_ENABLED" in error.message
     assert error.body["enabled_by"] == "IMAGE_SEARCH_ENABLED"
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def test_models_list_and_retrieve_the_search_apps_embedder(
+    search_app: SearchApp, clip_dim: int
+) -> None:
+    openai_client = client(search_app.url)
+    models = list(openai_client.models.list())
+    # CLIP_MODEL=local-dir:<tmp>/clip: a local model is named by its folder, no server path.
+    assert [model.id for model in models] == ["clip"]
+    (model,) = models
+    assert (model.object, model.owned_by) == ("model", "common-ai-server")
+    assert abs(model.created - time.time()) < 24 * 3600
+    assert model.model_extra["module"] == "image_search"
+    assert model.model_extra["endpoints"] == ["/v1/embeddings"]
+    assert model.model_extra["dimensions"] == clip_dim
+    retrieved = openai_client.models.retrieve("clip")
+    assert (retrieved.id, retrieved.created) == ("clip", model.created)
+    # Without a `model`, /v1/embeddings answers with the listed id.
+    response = httpx.post(f"{search_app.url}/v1/embeddings", json={"input": "cat"}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "clip"
+
+
+def test_models_list_the_image_apps_generator_only(app: DeployedApp) -> None:
+    # The image app has image search and voice off: their models are not listed.
+    models = client(app.url).models.list()
+    assert [(model.id, model.model_extra["module"]) for model in models] == [("diffusion", "image")]
+    assert models.data[0].model_extra["endpoints"] == ["/v1/images/generations"]
+    assert "dimensions" not in models.data[0].model_extra
+    assert client(app.url).models.retrieve("diffusion").id == "diffusion"
+
+
+@pytest.mark.parametrize("model_id", ["gpt-4o", "stabilityai/sd-turbo", "clip/extra"])
+def test_an_unknown_model_is_404_in_the_error_shape(search_app: SearchApp, model_id: str) -> None:
+    # The client sends "stabilityai%2Fsd-turbo": the path converter still reaches the route
+    # (Starlette's own 404 would be code "not_found" without "model").
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(search_app.url).models.retrieve(model_id)
+    error = caught.value
+    assert error.status_code == 404
+    assert error.code == "model_not_found"
+    assert model_id in error.message
+    assert error.body["model"] == model_id
+    assert error.body["available"] == ["clip"]
+    raw = httpx.get(f"{search_app.url}/v1/models/{model_id}", timeout=30)
+    assert raw.status_code == 404 and raw.json()["error"]["code"] == "model_not_found"
 
 
 # --- links under a route prefix (no Ray needed) -----------------------------------------------
