@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.types import ImageParams, PromptSource
+from serve_app.relevance import Cutoff
 
 ModuleState = Literal["disabled", "loading", "ready", "failed"]
 
@@ -164,6 +165,16 @@ class BatchUploadResponse(BaseModel):
 class SearchRequest(_Strict):
     query: str = Field(min_length=1, max_length=1000, examples=["고양이"])
     limit: int = Field(default=10, ge=1, le=100)
+    min_score: float | None = Field(
+        default=None, ge=-1, le=1, description="Drop results scoring below this cosine"
+    )
+    cutoff: Cutoff = Field(
+        default="none",
+        description="Adaptive cut over the best candidates: `gap` (after the largest drop "
+        "between consecutive scores) or `stddev` (below their mean minus `cutoff_k` standard "
+        "deviations); with `min_score` too, the stricter applies",
+    )
+    cutoff_k: float = Field(default=1.0, ge=0, le=5, description="k of the `stddev` cutoff")
 
 
 class SearchResult(BaseModel):
@@ -176,9 +187,24 @@ class SearchResult(BaseModel):
     file_url: str
 
 
+class SearchCut(BaseModel):
+    """Which relevance cut applied to a search, and what it dropped."""
+
+    min_score: float | None = None
+    cutoff: Cutoff = "none"
+    threshold: float | None = Field(
+        default=None, description="The score a result had to reach (None: no cut)"
+    )
+    candidates: int = Field(description="Hits the cut was computed over")
+    dropped: int = Field(description="Candidates below the threshold")
+
+
 class SearchResponse(BaseModel):
     project_id: str
     results: list[SearchResult]
+    cut: SearchCut | None = Field(
+        default=None, description="The relevance cut of a text search (None: not asked)"
+    )
 
 
 class DeleteResponse(BaseModel):

@@ -25,6 +25,7 @@ from serve_app.image_search import (
     upload_images,
 )
 from serve_app.modules import IMAGE_SEARCH
+from serve_app.relevance import candidates_for, cut_scores
 from serve_app.schemas import (
     ERROR_RESPONSES,
     IMAGE_ID_PATTERN,
@@ -34,6 +35,7 @@ from serve_app.schemas import (
     ErrorResponse,
     ImageListResponse,
     ImageOut,
+    SearchCut,
     SearchRequest,
     SearchResponse,
 )
@@ -170,8 +172,22 @@ async def search_images(
     # Concurrent searches share one embedding request and one index request; the index
     # answers 404 for an unknown project.
     (vector,) = await services.text_embeddings([body.query])
-    hits = await search_by_vector(services, project_id, vector, body.limit)
-    return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
+    candidates = candidates_for(body.limit, body.cutoff)
+    hits = await search_by_vector(services, project_id, vector, candidates)
+    cut = cut_scores(
+        [hit.score for hit in hits], min_score=body.min_score, cutoff=body.cutoff, k=body.cutoff_k
+    )
+    return SearchResponse(
+        project_id=project_id,
+        results=[search_result(hit) for hit in hits[: cut.kept][: body.limit]],
+        cut=SearchCut(
+            min_score=body.min_score,
+            cutoff=body.cutoff,
+            threshold=cut.threshold,
+            candidates=len(hits),
+            dropped=len(hits) - cut.kept,
+        ),
+    )
 
 
 @router.post(

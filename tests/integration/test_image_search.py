@@ -480,3 +480,38 @@ def test_similar_images_of_a_stored_image(search_app: SearchApp) -> None:
     unknown = httpx.get(f"{search_app.url}/v1/projects/{project()}/images/{first}/similar")
     assert unknown.status_code == 404
     assert httpx.get(url, params={"limit": 0}, timeout=60).status_code == 422
+
+
+def test_relevance_cuts_say_what_they_dropped(search_app: SearchApp) -> None:
+    pid = project()
+    for seed in range(740, 745):
+        assert upload(search_app, pid, make_image(seed)).status_code == 201
+    url = f"{search_app.url}/v1/projects/{pid}/images/search"
+
+    def search(**body: object) -> dict:
+        response = httpx.post(url, json={"query": "a red square", **body}, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    plain = search(limit=5)
+    assert len(plain["results"]) == 5
+    assert plain["cut"] == {
+        "min_score": None,
+        "cutoff": "none",
+        "threshold": None,
+        "candidates": 5,
+        "dropped": 0,
+    }
+    scores = [hit["score"] for hit in plain["results"]]
+    floor = search(limit=5, min_score=scores[1])
+    assert [hit["id"] for hit in floor["results"]] == [hit["id"] for hit in plain["results"][:2]]
+    assert floor["cut"]["dropped"] == 3 and floor["cut"]["threshold"] == scores[1]
+    gap = search(limit=5, cutoff="gap")
+    kept = len(gap["results"])
+    assert 1 <= kept <= 5 and gap["cut"]["cutoff"] == "gap"
+    assert gap["cut"]["candidates"] == 5 and gap["cut"]["dropped"] == 5 - kept
+    assert all(hit["score"] >= gap["cut"]["threshold"] for hit in gap["results"])
+    none_left = search(limit=5, min_score=1.0)
+    assert none_left["results"] == [] and none_left["cut"]["dropped"] == 5
+    bad = httpx.post(url, json={"query": "x", "cutoff": "median"}, timeout=60)
+    assert bad.status_code == 422

@@ -1,0 +1,53 @@
+"""Where a search's results stop being relevant: a fixed floor and adaptive cuts.
+
+A fixed cosine threshold does not carry from one query to the next (CLIP's scores for a good
+match can be 0.2 for one query and 0.35 for another), so besides `min_score` a search can cut
+where its own candidates say: after the largest drop between consecutive scores (`gap`), or
+below the candidates' mean minus `k` standard deviations (`stddev`). The candidates are the
+`CUTOFF_CANDIDATES` best hits (or `limit`, if more), so the statistics do not depend on how
+many results the client asked for.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Cutoff = Literal["none", "gap", "stddev"]
+CUTOFF_CANDIDATES = 32
+
+
+@dataclass(frozen=True)
+class Cut:
+    """How many of the best-first scores are kept, and the score they had to reach."""
+
+    kept: int
+    threshold: float | None
+
+
+def candidates_for(limit: int, cutoff: Cutoff) -> int:
+    """How many hits to ask the index for."""
+    return limit if cutoff == "none" else max(limit, CUTOFF_CANDIDATES)
+
+
+def cut_scores(
+    scores: Sequence[float], *, min_score: float | None, cutoff: Cutoff, k: float = 1.0
+) -> Cut:
+    """Apply the adaptive cut to best-first `scores`, then `min_score`; the stricter wins."""
+    thresholds: list[float] = []
+    if cutoff == "gap" and len(scores) >= 2:
+        gaps = [scores[i] - scores[i + 1] for i in range(len(scores) - 1)]
+        widest = max(range(len(gaps)), key=gaps.__getitem__)  # the first of equal gaps
+        if gaps[widest] > 0:
+            thresholds.append(scores[widest])
+    elif cutoff == "stddev" and len(scores) >= 2:
+        thresholds.append(statistics.fmean(scores) - k * statistics.pstdev(scores))
+    if min_score is not None:
+        thresholds.append(min_score)
+    if not thresholds:
+        return Cut(kept=len(scores), threshold=None)
+    threshold = max(thresholds)
+    kept = sum(1 for score in scores if score >= threshold)
+    return Cut(kept=kept, threshold=threshold)
