@@ -16,14 +16,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     StringConstraints,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
+from pydantic_core import PydanticKnownError
 
 from core.errors import InvalidInput
 from core.types import ImageParams
+from serve_app.embedding_inputs import is_data_url
 
 MAX_SEED = 2**63 - 1
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 64, 2048, 8
@@ -172,18 +175,61 @@ EmbeddingText = Annotated[
     StringConstraints(min_length=1, max_length=MAX_EMBEDDING_TEXT_CHARS),
     AfterValidator(_not_blank),
 ]
+
+
+class ImageInput(BaseModel):
+    """An image among the inputs: a data URL, or bare base64 (the object form only)."""
+
+    url: str
+
+
 _TEXT_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_EMBEDDING_TEXT_CHARS}
-_INPUT_SCHEMA = {
+_IMAGE_PART_SCHEMA = {
+    "type": "object",
+    "required": ["type", "image_url"],
+    "properties": {
+        "type": {"const": "image_url"},
+        "image_url": {
+            "anyOf": [
+                {"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}},
+                {"type": "string"},
+            ],
+            "description": "A data URL (data:image/png;base64,...) or bare base64; remote "
+            "URLs are not fetched",
+        },
+    },
+}
+_TEXT_PART_SCHEMA = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": _TEXT_SCHEMA},
+}
+_ITEM_SCHEMA = {
     "anyOf": [
         _TEXT_SCHEMA,
-        {"type": "array", "items": _TEXT_SCHEMA, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
+        {"type": "string", "pattern": "^data:image/", "description": "An image as a data URL"},
+        _IMAGE_PART_SCHEMA,
+        _TEXT_PART_SCHEMA,
+    ]
+}
+_INPUT_SCHEMA = {
+    "anyOf": [
+        _ITEM_SCHEMA,
+        {"type": "array", "items": _ITEM_SCHEMA, "minItems": 1, "maxItems": MAX_EMBEDDING_INPUTS},
     ],
     "title": "Input",
-    "description": "A text or a list of texts (token-id arrays are refused with 422)",
+    "description": "A text or an image, or a list of them, embedded in one space. A string "
+    "that is a data URL (data:image/png;base64,...) is an image, any other string a text; "
+    'objects: {"type": "image_url", "image_url": {"url": "data:..."}} and {"type": "text", '
+    '"text": "..."}. Token-id arrays are refused with 422',
 }
 TOKEN_IDS_MESSAGE = (
     "input: token-id arrays are not supported by this server; send the text itself "
     "(a string or a list of strings)"
+)
+ITEM_RULE = (
+    "must be a text, an image as a data URL (data:image/png;base64,...), or an object "
+    '{"type": "image_url", "image_url": {"url": ...}} or {"type": "text", "text": ...}'
 )
 
 
@@ -196,11 +242,46 @@ def _is_token_ids(value: Any) -> bool:
     return isinstance(value, list) and any(is_int(item) or isinstance(item, list) for item in value)
 
 
+def _text(value: str) -> str:
+    """A text input, checked as EmbeddingText is (with pydantic's own messages)."""
+    if not value:
+        raise PydanticKnownError("string_too_short", {"min_length": 1})
+    if len(value) > MAX_EMBEDDING_TEXT_CHARS:
+        raise PydanticKnownError("string_too_long", {"max_length": MAX_EMBEDDING_TEXT_CHARS})
+    return _not_blank(value)
+
+
+def embedding_item(value: Any) -> str | ImageInput:
+    """One input: a text (str) or an image (ImageInput); ValueError (422 naming input.N)
+    for anything else. Which strings are images: `serve_app/embedding_inputs.py`."""
+    if isinstance(value, ImageInput):
+        return value
+    if isinstance(value, str):
+        return ImageInput(url=value) if is_data_url(value) else _text(value)
+    if isinstance(value, dict):
+        kind = value.get("type")
+        if kind == "text":
+            if not isinstance(value.get("text"), str):
+                raise ValueError('a {"type": "text"} input needs a string "text"')
+            return _text(value["text"])
+        if kind == "image_url":
+            image_url = value.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, dict) else image_url
+            if not isinstance(url, str) or not url.strip():
+                raise ValueError('a {"type": "image_url"} input needs "image_url": {"url": ...}')
+            return ImageInput(url=url.strip())
+    raise ValueError(ITEM_RULE)
+
+
+EmbeddingItem = Annotated[str | ImageInput, PlainValidator(embedding_item)]
+
+
 class EmbeddingsRequest(_OpenAIBody):
-    """OpenAI's embeddings body; texts are embedded with the CLIP text tower."""
+    """OpenAI's embeddings body; texts go through the CLIP text tower, images through its
+    image tower, into the same space."""
 
     input: Annotated[
-        list[EmbeddingText],
+        list[EmbeddingItem],
         Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS),
         WithJsonSchema(_INPUT_SCHEMA),
     ]
@@ -221,7 +302,17 @@ class EmbeddingsRequest(_OpenAIBody):
             raise InvalidInput(
                 TOKEN_IDS_MESSAGE, fields=[{"field": "input", "message": "token ids"}]
             )
-        return [value] if isinstance(value, str) else value
+        return [value] if isinstance(value, str | dict) else value
+
+    @property
+    def texts(self) -> list[tuple[int, str]]:
+        """The text inputs with their positions."""
+        return [(i, item) for i, item in enumerate(self.input) if isinstance(item, str)]
+
+    @property
+    def images(self) -> list[tuple[int, str]]:
+        """The image inputs (data URL or bare base64) with their positions."""
+        return [(i, item.url) for i, item in enumerate(self.input) if isinstance(item, ImageInput)]
 
 
 class EmbeddingData(BaseModel):

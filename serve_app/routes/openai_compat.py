@@ -4,8 +4,10 @@
   ImageGenerator as the seed routes; PNGs inline (`b64_json`) or stored and linked (`url`).
 - `POST /v1/audio/speech`: the voice module speaking `input` in a saved voice (`voice` is a
   voice id stored with `PUT /v1/voices/{voice_id}`).
-- `POST /v1/embeddings`: CLIP text embeddings (the image-search module's embedder), as floats
-  or as base64 of little-endian float32.
+- `POST /v1/embeddings`: CLIP embeddings of texts and images (the image-search module's
+  embedder), in one space, as floats or as base64 of little-endian float32. An image input
+  is a data URL or an `image_url` object (`serve_app/embedding_inputs.py`), checked as an
+  upload is.
 
 Errors keep the project's shape, `{"error": {"code", "message", ...}}`, which the openai
 client reads: it raises `openai.APIStatusError` subclasses with our message and code.
@@ -13,8 +15,10 @@ client reads: it raises `openai.APIStatusError` subclasses with our message and 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
+from collections.abc import Awaitable
 from typing import Annotated, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -24,6 +28,7 @@ from fastapi.responses import Response
 
 from core.errors import InvalidInput, OverBudget
 from serve_app.access import check_voice, model_work, module_access
+from serve_app.embedding_inputs import check_image_input, decode_image
 from serve_app.image_pipeline import (
     check_image_work,
     check_pixel_budget,
@@ -43,7 +48,7 @@ from serve_app.openai_schemas import (
     SpeechRequest,
 )
 from serve_app.routes.models import model_catalog
-from serve_app.schemas import ERROR_RESPONSES
+from serve_app.schemas import ERROR_RESPONSES, ErrorResponse
 from serve_app.served_models import CLIP_MODEL
 from serve_app.services import Services, get_services
 from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
@@ -115,9 +120,11 @@ def count_tokens(texts: list[str]) -> int:
     return sum(len(text.split()) for text in texts)
 
 
-def check_embedding_work(services: Services, texts: list[str]) -> None:
+def check_embedding_work(services: Services, texts: list[str], images: int = 0) -> None:
     """422 `over_budget` when the inputs' characters together are over
-    EMBEDDINGS_MAX_TOTAL_CHARS (each input may be within its own limit, the sum not)."""
+    EMBEDDINGS_MAX_TOTAL_CHARS (each input may be within its own limit, the sum not), or
+    when there are more images than a batch upload may carry (IMAGE_SEARCH_MAX_BATCH_FILES:
+    each image is decoded and checked here, then embedded, as an uploaded one is)."""
     total = sum(len(text) for text in texts)
     limit = services.config.embeddings_max_total_chars
     if total > limit:
@@ -129,20 +136,84 @@ def check_embedding_work(services: Services, texts: list[str]) -> None:
             estimated=total,
             fields=[{"field": "input", "message": "over the work budget"}],
         )
+    most_images = services.config.image_search_max_batch_files
+    if images > most_images:
+        raise OverBudget(
+            f"{images} images in one request exceed the limit of {most_images} "
+            "(IMAGE_SEARCH_MAX_BATCH_FILES); send fewer images per request",
+            limit="IMAGE_SEARCH_MAX_BATCH_FILES",
+            allowed=most_images,
+            estimated=images,
+            fields=[{"field": "input", "message": "over the work budget"}],
+        )
+
+
+async def checked_images(services: Services, images: list[tuple[int, str]]) -> list[bytes]:
+    """Each image input's bytes, checked as an upload is (413/415/422 naming `input.N`),
+    decoded off the event loop; the first bad one refuses the request before any model call."""
+    config = services.config
+
+    def check_all() -> list[bytes]:
+        checked = []
+        for index, url in images:
+            data = decode_image(url, index=index, max_bytes=config.image_search_max_bytes)
+            checked.append(
+                check_image_input(data, index=index, max_pixels=config.image_search_max_pixels)
+            )
+        return [image.data for image in checked]
+
+    return await asyncio.to_thread(check_all) if images else []
+
+
+async def embed_inputs(
+    services: Services, texts: list[str], images: list[bytes]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Text and image embeddings together: each kind goes through its own gathering of this
+    replica's concurrent calls (`Services.text_embeddings`, `Services.image_embeddings`)."""
+
+    async def none() -> list[np.ndarray]:
+        return []
+
+    calls: list[Awaitable[list[np.ndarray]]] = [
+        services.text_embeddings(texts) if texts else none(),
+        services.image_embeddings(images) if images else none(),
+    ]
+    # Both calls end before either's error is raised, so no failure is left unread.
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    results: list[list[np.ndarray]] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        results.append(outcome)
+    return results[0], results[1]
 
 
 @router.post(
     "/embeddings",
     response_model=EmbeddingsResponse,
+    responses={
+        413: {
+            "model": ErrorResponse,
+            "description": "An image over IMAGE_SEARCH_MAX_BYTES or IMAGE_SEARCH_MAX_PIXELS",
+        },
+        415: {
+            "model": ErrorResponse,
+            "description": "An image input that is not an image in an accepted format",
+        },
+    },
     dependencies=[module_access("image_search"), model_work],
 )
 async def create_embeddings(
     body: EmbeddingsRequest, request: Request, services: ServicesDep
 ) -> EmbeddingsResponse:
-    """CLIP text embeddings (unit norm), in input order; texts past the model's context
-    (77 tokens for CLIP) are truncated."""
+    """CLIP embeddings (unit norm) of texts and images, in one space and in input order;
+    texts past the model's context (77 tokens for CLIP) are truncated. An image is a data URL
+    (`data:image/png;base64,...`) or `{"type": "image_url", "image_url": {"url": ...}}`."""
     await services.board.require_ready(IMAGE_SEARCH)
-    check_embedding_work(services, body.input)
+    texts, images = body.texts, body.images
+    text_values = [text for _, text in texts]
+    check_embedding_work(services, text_values, len(images))
+    image_bytes = await checked_images(services, images)
     embedder = await model_catalog(request).model(CLIP_MODEL)
     dim = embedder.dimensions
     if body.dimensions is not None and body.dimensions != dim:
@@ -151,14 +222,20 @@ async def create_embeddings(
             f"{dim} dimensions (omit dimensions or pass {dim})",
             fields=[{"field": "dimensions", "message": f"must be {dim}"}],
         )
-    vectors = np.asarray(await services.text_embeddings(body.input), dtype=np.float32)
+    text_vectors, image_vectors = await embed_inputs(services, text_values, image_bytes)
+    vectors: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(body.input)
+    for (index, _), vector in zip(texts, text_vectors, strict=True):
+        vectors[index] = vector
+    for (index, _), vector in zip(images, image_vectors, strict=True):
+        vectors[index] = vector
+    floats = np.asarray(vectors, dtype=np.float32)
     if body.encoding_format == "base64":
         encoded: list[Any] = [
-            base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii") for vector in vectors
+            base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii") for vector in floats
         ]
     else:
-        encoded = vectors.tolist()
-    tokens = count_tokens(body.input)
+        encoded = floats.tolist()
+    tokens = count_tokens(text_values)
     return EmbeddingsResponse(
         data=[EmbeddingData(index=i, embedding=value) for i, value in enumerate(encoded)],
         model=body.model or embedder.id,

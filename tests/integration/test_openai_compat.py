@@ -1,8 +1,8 @@
 """The OpenAI-compatible routes, driven by the official `openai` client through Serve's proxy.
 
 Images come from the main app (tiny diffusion model, local store, defaults 64x64, at most
-256x256 pixels); embeddings from the search app (tiny CLIP, under /search); `/v1/models`
-from both.
+256x256 pixels); embeddings, of texts and images, from the search app (tiny CLIP, under
+/search, images within 256 KiB and 4 million pixels); `/v1/models` from both.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -297,6 +298,141 @@ def test_an_unknown_model_is_404_in_the_error_shape(search_app: SearchApp, model
     assert error.body["available"] == ["clip"]
     raw = httpx.get(f"{search_app.url}/v1/models/{model_id}", timeout=30)
     assert raw.status_code == 404 and raw.json()["error"]["code"] == "model_not_found"
+
+
+# --- image embeddings -------------------------------------------------------------------------
+
+
+def pattern_png(seed: int, side: int = 48) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def floats(response) -> np.ndarray:
+    return np.array([item.embedding for item in response.data], dtype=np.float32)
+
+
+def test_image_embeddings_are_the_vectors_search_by_image_uses(search_app: SearchApp) -> None:
+    first, second = pattern_png(1), pattern_png(2)
+    openai_client = client(search_app.url)
+    response = openai_client.embeddings.create(
+        model="clip", input=[data_url(first), data_url(second)], encoding_format="float"
+    )
+    assert [item.index for item in response.data] == [0, 1]
+    vectors = floats(response)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    # The ClipEmbedder's image tower on the same bytes, as uploads and search by image call it.
+    clip = serve.get_deployment_handle("ClipEmbedder", app_name=search_app.app_name)
+    direct = np.asarray(clip.embed_images.remote([first, second]).result(timeout_s=60))
+    assert np.allclose(vectors, direct, atol=1e-4)
+    assert not np.allclose(vectors[0], vectors[1], atol=1e-3)
+
+    # The index scores by cosine: search by image and by text in a project holding both
+    # images score exactly what the vectors from /v1/embeddings give.
+    pid = f"oai-{uuid.uuid4().hex[:10]}"
+    files = [("files", ("first.png", first)), ("files", ("second.png", second))]
+    upload = httpx.post(f"{search_app.url}/v1/projects/{pid}/images/batch", files=files, timeout=60)
+    assert upload.status_code == 201, upload.text
+    ids = [item["id"] for item in upload.json()["items"]]
+    by_image = httpx.post(
+        f"{search_app.url}/v1/projects/{pid}/images/search/by-image",
+        files={"file": ("q.png", first)},
+        timeout=60,
+    )
+    assert by_image.status_code == 200, by_image.text
+    scores = {hit["id"]: hit["score"] for hit in by_image.json()["results"]}
+    assert scores[ids[0]] == pytest.approx(float(vectors[0] @ vectors[0]), abs=1e-4)
+    assert scores[ids[1]] == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-4)
+    query = "a red fox in the snow"
+    text = floats(
+        openai_client.embeddings.create(model="clip", input=query, encoding_format="float")
+    )
+    by_text = httpx.post(
+        f"{search_app.url}/v1/projects/{pid}/images/search",
+        json={"query": query, "limit": 10},
+        timeout=60,
+    )
+    assert by_text.status_code == 200, by_text.text
+    scores = {hit["id"]: hit["score"] for hit in by_text.json()["results"]}
+    for image_id, vector in zip(ids, vectors, strict=True):
+        assert scores[image_id] == pytest.approx(float(text[0] @ vector), abs=1e-4)
+
+
+def test_mixed_texts_and_images_keep_their_order(search_app: SearchApp) -> None:
+    first, second = pattern_png(3), pattern_png(4)
+    openai_client = client(search_app.url)
+    mixed = openai_client.embeddings.create(
+        model="clip",
+        input=[
+            "a red fox",
+            data_url(first),
+            # OpenAI's content-part shape; the client sends it as it is.
+            {"type": "image_url", "image_url": {"url": data_url(second)}},  # type: ignore[list-item]
+            "two dogs on a bridge",
+        ],
+    )  # no encoding_format: the client asks for base64 and decodes it
+    assert [item.index for item in mixed.data] == [0, 1, 2, 3]
+    got = floats(mixed)
+    texts = floats(
+        openai_client.embeddings.create(
+            model="clip", input=["a red fox", "two dogs on a bridge"], encoding_format="float"
+        )
+    )
+    images = floats(
+        openai_client.embeddings.create(
+            model="clip", input=[data_url(second), data_url(first)], encoding_format="float"
+        )
+    )
+    assert np.allclose(got, np.stack([texts[0], images[1], images[0], texts[1]]), atol=1e-5)
+    assert mixed.usage.prompt_tokens == 3 + 5  # the texts' words; images count none
+
+
+def bomb_png() -> bytes:
+    """A few kilobytes that decode to 6 million pixels: over IMAGE_SEARCH_MAX_PIXELS (4M)."""
+    buffer = io.BytesIO()
+    Image.new("L", (3000, 2000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("item", "status", "words"),
+    [
+        (lambda: data_url(b"plain text, not an image"), 415, "not an image in an accepted format"),
+        (lambda: data_url(b"%PDF-1.4", "application/pdf"), 415, "application/pdf, not an image"),
+        (lambda: data_url(bomb_png()), 413, "IMAGE_SEARCH_MAX_PIXELS"),
+        # Noise does not compress: about 300 KB, over IMAGE_SEARCH_MAX_BYTES (256 KiB) here.
+        (lambda: data_url(pattern_png(5, side=320)), 413, "IMAGE_SEARCH_MAX_BYTES"),
+        (lambda: "data:image/png;base64,not*base64", 422, "not valid base64"),
+        (
+            lambda: {"type": "image_url", "image_url": {"url": "http://169.254.169.254/a.png"}},
+            422,
+            "remote image URLs are not fetched",
+        ),
+    ],
+)
+def test_a_bad_image_gets_its_status(search_app: SearchApp, item, status: int, words: str) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(search_app.url, max_retries=0).embeddings.create(
+            model="clip", input=["a text first", item()], encoding_format="float"
+        )
+    error = caught.value
+    assert error.status_code == status
+    assert words in error.message and "input.1" in error.message
+    assert error.body["fields"][0]["field"] == "input.1"
+
+
+def test_more_images_than_a_batch_upload_is_over_budget(search_app: SearchApp) -> None:
+    images = [data_url(pattern_png(10 + i, side=8)) for i in range(9)]  # MAX_BATCH_FILES=8
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        client(search_app.url).embeddings.create(model="clip", input=images)
+    assert caught.value.code == "over_budget"
+    assert caught.value.body["limit"] == "IMAGE_SEARCH_MAX_BATCH_FILES"
 
 
 # --- links under a route prefix (no Ray needed) -----------------------------------------------
