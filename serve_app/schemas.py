@@ -175,6 +175,9 @@ class SearchRequest(_Strict):
         "deviations); with `min_score` too, the stricter applies",
     )
     cutoff_k: float = Field(default=1.0, ge=0, le=5, description="k of the `stddev` cutoff")
+    cursor: str | None = Field(
+        default=None, max_length=512, description="`next_cursor` of the previous page"
+    )
 
 
 class SearchResult(BaseModel):
@@ -204,6 +207,9 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
     cut: SearchCut | None = Field(
         default=None, description="The relevance cut of a text search (None: not asked)"
+    )
+    next_cursor: str | None = Field(
+        default=None, description="Send it back as `cursor` for the next page (None: no more)"
     )
 
 

@@ -25,7 +25,14 @@ from serve_app.image_search import (
     upload_images,
 )
 from serve_app.modules import IMAGE_SEARCH
-from serve_app.relevance import candidates_for, cut_scores
+from serve_app.relevance import (
+    MAX_SEARCH_DEPTH,
+    candidates_for,
+    cut_scores,
+    decode_search_cursor,
+    encode_search_cursor,
+    search_fingerprint,
+)
 from serve_app.schemas import (
     ERROR_RESPONSES,
     IMAGE_ID_PATTERN,
@@ -171,22 +178,34 @@ async def search_images(
     await services.board.require_ready(IMAGE_SEARCH)
     # Concurrent searches share one embedding request and one index request; the index
     # answers 404 for an unknown project.
-    (vector,) = await services.text_embeddings([body.query])
-    candidates = candidates_for(body.limit, body.cutoff)
-    hits = await search_by_vector(services, project_id, vector, candidates)
-    cut = cut_scores(
-        [hit.score for hit in hits], min_score=body.min_score, cutoff=body.cutoff, k=body.cutoff_k
+    fingerprint = search_fingerprint(
+        body.query, body.limit, body.min_score, body.cutoff, body.cutoff_k
     )
+    offset = decode_search_cursor(body.cursor, fingerprint) if body.cursor else 0
+    (vector,) = await services.text_embeddings([body.query])
+    # The cut is computed over the same best candidates on every page; a page is a window of
+    # the ranking past it (one more hit tells whether another page follows).
+    candidates = candidates_for(body.limit, body.cutoff)
+    depth = min(max(candidates, offset + body.limit + 1), MAX_SEARCH_DEPTH)
+    hits = await search_by_vector(services, project_id, vector, depth)
+    head = hits[:candidates]
+    cut = cut_scores(
+        [hit.score for hit in head], min_score=body.min_score, cutoff=body.cutoff, k=body.cutoff_k
+    )
+    ranked = hits if cut.threshold is None else [h for h in hits if h.score >= cut.threshold]
+    page = ranked[offset : offset + body.limit]
+    more = len(ranked) > offset + body.limit and offset + body.limit < MAX_SEARCH_DEPTH
     return SearchResponse(
         project_id=project_id,
-        results=[search_result(hit) for hit in hits[: cut.kept][: body.limit]],
+        results=[search_result(hit) for hit in page],
         cut=SearchCut(
             min_score=body.min_score,
             cutoff=body.cutoff,
             threshold=cut.threshold,
-            candidates=len(hits),
-            dropped=len(hits) - cut.kept,
+            candidates=len(head),
+            dropped=len(head) - cut.kept,
         ),
+        next_cursor=encode_search_cursor(offset + body.limit, fingerprint) if more else None,
     )
 
 

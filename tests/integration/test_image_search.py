@@ -515,3 +515,29 @@ def test_relevance_cuts_say_what_they_dropped(search_app: SearchApp) -> None:
     assert none_left["results"] == [] and none_left["cut"]["dropped"] == 5
     bad = httpx.post(url, json={"query": "x", "cutoff": "median"}, timeout=60)
     assert bad.status_code == 422
+
+
+def test_search_pages_follow_the_ranking(search_app: SearchApp) -> None:
+    pid = project()
+    for seed in range(760, 767):
+        assert upload(search_app, pid, make_image(seed)).status_code == 201
+    url = f"{search_app.url}/v1/projects/{pid}/images/search"
+    whole = httpx.post(url, json={"query": "a blue circle", "limit": 7}, timeout=60).json()
+    assert whole["next_cursor"] is None
+    pages: list[str] = []
+    body: dict[str, object] = {"query": "a blue circle", "limit": 3}
+    for _ in range(5):
+        page = httpx.post(url, json=body, timeout=60)
+        assert page.status_code == 200, page.text
+        pages += [hit["id"] for hit in page.json()["results"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+        body = {**body, "cursor": cursor}
+    assert pages == [hit["id"] for hit in whole["results"]]  # 3 + 3 + 1, in order
+    other = httpx.post(
+        url, json={"query": "something else", "limit": 3, "cursor": cursor or body["cursor"]}
+    )
+    assert other.status_code in (400, 422) and "another search" in other.text
+    bad = httpx.post(url, json={"query": "a blue circle", "limit": 3, "cursor": "%%%"})
+    assert bad.status_code in (400, 422) and "malformed cursor" in bad.text

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.relevance import CUTOFF_CANDIDATES, candidates_for, cut_scores
+from core.errors import InvalidInput
+from serve_app.relevance import (
+    CUTOFF_CANDIDATES,
+    candidates_for,
+    cut_scores,
+    decode_search_cursor,
+    encode_search_cursor,
+    search_fingerprint,
+)
 
 SCORES = [0.34, 0.33, 0.31, 0.22, 0.21, 0.20, 0.19]  # a clear drop after the third
 
@@ -48,3 +56,16 @@ def test_adaptive_cuts_look_at_a_fixed_number_of_candidates() -> None:
     assert candidates_for(5, "none") == 5
     assert candidates_for(5, "gap") == CUTOFF_CANDIDATES
     assert candidates_for(100, "stddev") == 100
+
+
+def test_search_cursors_continue_only_their_own_search() -> None:
+    mine = search_fingerprint("고양이", 10, None, "none", 1.0)
+    other = search_fingerprint("고양이", 20, None, "none", 1.0)
+    assert mine != other
+    cursor = encode_search_cursor(10, mine)
+    assert decode_search_cursor(cursor, mine) == 10
+    with pytest.raises(InvalidInput, match="another search"):
+        decode_search_cursor(cursor, other)
+    for bad in ("", "!!!", encode_search_cursor(0, mine), encode_search_cursor(5000, mine)):
+        with pytest.raises(InvalidInput, match="malformed"):
+            decode_search_cursor(bad, mine)
