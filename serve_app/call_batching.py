@@ -116,11 +116,6 @@ class CallBatcher(Generic[Item, Result]):
         outcomes = await asyncio.gather(*(self._submit(chunk) for chunk in chunks))
         return [result for outcome in outcomes for result in outcome.unwrap()]
 
-    @property
-    def waiting(self) -> int:
-        """Calls waiting for the next batch (not the one in flight)."""
-        return len(self._waiting)
-
     async def _submit(self, items: list[Item]) -> Outcome[Result]:
         future: asyncio.Future[Outcome[Result]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Call(items, future, contextvars.copy_context()))

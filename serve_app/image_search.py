@@ -153,8 +153,28 @@ async def get_image(services: Services, project_id: str, image_id: str) -> Image
         timeout_s=services.config.request_timeout_s,
     )
     if record is None:
-        raise NotFound(f"image '{image_id}' not found in project '{project_id}'", id=image_id)
+        raise image_not_found(project_id, image_id)
     return record
+
+
+async def similar_images(
+    services: Services, project_id: str, image_id: str, limit: int
+) -> list[SearchHit]:
+    """The `limit` images closest to a stored one, itself excluded; 404 when either is
+    unknown. Needs only the index, not the CLIP model."""
+    await require_project(services, project_id)
+    hits = await await_deployment(
+        services.vector_index.similar.remote(project_id, image_id, limit),
+        what="the image index",
+        timeout_s=services.config.request_timeout_s,
+    )
+    if hits is None:
+        raise image_not_found(project_id, image_id)
+    return hits
+
+
+def image_not_found(project_id: str, image_id: str) -> NotFound:
+    return NotFound(f"image '{image_id}' not found in project '{project_id}'", id=image_id)
 
 
 async def delete_image(services: Services, project_id: str, image_id: str) -> ImageRecord:
@@ -166,7 +186,7 @@ async def delete_image(services: Services, project_id: str, image_id: str) -> Im
         index.begin_delete.remote(project_id, image_id), what="the image index", timeout_s=timeout_s
     )
     if record is None:
-        raise NotFound(f"image '{image_id}' not found in project '{project_id}'", id=image_id)
+        raise image_not_found(project_id, image_id)
     problem = own_key_problem(services, record)
     if problem is None:
         await asyncio.to_thread(services.store.delete, record.object_key)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
-from core.errors import NotFound, ObjectNotFound
+from core.errors import ObjectNotFound
 from core.image_keys import media_type_for_key
 from serve_app.access import model_work, module_access, project_access, write_access
 from serve_app.deployment_calls import await_deployment
@@ -22,6 +22,7 @@ from serve_app.image_search import (
     require_project,
     search_by_vector,
     search_result,
+    similar_images,
     upload_images,
 )
 from serve_app.modules import IMAGE_SEARCH
@@ -269,7 +270,7 @@ async def get_image_file(
     response_model=SearchResponse,
     responses=ERROR_RESPONSES,
 )
-async def similar_images(
+async def similar_images_route(
     project_id: ProjectId,
     image_id: ImageId,
     services: ServicesDep,
@@ -277,14 +278,7 @@ async def similar_images(
 ) -> SearchResponse:
     """The `limit` images closest to a stored one (its stored vector), itself excluded, best
     first. Needs only the index, not the CLIP model; 404 for an unknown project or image."""
-    await require_project(services, project_id)
-    hits = await await_deployment(
-        services.vector_index.similar.remote(project_id, image_id, limit),
-        what="the image index",
-        timeout_s=services.config.request_timeout_s,
-    )
-    if hits is None:
-        raise NotFound(f"image '{image_id}' not found in project '{project_id}'", id=image_id)
+    hits = await similar_images(services, project_id, image_id, limit)
     return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
 
 
