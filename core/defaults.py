@@ -27,6 +27,14 @@ IMAGE_MAX_PIXEL_STEPS: Final = 100 * 1024 * 1024
 # --- image search -------------------------------------------------------------------------
 CLIP_MODEL: Final = "ViT-B-32"
 CLIP_PRETRAINED: Final = "laion2b_s34b_b79k"
+# The model that made the vectors of catalogs from before schema 2, which did not record it:
+# what every release until then shipped as CLIP_MODEL / CLIP_PRETRAINED.
+IMAGE_SEARCH_LEGACY_MODEL: Final = "ViT-B-32"
+IMAGE_SEARCH_LEGACY_PRETRAINED: Final = "laion2b_s34b_b79k"
+# Re-embedding after a model change: images per CLIP request, and how long to wait before
+# trying an image whose original could not be read (the store failing) again.
+IMAGE_SEARCH_REEMBED_BATCH: Final = 32
+IMAGE_SEARCH_REEMBED_RETRY_S: Final = 30.0
 CLIP_MAX_BATCH_SIZE: Final = 32
 CLIP_MAX_QUEUED_REQUESTS: Final = 16
 EMBEDDINGS_MAX_TOTAL_CHARS: Final = 65_536  # all inputs of one /v1/embeddings request

@@ -71,6 +71,14 @@ class Conflict(ApiError):
     code = "conflict"
 
 
+class EmbeddingSpaceChanged(Conflict):
+    """A vector made in one embedding space reached a catalog that now answers in another (it
+    switched models in between). Details carry `active` (the active `EmbeddingSpace.key`);
+    the Gateway embeds again in that space and retries once."""
+
+    code = "embedding_space_changed"
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "payload_too_large"

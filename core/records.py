@@ -13,6 +13,31 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class EmbeddingSpace(BaseModel):
+    """The model that made a set of vectors: vectors are comparable only within one space.
+
+    `model` and `pretrained` are the CLIP_MODEL / CLIP_PRETRAINED references as configured (a
+    name, `local-dir:` path or `hf-hub:` id; pretrained empty when the reference carries its
+    weights), `dim` the vectors' length. `key` names the space in the catalog and in calls.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = Field(min_length=1, max_length=1000)
+    pretrained: str = Field(default="", max_length=1000)
+    dim: int = Field(ge=1)
+
+    @property
+    def key(self) -> str:
+        """`model|pretrained|dim`: what the catalog stores beside every vector."""
+        return f"{self.model}|{self.pretrained}|{self.dim}"
+
+    def describe(self) -> str:
+        """For messages and logs: `model` (+ `/pretrained`), `dim`-d."""
+        name = f"{self.model}/{self.pretrained}" if self.pretrained else self.model
+        return f"{name} ({self.dim}-d)"
+
+
 class ImageRecord(BaseModel):
     """An image as callers see it: every column except the vector, plus `duplicate`.
 
@@ -35,6 +60,7 @@ class ImageRecord(BaseModel):
     label: int
     deleting: bool = False
     duplicate: bool = False
+    space_key: str = ""  # the embedding space (model) its vector is in: `EmbeddingSpace.key`
 
 
 class SearchHit(BaseModel):
@@ -71,6 +97,9 @@ class NewImage(BaseModel):
     height: int = Field(ge=0)
     sha256: str = Field(min_length=1, max_length=64)
     vector: np.ndarray
+    # The space `vector` was embedded in (`EmbeddingSpace.key`); None: whatever the catalog's
+    # active space is. A key that is no longer active is refused (EmbeddingSpaceChanged).
+    space_key: str | None = None
 
 
 class SearchQuery(NamedTuple):
@@ -79,3 +108,4 @@ class SearchQuery(NamedTuple):
     project_id: str
     vector: np.ndarray
     limit: int
+    space_key: str | None = None  # as NewImage.space_key

@@ -33,6 +33,7 @@ from core.durable import fsync_dir
 from core.errors import ObjectNotFound
 from core.storage import ObjectStore, validate_key, validate_prefix
 from deployments.vector_store.models import REQUIRED_TABLES
+from deployments.vector_store.schema import LegacyModel, SchemaTooNew, upgrade
 from deployments.vector_store.trust import QuarantineReport, RowRules, quarantine_untrusted_rows
 
 __all__ = [
@@ -121,6 +122,7 @@ class BackupManager:
         required_tables: Iterable[str] = REQUIRED_TABLES,
         row_rules: RowRules | None = None,
         max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
+        legacy: LegacyModel | None = None,
     ) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
@@ -130,6 +132,9 @@ class BackupManager:
         self.required_tables = frozenset(required_tables)
         self.row_rules = row_rules
         self.max_clock_skew = timedelta(seconds=max_clock_skew_s)
+        # Snapshots are brought to the current schema (`schema.upgrade`) before their rows are
+        # checked; `legacy` names the model of vectors from before schema 2 (None: no upgrade).
+        self.legacy = legacy
         self._last_stamp: datetime | None = None
 
     def _key_for(self, stamp: datetime) -> str:
@@ -231,6 +236,8 @@ class BackupManager:
                     fh.flush()
                     os.fsync(fh.fileno())
                 problem = verify_database(tmp, self.required_tables)
+                if problem is None and self.legacy is not None:
+                    problem = _upgrade_problem(tmp, self.legacy)
                 quarantine: QuarantineReport | None = None
                 if problem is None and self.row_rules is not None:
                     try:
@@ -250,6 +257,17 @@ class BackupManager:
             finally:
                 tmp.unlink(missing_ok=True)
         return RestoreReport(skipped=tuple(skipped))
+
+
+def _upgrade_problem(path: Path, legacy: LegacyModel) -> str | None:
+    """Bring a downloaded snapshot to the current schema; why it cannot be, or None."""
+    try:
+        upgrade(path, legacy)
+    except SchemaTooNew as exc:
+        return f"written by a newer server (schema version {exc.version})"
+    except sqlite3.Error as exc:
+        return f"schema cannot be upgraded: {exc}"
+    return None
 
 
 def snapshot_stamp(name: str) -> datetime | None:

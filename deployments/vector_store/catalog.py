@@ -42,13 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
-from core.errors import Conflict, InvalidInput, ServiceUnavailable
-from core.records import ImagePage, ImageRecord, NewImage, SearchHit
+from core import defaults
+from core.errors import Conflict, EmbeddingSpaceChanged, InvalidInput, ServiceUnavailable
+from core.records import EmbeddingSpace, ImagePage, ImageRecord, NewImage, SearchHit
 from deployments.vector_store import queries as q
+from deployments.vector_store import spaces
 from deployments.vector_store.hnsw_index import (
     MIN_CAPACITY,
     HnswParams,
@@ -59,6 +61,9 @@ from deployments.vector_store.hnsw_index import (
 )
 from deployments.vector_store.index_files import IndexFiles, SavedIndex
 from deployments.vector_store.models import ImageRow, IndexState, Project, utcnow
+from deployments.vector_store.schema import LegacyModel, UpgradeReport, upgrade
+from deployments.vector_store.spaces import ImageToEmbed
+from deployments.vector_store.trust import CREATE_QUARANTINE, QUARANTINE_TABLE, image_columns
 
 __all__ = ["VectorCatalog"]
 
@@ -86,16 +91,21 @@ class VectorCatalog:
         ef_search: int = 128,
         persist_indexes: bool = True,
         save_after_changes: int = 10_000,
+        *,
+        model: str = "unnamed",
+        pretrained: str = "",
+        legacy: LegacyModel | None = None,
     ) -> None:
         if dim <= 0 or max_elements <= 0:
             raise ValueError("dim and max_elements must be positive")
         self.db_path = Path(db_path)
-        self.dim = dim
+        # The space the configured model embeds in; the catalog answers from `active_space`,
+        # which differs from it until re-embedding for a model change has finished.
+        self.target_space = EmbeddingSpace(model=model, pretrained=pretrained, dim=dim)
         self.max_elements = max_elements
         self.hnsw_m = hnsw_m
         self.ef_construction = ef_construction
         self.ef_search = ef_search
-        self._params = HnswParams(dim, hnsw_m, ef_construction, ef_search)
         self._lock = threading.RLock()
         self._indexes: dict[str, ProjectIndex] = {}
         self._closed = False
@@ -114,7 +124,17 @@ class VectorCatalog:
         self._opened_at = time.monotonic()
 
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.upgrade_report: UpgradeReport = upgrade(
+            self.db_path,
+            legacy
+            or LegacyModel(
+                defaults.IMAGE_SEARCH_LEGACY_MODEL, defaults.IMAGE_SEARCH_LEGACY_PRETRAINED
+            ),
+        )
         self._engine: Engine = q.open_engine(self.db_path)
+        self.active_space = self._settle_spaces()
+        self.dim = self.active_space.dim
+        self._params = HnswParams(self.dim, hnsw_m, ef_construction, ef_search)
         self._open_all()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -136,6 +156,26 @@ class VectorCatalog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _settle_spaces(self) -> EmbeddingSpace:
+        """The space to answer from: the recorded active one; the target when there is none
+        or no live image holds a vector (nothing to re-embed). Drops unusable pending vectors."""
+        with self._engine.begin() as conn:
+            active = spaces.active_space(conn)
+            if active is None or (active != self.target_space and spaces.count_live(conn) == 0):
+                spaces.activate(conn, self.target_space)
+                active = self.target_space
+            dropped = spaces.drop_stale_pending(conn, active, self.target_space)
+        if dropped:
+            log.info("dropped %d pending vector(s) that cannot be used", dropped)
+        if active != self.target_space:
+            log.warning(
+                "the catalog's vectors are from %s, the configured model is %s: searching the "
+                "stored vectors until every image is embedded again",
+                active.describe(),
+                self.target_space.describe(),
+            )
+        return active
 
     def _open_all(self) -> None:
         """Load every project's saved index when it matches SQLite; else build it from the rows."""
@@ -302,6 +342,14 @@ class VectorCatalog:
         """A float32 (D,) unit vector, or `InvalidInput`."""
         return unit_vector(vector, self.dim)
 
+    def _check_space(self, space_key: str | None) -> None:
+        """`EmbeddingSpaceChanged` unless `space_key` is None or the active space's key."""
+        if space_key is not None and space_key != self.active_space.key:
+            raise EmbeddingSpaceChanged(
+                "the image index switched embedding models: embed again and retry",
+                active=self.active_space.key,
+            )
+
     def _full(self, project_id: str) -> Conflict:
         return Conflict(
             f"project {project_id} is full: IMAGE_SEARCH_MAX_ELEMENTS={self.max_elements}",
@@ -359,15 +407,20 @@ class VectorCatalog:
         )
         return ImagePage(items=items, total=total, next_cursor=next_cursor)
 
-    def search(self, project_id: str, vector: Any, limit: int) -> builtins.list[SearchHit]:
+    def search(
+        self, project_id: str, vector: Any, limit: int, space_key: str | None = None
+    ) -> builtins.list[SearchHit]:
         """The `limit` live images closest to `vector` (cosine), best first.
 
         Returns min(limit, live images) hits; an unknown or empty project gives [].
+        `space_key` names the space `vector` was embedded in: when it is not the active one
+        (the catalog switched models meanwhile) `EmbeddingSpaceChanged` is raised.
         """
         if limit < 1:
             raise InvalidInput("limit must be at least 1", limit=limit)
-        query = self._vector(vector)
         with self._reader() as conn:
+            self._check_space(space_key)
+            query = self._vector(vector)
             state = self._indexes.get(project_id)
             if state is None or state.live == 0:
                 return []
@@ -451,9 +504,11 @@ class VectorCatalog:
         ids = [img.id for img in images]
         if len(set(ids)) != len(ids):
             raise InvalidInput("a batch must not repeat an image id")
-        vectors = [self._vector(img.vector) for img in images]
 
         with self._session() as session:
+            for img in images:
+                self._check_space(img.space_key)
+            vectors = [self._vector(img.vector) for img in images]
             existing = {
                 row.sha256: row
                 for row in session.exec(
@@ -503,6 +558,7 @@ class VectorCatalog:
                     created_at=now,
                     label=int(label),
                     vector=vec.tobytes(),
+                    space_key=self.active_space.key,
                 )
                 for (_pos, img, vec), label in zip(fresh, labels, strict=True)
             ]
@@ -604,3 +660,141 @@ class VectorCatalog:
                 if was_live:
                     state.live -= 1
                 self._changed(state, generation)
+
+    # --- model changes (re-embedding; SQL in `spaces`) ------------------------------------
+
+    @property
+    def reembedding(self) -> bool:
+        """Whether the catalog answers from another space than the configured model's."""
+        return self.active_space != self.target_space
+
+    def reembed_todo(self, limit: int) -> builtins.list[ImageToEmbed]:
+        """Up to `limit` live images without a vector in the target space, oldest first."""
+        with self._reader() as conn:
+            return spaces.todo(conn, self.target_space, limit)
+
+    def reembed_counts(self) -> tuple[int, int]:
+        """(live images with a vector in the target space, live images)."""
+        with self._reader() as conn:
+            live = spaces.count_live(conn)
+            return live - spaces.count_todo(conn, self.target_space), live
+
+    def store_reembedded(self, vectors: Sequence[tuple[str, Any]]) -> int:
+        """Keep `(image id, vector in the target space)` pairs until the switch; images gone
+        meanwhile are skipped. Returns how many were stored."""
+        target = self.target_space
+        blobs = [(image_id, unit_vector(v, target.dim).tobytes()) for image_id, v in vectors]
+        with self._session() as session:
+            stored = spaces.store_pending(session.connection(), target, blobs)
+            session.commit()
+        return stored
+
+    def set_aside(self, project_id: str, image_id: str, reason: str) -> bool:
+        """Move a live image whose original cannot be embedded again (gone, unreadable) out
+        of the catalog into the quarantine table with `reason`, as the row check does; its
+        object is left alone. Returns False when the image is not live (nothing done)."""
+        columns = image_columns()
+        with self._session() as session:
+            row = self._row(session, project_id, image_id)
+            if row is None or row.deleting:
+                return False
+            conn = session.connection()
+            conn.exec_driver_sql(CREATE_QUARANTINE)
+            conn.execute(
+                text(
+                    f"INSERT INTO {QUARANTINE_TABLE} ({columns}, reason, quarantined_at) "
+                    f"SELECT {columns}, :reason, :now FROM image WHERE id = :image_id"
+                ),
+                {"reason": reason[:300], "now": utcnow().isoformat(), "image_id": image_id},
+            )
+            session.delete(row)
+            generation = self._bump_generation(session, project_id)
+            session.commit()
+            state = self._indexes.get(project_id)
+            if state is not None:
+                state.mark_deleted([row.label])
+                state.live -= 1
+                self._changed(state, generation)
+        log.error("image %s of project %s set aside: %s", image_id, project_id, reason)
+        return True
+
+    def switch_to_target(self) -> bool:
+        """Answer from the target space from now on, if every live image has a vector in it.
+
+        The new indexes are built from the pending vectors outside the lock (searches go on
+        meanwhile), then, under the lock, brought up to date with what changed during the
+        build, and swapped in together with one SQLite transaction that moves the vectors into
+        the rows and makes the target active. False (nothing changed) while images are left.
+        """
+        target = self.target_space
+        if not self.reembedding:
+            return True
+        params = HnswParams(target.dim, self.hnsw_m, self.ef_construction, self.ef_search)
+        with self._engine.connect() as conn, conn.begin():  # one consistent read
+            if spaces.count_todo(conn, target):
+                return False
+            built = {
+                project_id: self._build_in(conn, project_id, target, params)
+                for project_id in conn.execute(q.PROJECT_IDS).scalars().all()
+            }
+        with self._save_lock, self._session() as session:
+            conn = session.connection()
+            if spaces.count_todo(conn, target):
+                return False
+            markers = {m.project_id: m.generation for m in session.exec(select(IndexState)).all()}
+            indexes: dict[str, ProjectIndex] = {}
+            for project_id in conn.execute(q.PROJECT_IDS).scalars().all():
+                state, labels, generation = built.get(project_id) or (
+                    ProjectIndex.create(params, min(MIN_CAPACITY, self.max_elements)),
+                    set(),
+                    None,
+                )
+                if generation != markers.get(project_id, 0):
+                    self._catch_up(conn, project_id, target, state, labels)
+                old = self._indexes.get(project_id)
+                if old is not None:
+                    state.next_label = max(state.next_label, old.next_label)
+                indexes[project_id] = state
+            moved = spaces.switch_rows(conn, target)
+            generations = {p: self._bump_generation(session, p) for p in indexes}
+            session.commit()
+            for project_id, state in indexes.items():
+                state.generation = generations[project_id]
+            self._indexes = indexes
+            self.active_space, self.dim, self._params = target, target.dim, params
+            self._unsaved_changes += 1
+            self.save_due.set()
+        log.info("switched the catalog to %s: %d vectors", target.describe(), moved)
+        return True
+
+    def _build_in(
+        self, conn: Connection, project_id: str, target: EmbeddingSpace, params: HnswParams
+    ) -> tuple[ProjectIndex, set[int], int]:
+        """(index of the project's pending vectors, their labels, the generation they are of)."""
+        generation = conn.execute(
+            select(IndexState.generation).where(IndexState.project_id == project_id)
+        ).scalar()
+        pairs = spaces.pending_of_project(conn, project_id, target)
+        _rows, _live, max_label = conn.execute(q.COUNTS, {"project_id": project_id}).one()
+        labels = np.fromiter((label for label, _ in pairs), dtype=np.int64, count=len(pairs))
+        vectors = np.frombuffer(b"".join(blob for _, blob in pairs), dtype=np.float32)
+        state = ProjectIndex.build(params, labels, vectors, self.max_elements, max_label)
+        return state, set(labels.tolist()), int(generation or 0)
+
+    def _catch_up(
+        self,
+        conn: Connection,
+        project_id: str,
+        target: EmbeddingSpace,
+        state: ProjectIndex,
+        built: set[int],
+    ) -> None:
+        """Bring an index built from an older state up to the project's live images now."""
+        pairs = dict(spaces.pending_of_project(conn, project_id, target))
+        state.mark_deleted(builtins.list(built - pairs.keys()))
+        new = [label for label in pairs if label not in built]
+        if new:
+            state.reserve(len(new), self.max_elements)
+            vectors = np.frombuffer(b"".join(pairs[label] for label in new), dtype=np.float32)
+            state.add(vectors.reshape(len(new), target.dim), np.asarray(new, dtype=np.int64))
+        state.live = len(pairs)

@@ -21,13 +21,24 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "EmbeddingSpaceRow",
     "ImageRow",
     "IndexState",
+    "PendingVector",
     "Project",
     "REQUIRED_TABLES",
     "utcnow",
@@ -102,6 +113,49 @@ class ImageRow(SQLModel, table=True):
     label: int
     vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     deleting: bool = Field(default=False, nullable=False)
+    # The embedding space (model) `vector` is in: `EmbeddingSpaceRow.key` (schema 2).
+    space_key: str = Field(
+        default="", sa_column=Column(String(2100), nullable=False, server_default="")
+    )
+
+
+class EmbeddingSpaceRow(SQLModel, table=True):
+    """A model that made vectors of this catalog (`core.records.EmbeddingSpace`), schema 2.
+
+    Exactly one is `active`: the space of every live row's `vector` and of the search indexes.
+    Others are kept: tombstones may still name them, and they say what the catalog held.
+    """
+
+    __tablename__ = "embedding_space"
+    __table_args__ = (
+        Index("uq_embedding_space_active", "active", unique=True, sqlite_where=text("active = 1")),
+    )
+
+    key: str = Field(primary_key=True, max_length=2100)
+    model: str = Field(max_length=1000)
+    pretrained: str = Field(default="", max_length=1000)
+    dim: int
+    active: bool = Field(default=False, nullable=False)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
+
+
+class PendingVector(SQLModel, table=True):
+    """An image's vector in a space the catalog is moving to (re-embedding, schema 2).
+
+    Written batch by batch in the background, so a restart resumes where it stopped; moved
+    into `image.vector` in the one transaction that makes that space active. Deleted with its
+    image (foreign key, ON DELETE CASCADE).
+    """
+
+    __tablename__ = "pending_vector"
+
+    image_id: str = Field(
+        sa_column=Column(String(200), ForeignKey("image.id", ondelete="CASCADE"), primary_key=True)
+    )
+    space_key: str = Field(primary_key=True, max_length=2100)
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class IndexState(SQLModel, table=True):

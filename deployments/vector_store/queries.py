@@ -46,7 +46,14 @@ from sqlmodel import SQLModel, create_engine, select
 
 from core.errors import InvalidInput
 from core.records import ImageRecord
-from deployments.vector_store.models import ImageRow, IndexState, Project
+from deployments.vector_store.models import (
+    EmbeddingSpaceRow,
+    ImageRow,
+    IndexState,
+    PendingVector,
+    Project,
+)
+from deployments.vector_store.schema import stamp_new
 
 __all__ = [
     "BUMP_GENERATION",
@@ -84,6 +91,8 @@ _WAL_RESET_FIX = (3, 51, 3)  # SQLite release that fixed the WAL-reset race
 IMAGE: Table = SQLModel.metadata.tables[ImageRow.__tablename__]
 PROJECT: Table = SQLModel.metadata.tables[Project.__tablename__]
 INDEX_STATE: Table = SQLModel.metadata.tables[IndexState.__tablename__]
+SPACE: Table = SQLModel.metadata.tables[EmbeddingSpaceRow.__tablename__]
+PENDING: Table = SQLModel.metadata.tables[PendingVector.__tablename__]
 _TOMBSTONE_INDEX: Index = next(i for i in IMAGE.indexes if i.name == "ix_image_tombstones")
 
 # --- the database ---------------------------------------------------------------------------
@@ -104,7 +113,10 @@ def _set_sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> N
 
 
 def open_engine(db_path: Path) -> Engine:
-    """The engine of the catalog database `db_path`, its tables and indexes created if missing."""
+    """The engine of the catalog database `db_path`, its tables and indexes created if missing.
+
+    Run `schema.upgrade` on the file first: tables created here are the current ones, and a
+    database that had none is stamped with the current schema version."""
     if sqlite3.sqlite_version_info < _WAL_RESET_FIX:
         # The race needs two connections writing/checkpointing at once: in the catalog every
         # write goes through its lock and backups read through a read-only connection.
@@ -114,9 +126,10 @@ def open_engine(db_path: Path) -> Engine:
         connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
     )
     event.listen(engine, "connect", _set_sqlite_pragmas)
-    SQLModel.metadata.create_all(engine, tables=[PROJECT, IMAGE, INDEX_STATE])
+    SQLModel.metadata.create_all(engine, tables=[PROJECT, IMAGE, INDEX_STATE, SPACE, PENDING])
     with engine.begin() as conn:  # create_all adds no index to a table that already exists
         conn.execute(CreateIndex(_TOMBSTONE_INDEX, if_not_exists=True))
+        stamp_new(conn.connection.driver_connection)  # type: ignore[arg-type]
     return engine
 
 

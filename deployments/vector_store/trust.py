@@ -5,7 +5,9 @@ A database restored from object storage (or found on disk) is not trusted as it 
 VectorIndex runs `quarantine_untrusted_rows` on the file before opening it. A row is kept only
 when `core.image_keys.image_key_problem` finds nothing (its key is exactly the one its project,
 id and accepted content type give under the search prefix), its filename is a plain display
-name and its vector has the catalog's size. Every other row, live or tombstoned (the delete
+name and its vector has the size of the model that made it (schema 2: `image.space_key` names
+a row of `embedding_space`; a database from before is checked against `vector_bytes`). Every
+other row, live or tombstoned (the delete
 sweeper deletes a tombstone's object by key), is moved to the `quarantined_image` table with
 the reason: out of list, search, serving and deletes, but kept for an operator to inspect.
 Triggers are dropped (the catalog defines none; one could rewrite a key after the check).
@@ -24,7 +26,14 @@ from typing import Any
 
 from core.image_keys import IMAGE_CONTENT_TYPES, image_key_problem
 
-__all__ = ["QuarantineReport", "RowRules", "quarantine_untrusted_rows"]
+__all__ = [
+    "CREATE_QUARANTINE",
+    "QUARANTINE_TABLE",
+    "QuarantineReport",
+    "RowRules",
+    "image_columns",
+    "quarantine_untrusted_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +48,10 @@ _SCAN = (
     "SELECT rowid AS row_ref, id, project_id, object_key, filename, content_type, sha256, "
     "created_at, deleting, length(vector) AS vector_bytes, "
     + ", ".join(f"typeof({name}) AS {name}_type" for name in _INTEGERS)
-    + " FROM image"
+    + "{space} FROM image"
 )
+_SPACE_DIM = ", space_key, (SELECT s.dim FROM embedding_space s WHERE s.key = image.space_key)"
+_SPACE_DIM += " AS space_dim"
 # Every column of `image` (models.ImageRow), copied whole into the quarantine table.
 _COLUMNS = (
     "id",
@@ -57,13 +68,19 @@ _COLUMNS = (
     "vector",
     "deleting",
 )
-_CREATE_QUARANTINE = f"""
+CREATE_QUARANTINE = f"""
 CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} (
     id TEXT, project_id TEXT, object_key TEXT, filename TEXT, content_type TEXT,
     size_bytes INTEGER, width INTEGER, height INTEGER, sha256 TEXT, created_at DATETIME,
     label INTEGER, vector BLOB, deleting BOOLEAN,
-    reason TEXT NOT NULL, quarantined_at TEXT NOT NULL
+    reason TEXT NOT NULL, quarantined_at TEXT NOT NULL, space_key TEXT DEFAULT ''
 )"""
+
+
+def image_columns(with_space: bool = True) -> str:
+    """The `image` columns a quarantined row keeps, comma-separated (`space_key` from
+    schema 2 on)."""
+    return ", ".join(_COLUMNS + (("space_key",) if with_space else ()))
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,12 @@ class RowRules:
             return reason
         if not _plain_filename(row["filename"]):
             return "filename is not a plain display name"
-        if self.vector_bytes is not None and row["vector_bytes"] != self.vector_bytes:
+        if "space_dim" in row.keys():  # noqa: SIM118 - `in` on a sqlite3.Row tests values
+            if row["space_dim"] is None:
+                return f"vector of an unknown model ({_text(row['space_key'])[:200]})"
+            if row["vector_bytes"] != row["space_dim"] * 4:
+                return f"vector has {row['vector_bytes']} bytes, not {row['space_dim'] * 4}"
+        elif self.vector_bytes is not None and row["vector_bytes"] != self.vector_bytes:
             return f"vector has {row['vector_bytes']} bytes, not {self.vector_bytes}"
         odd = [name for name in _INTEGERS if row[f"{name}_type"] != "integer"]
         if odd or row["deleting"] not in (0, 1):
@@ -164,12 +186,13 @@ def _quarantine(conn: sqlite3.Connection, rules: RowRules) -> QuarantineReport:
     for name in triggers:
         conn.execute(f"DROP TRIGGER IF EXISTS {_quoted(name)}")
     conn.row_factory = sqlite3.Row
-    rows = conn.execute(_SCAN).fetchall()
+    with_space = "embedding_space" in tables
+    rows = conn.execute(_SCAN.format(space=_SPACE_DIM if with_space else "")).fetchall()
     bad = [(row, reason) for row in rows if (reason := rules.problem(row)) is not None]
     if bad:
-        columns = ", ".join(_COLUMNS)
+        columns = image_columns(with_space)
         now = datetime.now(UTC).isoformat()
-        conn.execute(_CREATE_QUARANTINE)
+        conn.execute(CREATE_QUARANTINE)
         for row, reason in bad:
             conn.execute(
                 f"INSERT INTO {QUARANTINE_TABLE} ({columns}, reason, quarantined_at) "
