@@ -25,8 +25,9 @@ IMAGE_MAX_QUEUED_REQUESTS: Final = 8
 IMAGE_MAX_PIXEL_STEPS: Final = 100 * 1024 * 1024
 
 # --- image search -------------------------------------------------------------------------
-CLIP_MODEL: Final = "ViT-B-32"
-CLIP_PRETRAINED: Final = "laion2b_s34b_b79k"
+# Multilingual (Korean first): chosen from published retrieval numbers in docs/search-models.md.
+CLIP_MODEL: Final = "xlm-roberta-base-ViT-B-32"
+CLIP_PRETRAINED: Final = "laion5b_s13b_b90k"
 # The model that made the vectors of catalogs from before schema 2, which did not record it:
 # what every release until then shipped as CLIP_MODEL / CLIP_PRETRAINED.
 IMAGE_SEARCH_LEGACY_MODEL: Final = "ViT-B-32"

@@ -10,6 +10,7 @@ naming the item's index. The Ray deployment is a thin shell around `ClipModel`.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,10 +58,13 @@ class ClipModel:
                 pretrained=self.pretrained,
                 precision=_PRECISIONS[self.dtype],
                 device=self.device,
+                **_local_text_tower(self.model_name),
             )
         self.model = model.eval()
         self.preprocess: Callable[[Image.Image], torch.Tensor] = preprocess
-        # Local directories and built-in names use the BPE vocabulary shipped in the wheel.
+        # open_clip picks the tokenizer from the model config: the BPE vocabulary shipped in
+        # the wheel for CLIP text towers; for a Hugging Face text tower (`hf_tokenizer_name`)
+        # the tokenizer files of a local directory itself, else that hub repo (or its cache).
         self.tokenizer = open_clip.get_tokenizer(self.model_name)
         # open_clip's forward passes keep no per-call state, but one device: one pass at a time.
         self._lock = threading.Lock()
@@ -218,6 +222,33 @@ def _resolve_source(config: ClipEmbedderConfig) -> tuple[str, str | None, str]:
                 raise ValueError(f"pretrained checkpoint {pretrained!r} is not a file")
             pretrained = pretrained_ref
     return name, pretrained or None, "open_clip"
+
+
+def _local_text_tower(model_name: str) -> dict[str, Any]:
+    """Model overrides that load a local directory's Hugging Face text tower from the directory.
+
+    open_clip builds a text tower named by `text_cfg.hf_model_name` (e.g. `xlm-roberta-base`)
+    from that hub repo's config.json, even for a `local-dir:` model whose weights are all in
+    the directory. When the directory holds that config under the same name
+    (`<dir>/xlm-roberta-base/config.json`), it is used instead, so the directory is complete
+    on its own; otherwise (or for built-in names and `hf-hub:`) open_clip asks the hub or its
+    cache as usual. The directory's checkpoint holds the text weights: none are loaded.
+    """
+    if not model_name.startswith(LOCAL_DIR_PREFIX):
+        return {}
+    directory = Path(model_name.removeprefix(LOCAL_DIR_PREFIX))
+    try:
+        config = json.loads((directory / "open_clip_config.json").read_text("utf-8"))
+        text_cfg = dict(config["model_cfg"]["text_cfg"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # open_clip reports a missing or broken config itself
+    hf_name = text_cfg.get("hf_model_name")
+    if not isinstance(hf_name, str) or not hf_name:
+        return {}
+    local = directory / hf_name
+    if not (local / "config.json").is_file():
+        return {}
+    return {"text_cfg": {**text_cfg, "hf_model_name": str(local), "hf_model_pretrained": False}}
 
 
 def _to_numpy(chunks: list[torch.Tensor]) -> np.ndarray:

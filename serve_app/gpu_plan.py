@@ -38,11 +38,12 @@ GpuModule = Literal["image", "image_search", "voice"]
 # checks the counts) and not yet measured on a GPU:
 # - image: sd-turbo UNet 865.9M + VAE 83.7M + text encoder 340.4M = 2.4 GiB of fp16 weights,
 #   plus about 2.5 GiB for a 512x512 step and the VAE decode;
-# - image_search: CLIP ViT-B-32 151.3M = 0.3 GiB, plus a 32-image batch;
+# - image_search: CLIP xlm-roberta-base-ViT-B-32 366.1M = 0.7 GiB (a ViT-B-32 image tower
+#   87.9M and an XLM-R base text tower 278.3M), plus a 32-image batch;
 # - voice: F5-TTS v1 base 337.1M + Vocos 13.5M + Whisper large-v3-turbo 809M = 2.2 GiB, plus
 #   the flow-matching activations of a 30 s chunk with CFG.
 # Only the ratios matter for sharing; other models: set *_NUM_GPUS yourself.
-MODEL_GPU_MEMORY_GIB: dict[GpuModule, float] = {"image": 5.0, "image_search": 1.0, "voice": 3.5}
+MODEL_GPU_MEMORY_GIB: dict[GpuModule, float] = {"image": 5.0, "image_search": 1.5, "voice": 3.5}
 
 VARIABLE: dict[GpuModule, str] = {
     "image": "IMAGE_NUM_GPUS",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from serve_app.tiny.clip import build_tiny_clip
+from serve_app.tiny.clip_multilingual import build_tiny_multilingual_clip
 from serve_app.tiny.diffusion import build_tiny_diffusion_pipeline
 from serve_app.tiny.f5tts import (
     F5_CHECKPOINT_FILE,
@@ -26,7 +27,10 @@ Builder = Callable[[Path, int], Path]
 # name -> builder; the model is written into <root>/<name>.
 BUILDERS: dict[str, Builder] = {
     "diffusion": build_tiny_diffusion_pipeline,
+    # the English CLIP (open_clip's own text tower and BPE vocabulary), for the benchmarks and
+    # anyone selecting an English-only model; the offline profile serves the multilingual one
     "clip": build_tiny_clip,
+    "clip-multilingual": build_tiny_multilingual_clip,
     "f5tts": build_tiny_f5tts,
     "vocos": build_tiny_vocos,
     "whisper": build_tiny_whisper,
@@ -52,7 +56,7 @@ def model_settings(root: Path) -> dict[str, str]:
     f5tts = root / "f5tts"
     return {
         "IMAGE_MODEL": str(root / "diffusion"),
-        "CLIP_MODEL": f"local-dir:{root / 'clip'}",
+        "CLIP_MODEL": f"local-dir:{root / 'clip-multilingual'}",
         "VOICE_MODEL_CONFIG": str(f5tts / F5_CONFIG_FILE),
         "VOICE_CHECKPOINT": str(f5tts / F5_CHECKPOINT_FILE),
         "VOICE_VOCAB": str(f5tts / F5_VOCAB_FILE),
@@ -68,6 +72,7 @@ __all__ = [
     "build_tiny_diffusion_pipeline",
     "build_tiny_f5tts",
     "build_tiny_models",
+    "build_tiny_multilingual_clip",
     "build_tiny_vocos",
     "build_tiny_whisper",
     "model_settings",

@@ -10,9 +10,15 @@ exactly the code and libraries production uses, with no hub:
 - `stabilityai/sd-turbo` (IMAGE_MODEL): a tiny diffusers StableDiffusionPipeline with
   sd-turbo's component layout, scheduler (Euler, trailing spacing) and real tokenizer files
   (the CLIP BPE vocabulary open_clip ships, which is sd-turbo's), at tiny sizes;
-- the open_clip weights of CLIP_MODEL + CLIP_PRETRAINED (`ViT-B-32` / `laion2b_s34b_b79k`:
-  `laion/CLIP-ViT-B-32-laion2B-s34B-b79K`, `open_clip_model.safetensors`): the architecture
-  is open_clip's built-in one, so the stand-in is a full-size random ViT-B-32, stored in fp16;
+- the open_clip weights of CLIP_MODEL + CLIP_PRETRAINED (`xlm-roberta-base-ViT-B-32` /
+  `laion5b_s13b_b90k`: `laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k`,
+  `open_clip_model.safetensors`): the image tower is open_clip's built-in one, so a full-size
+  random ViT-B-32 (fp16); the text tower is the size the `xlm-roberta-base` stand-in's
+  config says;
+- `xlm-roberta-base`, the Hugging Face repo open_clip reads that text tower's config and the
+  tokenizer from (`hf_model_name` / `hf_tokenizer_name`): a tiny XLM-RoBERTa config.json and
+  an XLM-R-style Unigram tokenizer (serve_app/tiny/clip_multilingual.py), so the production
+  loader runs the real `HFTextEncoder` and `HFTokenizer` code on Korean text too;
 - `SWivid/F5-TTS` (VOICE_CHECKPOINT `F5TTS_v1_Base/model_1250000.safetensors` and its
   `vocab.txt`): the architecture comes from f5-tts's packaged F5TTS_v1_Base config, so a
   full-size random DiT (fp16) for the vocabulary f5-tts ships (which the loader uses);
@@ -182,21 +188,72 @@ def write_clip_tokenizer(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2), "utf-8")
 
 
-def _write_clip(scratch: Path, seed: int) -> dict[str, Path]:
-    """open_clip's ViT-B-32, full size, random, fp16, with its config as the laion repos have."""
+def clip_model_config(model: str = defaults.CLIP_MODEL) -> dict[str, Any]:
+    """open_clip's built-in config of `model` (a copy)."""
     import open_clip
 
-    from serve_app.tiny.clip import PREPROCESS_CFG, build_tiny_clip
-
-    model_cfg = open_clip.get_model_config(defaults.CLIP_MODEL)
+    model_cfg = open_clip.get_model_config(model)
     if model_cfg is None:
-        raise RuntimeError(f"open_clip has no built-in {defaults.CLIP_MODEL} config")
-    preprocess = {**PREPROCESS_CFG, "size": model_cfg["vision_cfg"]["image_size"]}
-    root = build_tiny_clip(
-        scratch / "clip", seed, model_cfg=model_cfg, preprocess_cfg=preprocess, dtype=WEIGHTS_DTYPE
+        raise RuntimeError(f"open_clip has no built-in {model} config")
+    return dict(model_cfg)
+
+
+def clip_text_repo(model: str = defaults.CLIP_MODEL) -> str | None:
+    """The hub repo of `model`'s Hugging Face text tower (config and tokenizer), or None for
+    open_clip's own text tower. Only the XLM-R family has a stand-in: another fails here."""
+    from serve_app.tiny.clip_multilingual import TEXT_TOWER
+
+    text_cfg = clip_model_config(model)["text_cfg"]
+    names = {text_cfg.get("hf_model_name"), text_cfg.get("hf_tokenizer_name")} - {None}
+    if not names:
+        return None
+    if names != {TEXT_TOWER}:
+        raise ValueError(f"{model}: no stand-in for the text tower / tokenizer {sorted(names)}")
+    return TEXT_TOWER
+
+
+def _write_clip(scratch: Path, seed: int) -> dict[str, Path]:
+    """open_clip's image tower of CLIP_MODEL, full size, random, fp16, with the text tower
+    (open_clip's own at full size, or the XLM-R stand-in's) and the config as the laion repos
+    have it."""
+    from serve_app.tiny.clip import PREPROCESS_CFG, build_tiny_clip
+    from serve_app.tiny.clip_multilingual import (
+        save_multilingual_clip,
+        write_xlmr_config,
+        write_xlmr_tokenizer,
     )
+
+    model_cfg = clip_model_config()
+    preprocess = {**PREPROCESS_CFG, "size": model_cfg["vision_cfg"]["image_size"]}
+    root = scratch / "clip"
+    if clip_text_repo() is None:
+        build_tiny_clip(
+            root, seed, model_cfg=model_cfg, preprocess_cfg=preprocess, dtype=WEIGHTS_DTYPE
+        )
+    else:
+        # The text tower is built from the same config.json the xlm-roberta-base stand-in holds.
+        text = scratch / "text"
+        write_xlmr_config(text, write_xlmr_tokenizer(text))
+        root.mkdir()
+        save_multilingual_clip(
+            root,
+            seed,
+            model_cfg=model_cfg,
+            preprocess_cfg=preprocess,
+            text_config_dir=text,
+            dtype=WEIGHTS_DTYPE,
+        )
     _, weights = clip_hub_file()
     return {weights: root / CLIP_SAFE_WEIGHTS, CLIP_CONFIG: root / CLIP_CONFIG}
+
+
+def _write_clip_text(scratch: Path, seed: int) -> dict[str, Path]:
+    """The `xlm-roberta-base` repo: a tiny XLM-RoBERTa config.json and the tokenizer files."""
+    from serve_app.tiny.clip_multilingual import write_xlmr_config, write_xlmr_tokenizer
+
+    root = scratch / "xlm-roberta-base"
+    write_xlmr_config(root, write_xlmr_tokenizer(root))
+    return _tree(root)
 
 
 def f5_vocab_path() -> Path:
@@ -266,8 +323,9 @@ def stand_ins() -> dict[str, StandIn]:
         "clip": StandIn(
             clip_hub_file()[0],
             _write_clip,
-            f"open_clip {defaults.CLIP_MODEL}, full size, random, {WEIGHTS_DTYPE}",
+            f"open_clip {defaults.CLIP_MODEL}, full-size image tower, random, {WEIGHTS_DTYPE}",
         ),
+        **_clip_text_stand_in(),
         "f5tts": StandIn(
             split_hf_path(defaults.VOICE_CHECKPOINT)[0],
             _write_f5tts,
@@ -276,6 +334,14 @@ def stand_ins() -> dict[str, StandIn]:
         "vocos": StandIn(defaults.VOICE_VOCODER, _write_vocos, "tiny Vocos"),
         "whisper": StandIn(defaults.VOICE_ASR_MODEL, _write_whisper, "tiny Whisper"),
     }
+
+
+def _clip_text_stand_in() -> dict[str, StandIn]:
+    repo_id = clip_text_repo()
+    if repo_id is None:
+        return {}
+    what = "tiny XLM-RoBERTa config and XLM-R-style tokenizer (CLIP text tower)"
+    return {"clip-text": StandIn(repo_id, _write_clip_text, what)}
 
 
 # --- the cache layout ------------------------------------------------------------------------

@@ -25,6 +25,9 @@ from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.ports import free_port
 from tests.support.s3 import RestartableS3
 
+# The tiny multilingual CLIP's directory under tiny_models_dir, and so its /v1/models id.
+CLIP_ID = "clip-multilingual"
+
 
 def wait_until_ready(url: str, timeout_s: float = 300.0) -> httpx.Response:
     """Poll /readyz until it answers 200; fail with its last body. The default gives a loaded
@@ -212,7 +215,7 @@ def search_app(
         "R2_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
         "R2_BUCKET_NAME": bucket,
         "R2_TIMEOUT_SECONDS": 3,
-        "CLIP_MODEL": f"local-dir:{tiny_models_dir / 'clip'}",
+        "CLIP_MODEL": f"local-dir:{tiny_models_dir / CLIP_ID}",
         "CLIP_DEVICE": "cpu",
         "CLIP_NUM_CPUS": 1,
         "TORCH_CPU_THREADS": 1,

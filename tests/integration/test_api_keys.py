@@ -27,7 +27,7 @@ import ray
 from ray import serve
 
 from serve_app.app import build_app
-from tests.integration.conftest import offline_settings, wait_until_ready
+from tests.integration.conftest import CLIP_ID, offline_settings, wait_until_ready
 from tests.support.fake_openai import FakeOpenAIServer
 from tests.support.ports import free_port
 
@@ -253,7 +253,7 @@ def test_429_with_retry_after_past_requests_per_minute(scoped_app: ScopedApp) ->
     assert error["limit"] == "requests_per_minute" and error["key_name"] == "limited"
     assert 1 <= int(refused.headers["retry-after"]) <= 20  # 3/min: one every 20 s
     with pytest.raises(openai.RateLimitError) as caught:  # what an OpenAI client sees
-        client.embeddings.create(model="clip", input=["a fox"])
+        client.embeddings.create(model=CLIP_ID, input=["a fox"])
     assert caught.value.status_code == 429 and caught.value.response.headers["retry-after"]
     assert isinstance(caught.value.body, dict) and caught.value.body["code"] == "rate_limited"
     # other keys keep their own budget; the probes are not counted

@@ -49,7 +49,13 @@ from ray import serve
 
 from core.voice_cost import plan_chunks
 from serve_app.app import build_app
-from tests.integration.conftest import SearchApp, VoiceApp, offline_settings, wait_until_ready
+from tests.integration.conftest import (
+    CLIP_ID,
+    SearchApp,
+    VoiceApp,
+    offline_settings,
+    wait_until_ready,
+)
 from tests.integration.test_api_keys import (
     KEY_FILE,
     LIMITED,
@@ -353,7 +359,7 @@ def over_budget(
             (422,),
             "POST",
             f"{search_app.url}/v1/embeddings",
-            json={"model": "clip", "input": ["a" * 999 + str(i % 10) for i in range(count)]},
+            json={"model": CLIP_ID, "input": ["a" * 999 + str(i % 10) for i in range(count)]},
         )
         limits[name] = "EMBEDDINGS_MAX_TOTAL_CHARS"
     return limits
@@ -641,7 +647,7 @@ def test_abuse_is_refused_fast_at_no_model_time_and_an_abandoned_request_stops(
         "POST",
         f"{search_app.url}/v1/embeddings",
         timeout=180,
-        json={"model": "clip", "input": ["a red fox"]},
+        json={"model": CLIP_ID, "input": ["a red fox"]},
     )
     new_objects = stored_objects(voice_app, search_app, keyed_app) - objects_before
 

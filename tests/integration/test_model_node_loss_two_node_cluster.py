@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import offline_settings, wait_until_ready
+from tests.integration.conftest import CLIP_ID, offline_settings, wait_until_ready
 from tests.support.cluster import ClusterProcess, ClusterSpec
 from tests.support.ports import free_port
 
@@ -81,7 +81,7 @@ def running_cluster(
         tiny_models_dir,
         tmp / "storage",
         IMAGE_SEARCH_ENABLED=True,
-        CLIP_MODEL=f"local-dir:{tiny_models_dir / 'clip'}",
+        CLIP_MODEL=f"local-dir:{tiny_models_dir / CLIP_ID}",
         CLIP_DEVICE="cpu",
         IMAGE_SEARCH_DB_PATH=str(tmp / "db" / "image_search.db"),
         IMAGE_SEARCH_DB_BACKUP_ENABLED=False,

@@ -21,7 +21,7 @@ from ray import serve
 from starlette.requests import Request
 
 from serve_app.routes.openai_compat import absolute_url
-from tests.integration.conftest import DeployedApp, SearchApp
+from tests.integration.conftest import CLIP_ID, DeployedApp, SearchApp
 
 PROMPT = "a red fox in the snow, poster art"
 
@@ -184,14 +184,14 @@ def test_embedding_of_one_string(search_app: SearchApp, clip_dim: int) -> None:
 def test_embeddings_of_a_list_keep_order_and_match_single_calls(search_app: SearchApp) -> None:
     texts = ["a red fox", "고양이", "a blue car on a bridge", "a red fox"]
     openai_client = client(search_app.url)
-    response = openai_client.embeddings.create(model="clip", input=texts, encoding_format="float")
+    response = openai_client.embeddings.create(model=CLIP_ID, input=texts, encoding_format="float")
     assert [item.index for item in response.data] == [0, 1, 2, 3]
     vectors = np.array([item.embedding for item in response.data], dtype=np.float32)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert np.allclose(vectors[0], vectors[3], atol=1e-6)
     assert not np.allclose(vectors[0], vectors[2], atol=1e-3)
     for text, vector in zip(texts[:3], vectors[:3], strict=True):
-        single = openai_client.embeddings.create(model="clip", input=text, encoding_format="float")
+        single = openai_client.embeddings.create(model=CLIP_ID, input=text, encoding_format="float")
         assert np.allclose(single.data[0].embedding, vector, atol=1e-5)
     assert response.usage.prompt_tokens == 3 + 1 + 6 + 3
 
@@ -199,10 +199,10 @@ def test_embeddings_of_a_list_keep_order_and_match_single_calls(search_app: Sear
 def test_float_and_base64_encodings_agree(search_app: SearchApp, clip_dim: int) -> None:
     texts = ["a lighthouse at night", "two dogs"]
     openai_client = client(search_app.url)
-    floats = openai_client.embeddings.create(model="clip", input=texts, encoding_format="float")
-    encoded = openai_client.embeddings.create(model="clip", input=texts, encoding_format="base64")
+    floats = openai_client.embeddings.create(model=CLIP_ID, input=texts, encoding_format="float")
+    encoded = openai_client.embeddings.create(model=CLIP_ID, input=texts, encoding_format="base64")
     # Without encoding_format the client asks for base64 itself and decodes it to floats.
-    default = openai_client.embeddings.create(model="clip", input=texts)
+    default = openai_client.embeddings.create(model=CLIP_ID, input=texts)
     for plain, packed, decoded in zip(floats.data, encoded.data, default.data, strict=True):
         assert isinstance(packed.embedding, str)
         unpacked = np.frombuffer(base64.b64decode(packed.embedding), dtype="<f4")
@@ -213,10 +213,10 @@ def test_float_and_base64_encodings_agree(search_app: SearchApp, clip_dim: int) 
 
 def test_dimensions_must_be_the_models(search_app: SearchApp, clip_dim: int) -> None:
     openai_client = client(search_app.url)
-    response = openai_client.embeddings.create(model="clip", input="cat", dimensions=clip_dim)
+    response = openai_client.embeddings.create(model=CLIP_ID, input="cat", dimensions=clip_dim)
     assert len(response.data[0].embedding) == clip_dim
     with pytest.raises(openai.UnprocessableEntityError) as caught:
-        openai_client.embeddings.create(model="clip", input="cat", dimensions=clip_dim // 2)
+        openai_client.embeddings.create(model=CLIP_ID, input="cat", dimensions=clip_dim // 2)
     assert "dimensions" in caught.value.message and str(clip_dim) in caught.value.message
     assert caught.value.body["fields"][0]["field"] == "dimensions"
 
@@ -224,7 +224,7 @@ def test_dimensions_must_be_the_models(search_app: SearchApp, clip_dim: int) -> 
 @pytest.mark.parametrize("tokens", [[1, 2, 3], [[1, 2], [3]]])
 def test_token_arrays_are_refused_with_a_clear_message(search_app: SearchApp, tokens: list) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as caught:
-        client(search_app.url).embeddings.create(model="clip", input=tokens)
+        client(search_app.url).embeddings.create(model=CLIP_ID, input=tokens)
     assert caught.value.status_code == 422
     assert "token-id arrays are not supported" in caught.value.message
     assert caught.value.body["fields"][0]["field"] == "input"
@@ -236,14 +236,14 @@ def test_token_arrays_are_refused_with_a_clear_message(search_app: SearchApp, to
 )
 def test_bad_embedding_inputs_are_422(search_app: SearchApp, texts: list, field: str) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as caught:
-        client(search_app.url).embeddings.create(model="clip", input=texts)
+        client(search_app.url).embeddings.create(model=CLIP_ID, input=texts)
     assert field in [entry["field"] for entry in caught.value.body["fields"]]
 
 
 def test_embeddings_without_the_search_module_is_503(app: DeployedApp) -> None:
     # The client retries 503 by default; once is enough here.
     with pytest.raises(openai.APIStatusError) as caught:
-        client(app.url, max_retries=0).embeddings.create(model="clip", input="cat")
+        client(app.url, max_retries=0).embeddings.create(model=CLIP_ID, input="cat")
     error = caught.value
     assert error.status_code == 503
     assert error.code == "module_disabled"
@@ -260,19 +260,19 @@ def test_models_list_and_retrieve_the_search_apps_embedder(
     openai_client = client(search_app.url)
     models = list(openai_client.models.list())
     # CLIP_MODEL=local-dir:<tmp>/clip: a local model is named by its folder, no server path.
-    assert [model.id for model in models] == ["clip"]
+    assert [model.id for model in models] == [CLIP_ID]
     (model,) = models
     assert (model.object, model.owned_by) == ("model", "common-ai-server")
     assert abs(model.created - time.time()) < 24 * 3600
     assert model.model_extra["module"] == "image_search"
     assert model.model_extra["endpoints"] == ["/v1/embeddings"]
     assert model.model_extra["dimensions"] == clip_dim
-    retrieved = openai_client.models.retrieve("clip")
-    assert (retrieved.id, retrieved.created) == ("clip", model.created)
+    retrieved = openai_client.models.retrieve(CLIP_ID)
+    assert (retrieved.id, retrieved.created) == (CLIP_ID, model.created)
     # Without a `model`, /v1/embeddings answers with the listed id.
     response = httpx.post(f"{search_app.url}/v1/embeddings", json={"input": "cat"}, timeout=60)
     assert response.status_code == 200, response.text
-    assert response.json()["model"] == "clip"
+    assert response.json()["model"] == CLIP_ID
 
 
 def test_models_list_the_image_apps_generator_only(app: DeployedApp) -> None:
@@ -295,7 +295,7 @@ def test_an_unknown_model_is_404_in_the_error_shape(search_app: SearchApp, model
     assert error.code == "model_not_found"
     assert model_id in error.message
     assert error.body["model"] == model_id
-    assert error.body["available"] == ["clip"]
+    assert error.body["available"] == [CLIP_ID]
     raw = httpx.get(f"{search_app.url}/v1/models/{model_id}", timeout=30)
     assert raw.status_code == 404 and raw.json()["error"]["code"] == "model_not_found"
 
@@ -322,7 +322,7 @@ def test_image_embeddings_are_the_vectors_search_by_image_uses(search_app: Searc
     first, second = pattern_png(1), pattern_png(2)
     openai_client = client(search_app.url)
     response = openai_client.embeddings.create(
-        model="clip", input=[data_url(first), data_url(second)], encoding_format="float"
+        model=CLIP_ID, input=[data_url(first), data_url(second)], encoding_format="float"
     )
     assert [item.index for item in response.data] == [0, 1]
     vectors = floats(response)
@@ -351,7 +351,7 @@ def test_image_embeddings_are_the_vectors_search_by_image_uses(search_app: Searc
     assert scores[ids[1]] == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-4)
     query = "a red fox in the snow"
     text = floats(
-        openai_client.embeddings.create(model="clip", input=query, encoding_format="float")
+        openai_client.embeddings.create(model=CLIP_ID, input=query, encoding_format="float")
     )
     by_text = httpx.post(
         f"{search_app.url}/v1/projects/{pid}/images/search",
@@ -368,7 +368,7 @@ def test_mixed_texts_and_images_keep_their_order(search_app: SearchApp) -> None:
     first, second = pattern_png(3), pattern_png(4)
     openai_client = client(search_app.url)
     mixed = openai_client.embeddings.create(
-        model="clip",
+        model=CLIP_ID,
         input=[
             "a red fox",
             data_url(first),
@@ -381,12 +381,12 @@ def test_mixed_texts_and_images_keep_their_order(search_app: SearchApp) -> None:
     got = floats(mixed)
     texts = floats(
         openai_client.embeddings.create(
-            model="clip", input=["a red fox", "two dogs on a bridge"], encoding_format="float"
+            model=CLIP_ID, input=["a red fox", "two dogs on a bridge"], encoding_format="float"
         )
     )
     images = floats(
         openai_client.embeddings.create(
-            model="clip", input=[data_url(second), data_url(first)], encoding_format="float"
+            model=CLIP_ID, input=[data_url(second), data_url(first)], encoding_format="float"
         )
     )
     assert np.allclose(got, np.stack([texts[0], images[1], images[0], texts[1]]), atol=1e-5)
@@ -419,7 +419,7 @@ def bomb_png() -> bytes:
 def test_a_bad_image_gets_its_status(search_app: SearchApp, item, status: int, words: str) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         client(search_app.url, max_retries=0).embeddings.create(
-            model="clip", input=["a text first", item()], encoding_format="float"
+            model=CLIP_ID, input=["a text first", item()], encoding_format="float"
         )
     error = caught.value
     assert error.status_code == status
@@ -430,7 +430,7 @@ def test_a_bad_image_gets_its_status(search_app: SearchApp, item, status: int, w
 def test_more_images_than_a_batch_upload_is_over_budget(search_app: SearchApp) -> None:
     images = [data_url(pattern_png(10 + i, side=8)) for i in range(9)]  # MAX_BATCH_FILES=8
     with pytest.raises(openai.UnprocessableEntityError) as caught:
-        client(search_app.url).embeddings.create(model="clip", input=images)
+        client(search_app.url).embeddings.create(model=CLIP_ID, input=images)
     assert caught.value.code == "over_budget"
     assert caught.value.body["limit"] == "IMAGE_SEARCH_MAX_BATCH_FILES"
 

@@ -275,11 +275,15 @@ def test_every_stand_in_loads_through_the_production_loaders(hf_home: Path, tmp_
     assert (image["model"], image["source"]) == ("stabilityai/sd-turbo", "hub")
     assert image["scheduler"] == "EulerDiscreteScheduler" and image["tokenizer_vocab"] == 49408
     assert (clip["model"], clip["pretrained"], clip["dim"]) == (
-        "ViT-B-32",
-        "laion2b_s34b_b79k",
+        "xlm-roberta-base-ViT-B-32",
+        "laion5b_s13b_b90k",
         "512",
     )
-    assert clip["parameters"] == 151_277_313  # open_clip's ViT-B-32
+    # open_clip's ViT-B-32 image tower (87,849,216), logit_scale (1) and the tiny XLM-R text
+    # tower of the xlm-roberta-base stand-in with its projection (556,352, for its 11,711-token
+    # vocabulary: serve_app/tiny/clip_multilingual.py; a changed corpus changes this)
+    assert clip["parameters"] == 88_405_569
+    assert clip["text_vectors"] == [2, 512]
     assert voice["checkpoint_source"] == voice["vocoder_source"] == voice["asr_source"] == "hub"
     assert voice["asr_loaded"] == "true" and voice["duration_s"] > 0
     assert voice["parameters"] == 337_096_804  # F5TTS_v1_Base for f5-tts's vocabulary

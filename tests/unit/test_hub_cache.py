@@ -30,7 +30,9 @@ def test_the_stand_ins_are_the_default_model_ids() -> None:
     repos = {name: repo.repo_id for name, repo in hub_cache.stand_ins().items()}
     assert repos == {
         "sd-turbo": defaults.IMAGE_MODEL,
-        "clip": "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",  # open_clip's laion2b_s34b_b79k
+        # open_clip's laion5b_s13b_b90k weights, and its HF text tower's config and tokenizer
+        "clip": "laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k",
+        "clip-text": "xlm-roberta-base",
         "f5tts": "SWivid/F5-TTS",
         "vocos": defaults.VOICE_VOCODER,
         "whisper": defaults.VOICE_ASR_MODEL,
