@@ -56,9 +56,17 @@ class ImagePage(BaseModel):
     next_cursor: str | None = None
 
 
+# What `VectorIndex.duplicates` accepts and lists (the HTTP route uses the same bounds).
+# Below the minimum, CLIP joins photos of the same subject, not copies, and groups grow into
+# most of a project.
+DUPLICATES_DEFAULT_THRESHOLD = 0.95
+DUPLICATES_MIN_THRESHOLD = 0.8
+DUPLICATES_MAX_GROUP_IMAGES = 100  # images listed per group in a page (`size` counts all)
+
+
 class DuplicateGroup(BaseModel):
     """Near-identical images: the oldest first, then by `score` (cosine to that first image,
-    1.0 for itself), at most `MAX_GROUP_IMAGES` of them; `size` counts the whole group."""
+    1.0 for itself), at most `DUPLICATES_MAX_GROUP_IMAGES` of them; `size` counts them all."""
 
     model_config = ConfigDict(frozen=True)
 

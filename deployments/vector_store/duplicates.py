@@ -37,6 +37,11 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import InvalidInput
+from core.records import (
+    DUPLICATES_DEFAULT_THRESHOLD,
+    DUPLICATES_MAX_GROUP_IMAGES,
+    DUPLICATES_MIN_THRESHOLD,
+)
 from deployments.vector_store.hnsw_index import ProjectIndex
 
 __all__ = [
@@ -58,17 +63,15 @@ __all__ = [
     "scan_groups",
 ]
 
-DEFAULT_THRESHOLD = 0.95
-# Below this, CLIP joins photos of the same subject, not copies, and components grow into
-# most of a project.
-MIN_THRESHOLD = 0.8
+DEFAULT_THRESHOLD = DUPLICATES_DEFAULT_THRESHOLD
+MIN_THRESHOLD = DUPLICATES_MIN_THRESHOLD
+MAX_GROUP_IMAGES = DUPLICATES_MAX_GROUP_IMAGES
 DEFAULT_NEIGHBOURS = 16  # k: an image with more copies than k still joins through them
 MAX_NEIGHBOURS = 64
 # hnswlib's ef for the scan. Near-duplicates are an image's very nearest neighbours, which a
 # small ef finds; the benchmark (`python -m bench.duplicates`) measures what it misses.
 SCAN_EF = 32
 SCAN_THREADS = max(1, min(8, os.cpu_count() or 1))
-MAX_GROUP_IMAGES = 100  # images listed per group in a page (`size` counts them all)
 SCANS_KEPT = 8  # scans kept for paging (each holds only the grouped images' labels)
 
 Rows = npt.NDArray[np.int64]

@@ -91,7 +91,9 @@ def test_missing_neighbours_are_ignored() -> None:
     neighbours = np.array([[0, -1], [1, -1], [2, -1]], dtype=np.int64)
     scores = np.array([[1, -np.inf], [1, -np.inf], [1, -np.inf]], dtype=np.float32)
     assert dup.group_rows(vectors, neighbours, scores, 0.8) == []
-    assert dup.group_rows(np.empty((0, 4), np.float32), np.empty((0, 2), np.int64), scores, 0.9) == []
+    assert (
+        dup.group_rows(np.empty((0, 4), np.float32), np.empty((0, 2), np.int64), scores, 0.9) == []
+    )
 
 
 def test_order_is_size_then_oldest_and_does_not_depend_on_input_order_of_edges() -> None:
