@@ -433,9 +433,10 @@ class VectorCatalog:
         range. An unknown or empty project gives an empty page.
 
         Under the lock a scan only copies the project's hnswlib index and its live labels
-        (a fraction of a second at 50k images); the k-NN queries (several threads, on the
-        copy) and the grouping run outside it, so searches and writes go on. One scan runs
-        at a time; a caller waiting for the same one then finds it kept.
+        (a fraction of a second at 50k images); reading their vectors, the k-NN queries
+        (several threads, on the copy) and the grouping run outside it, so searches and
+        writes go on. One scan runs at a time; a caller waiting for the same one then finds
+        it kept.
         """
         if not dup.MIN_THRESHOLD <= threshold <= 1.0:
             raise InvalidInput(
@@ -521,13 +522,28 @@ class VectorCatalog:
                     labels = np.fromiter(found.scalars(), dtype=np.int64)
                     copy = state.snapshot()
             locked = time.perf_counter() - started
-            groups = dup.scan_groups(copy, labels, threshold, k) if copy is not None else ()
+            groups: tuple[dup.Group, ...] = ()
+            scanned = state.live if state is not None else 0
+            if copy is not None:
+                # A label's vector never changes: read them without the lock (a WAL reader
+                # does not wait for the writer, and unlike hnswlib's get_items it lets other
+                # threads run); an image deleted since the copy drops out.
+                with self._engine.connect() as conn:
+                    rows = conn.execute(q.LIVE_VECTORS, {"project_id": project_id}).all()
+                stored = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                blob = b"".join(r[1] for r in rows)
+                del rows  # the scan below runs for seconds: drop each copy once used
+                matrix = np.frombuffer(blob, dtype=np.float32).reshape(len(stored), self.dim)
+                labels, vectors = dup.aligned(labels, stored, matrix)
+                del blob, matrix
+                scanned = len(labels)
+                groups = dup.scan_groups(copy, labels, vectors, threshold, k)
             scan = dup.DuplicateScan(
                 project_id=project_id,
                 generation=current,
                 threshold=threshold,
                 k=k,
-                scanned=len(labels) if copy is not None else (state.live if state else 0),
+                scanned=scanned,
                 groups=groups,
                 seconds=time.perf_counter() - started,
                 locked_seconds=locked,

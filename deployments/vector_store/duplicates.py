@@ -10,7 +10,8 @@ Everything here is plain numpy over positions: row `i` of a scan is the `i`-th o
 image of the project (created_at, then id), so "oldest" is "smallest position" and the
 result does not depend on hnswlib's labels or on the order threads finished in.
 
-- `group_rows`: the groups of one scan from the neighbour arrays, in their fixed order.
+- `group_rows`: the groups of one scan from the neighbour arrays, in their fixed order;
+  `components` the connected components under it (also the exact baseline's, in `bench`).
 - `rows_of_labels`: hnswlib labels -> positions (-1 for a label the scan does not hold).
 - `DuplicateScan` / `ScanCache`: one scan's groups, and the few kept for paging (an LRU keyed
   by project, generation, threshold and k: every change of a project bumps its generation,
@@ -55,6 +56,8 @@ __all__ = [
     "DuplicateScan",
     "Group",
     "ScanCache",
+    "aligned",
+    "components",
     "decode_cursor",
     "encode_cursor",
     "fingerprint",
@@ -114,7 +117,7 @@ def rows_of_labels(labels: npt.NDArray[np.int64], found: npt.ArrayLike) -> Rows:
     return np.where(hit, order[at], -1).astype(np.int64)
 
 
-def _components(n: int, src: Rows, dst: Rows) -> Rows:
+def components(n: int, src: Rows, dst: Rows) -> Rows:
     """For each of n nodes, the smallest node of its connected component (edges src-dst).
 
     Vectorised union-find: hook each edge's larger root under the smaller, then jump
@@ -158,7 +161,7 @@ def group_rows(
     src, dst = rows[edge], neighbours[edge]
     if len(src) == 0:
         return []
-    root = _components(n, src, dst)
+    root = components(n, src, dst)
     in_edge = np.zeros(n, dtype=bool)
     in_edge[src] = True
     in_edge[dst] = True
@@ -177,20 +180,34 @@ def group_rows(
     return groups
 
 
+def aligned(
+    labels: npt.NDArray[np.int64],
+    stored_labels: npt.NDArray[np.int64],
+    stored_vectors: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """`labels` (in their order) with their vectors taken from `stored_*`; a label absent
+    there (its image was deleted in between) is left out."""
+    at = rows_of_labels(stored_labels, labels)
+    keep = at >= 0
+    return labels[keep], np.ascontiguousarray(stored_vectors[at[keep]])
+
+
 def scan_groups(
     index: ProjectIndex,
     labels: npt.NDArray[np.int64],
+    vectors: npt.NDArray[np.float32],
     threshold: float,
     k: int,
     *,
     ef: int = SCAN_EF,
     threads: int = SCAN_THREADS,
 ) -> tuple[Group, ...]:
-    """The duplicate groups among `labels` (the live labels, oldest first) of `index`, which
-    must be a private copy (`ProjectIndex.snapshot`): it is queried with `threads` threads."""
+    """The duplicate groups among `labels` (live labels, oldest first; `vectors` theirs) of
+    `index`, which must be a private copy (`ProjectIndex.snapshot`): it is queried with
+    `threads` threads, the GIL released. A label the copy holds but `labels` lacks is no
+    image of any group."""
     if len(labels) < 2:
         return ()
-    vectors = index.vectors(labels)
     found, scores = index.knn_many(vectors, min(k + 1, len(labels)), threads, ef=ef)
     neighbours = rows_of_labels(labels, found)  # k + 1: an image is its own first hit
     return tuple(

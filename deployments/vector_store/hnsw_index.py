@@ -193,13 +193,6 @@ class ProjectIndex:
             generation=self.generation,
         )
 
-    def vectors(self, labels: Labels) -> Vectors:
-        """The stored (unit) vectors of `labels`, (n, D) float32."""
-        if len(labels) == 0:
-            return np.empty((0, int(self.index.dim)), dtype=np.float32)
-        found = self.index.get_items(labels, return_type="numpy")
-        return np.ascontiguousarray(found, dtype=np.float32)
-
     def knn_many(
         self,
         vectors: Vectors,

@@ -142,7 +142,7 @@ def test_components_match_a_reference_on_random_graphs() -> None:
         m = rng.integers(0, 3 * n + 1)
         src = rng.integers(0, n, m).astype(np.int64)
         dst = rng.integers(0, n, m).astype(np.int64)
-        root = dup._components(n, src, dst)
+        root = dup.components(n, src, dst)
         reference = list(range(n))  # plain union-find
 
         def find(x: int, parents: list[int] = reference) -> int:
@@ -173,15 +173,24 @@ def test_scan_groups_on_an_hnswlib_copy_skips_deleted_labels() -> None:
     labels = np.arange(100, 100 + len(vectors), dtype=np.int64)
     index = ProjectIndex.build(params, labels, vectors, 1000, int(labels.max()))
     copy = index.snapshot()
-    groups = dup.scan_groups(copy, labels, 0.95, 4, threads=2)
+    groups = dup.scan_groups(copy, labels, vectors, 0.95, 4, threads=2)
     assert [g.labels for g in groups] == [(104, 120), (109, 121)]
     assert groups[0].scores == pytest.approx((1.0, 0.99), abs=1e-4)
     # A label deleted in the live index before the copy is neither a query nor a neighbour.
     index.mark_deleted([120])
-    again = dup.scan_groups(index.snapshot(), labels[labels != 120], 0.95, 4, threads=2)
+    live = labels != 120
+    again = dup.scan_groups(index.snapshot(), labels[live], vectors[live], 0.95, 4, threads=2)
     assert [g.labels for g in again] == [(109, 121)]
     # The first copy is private: it still holds 120.
-    assert 120 in dup.scan_groups(copy, labels, 0.95, 4)[0].labels
+    assert 120 in dup.scan_groups(copy, labels, vectors, 0.95, 4)[0].labels
+
+
+def test_aligned_keeps_the_order_of_labels_and_drops_the_missing() -> None:
+    stored = np.array([5, 9, 2], dtype=np.int64)  # what SQLite still holds, any order
+    matrix = np.arange(6, dtype=np.float32).reshape(3, 2)
+    labels, vectors = dup.aligned(np.array([2, 7, 5], dtype=np.int64), stored, matrix)
+    assert labels.tolist() == [2, 5]  # 7 was deleted in between
+    assert vectors.tolist() == [[4, 5], [0, 1]]
 
 
 def test_cursor_round_trip_and_refusals() -> None:
