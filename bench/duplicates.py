@@ -224,7 +224,7 @@ def run_one(
 def markdown(r: dict[str, Any]) -> str:
     rows = [
         [
-            f"scan (hnswlib k={r['k']}, ef={r['ef']}, {r['threads']} threads)",
+            f"scan (hnswlib k={r['k']}, ef={max(r['ef'], r['k'] + 1)}, {r['threads']} threads)",
             fmt(r["scan_s"], 1),
             r["scan"]["groups"],
             f"{r['scan']['planted_recall']:.4f}",
