@@ -4,8 +4,9 @@
     python -m bench --index-sizes 50000   # the 200k index alone takes tens of minutes here
     python -m bench --quick               # shorter runs, smaller index, fewer starts
     python -m bench --only serving,mixed  # some of: coldstart, index, serving, embedding, mixed,
-                                          # search, models (by default only where CUDA is
-                                          # available)
+                                          # search, duplicates, models (by default only where
+                                          # CUDA is available)
+    python -m bench.duplicates            # one benchmark alone, printed (also bench.index_bench)
     python -m bench --only models --device cuda --compile   # real-sized models on a GPU
 
 Tiny models are built into a temporary directory (or `--models DIR`); apps are deployed on
@@ -29,7 +30,16 @@ from bench.context import Context, Section
 from bench.env import REPO, prepare_environment
 from bench.machine import git_revision, machine_info
 
-BENCHMARKS = ("coldstart", "index", "serving", "embedding", "mixed", "search", "models")
+BENCHMARKS = (
+    "coldstart",
+    "index",
+    "serving",
+    "embedding",
+    "mixed",
+    "search",
+    "duplicates",
+    "models",
+)
 # Run by default only where CUDA is available (real-sized models are slow on a small CPU).
 CUDA_DEFAULT_ONLY = ("models",)
 
@@ -216,6 +226,10 @@ def _run_one(name: str, ctx: Context, args: argparse.Namespace) -> Section:
         from bench import search_load
 
         return search_load.run(ctx)
+    if name == "duplicates":
+        from bench import duplicates
+
+        return duplicates.run(ctx)
     raise ValueError(f"unknown benchmark {name!r}")
 
 

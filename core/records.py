@@ -82,6 +82,42 @@ class ImagePage(BaseModel):
     next_cursor: str | None = None
 
 
+# What `VectorIndex.duplicates` accepts and lists (the HTTP route uses the same bounds).
+# Below the minimum, CLIP joins photos of the same subject, not copies, and groups grow into
+# most of a project.
+DUPLICATES_DEFAULT_THRESHOLD = 0.95
+DUPLICATES_MIN_THRESHOLD = 0.8
+DUPLICATES_MAX_GROUP_IMAGES = 100  # images listed per group in a page (`size` counts all)
+
+
+class DuplicateGroup(BaseModel):
+    """Near-identical images: the oldest first, then by `score` (cosine to that first image,
+    1.0 for itself), at most `DUPLICATES_MAX_GROUP_IMAGES` of them; `size` counts them all."""
+
+    model_config = ConfigDict(frozen=True)
+
+    size: int
+    members: list[SearchHit]
+
+
+class DuplicatePage(BaseModel):
+    """One page of a project's duplicate groups (largest first, then oldest first image).
+
+    `total` counts the groups of the scan the page comes from, which saw `scanned` live
+    images at the project's `generation`; pass `next_cursor` back for the next page.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    groups: list[DuplicateGroup]
+    total: int
+    threshold: float
+    neighbours: int
+    scanned: int
+    generation: int
+    next_cursor: str | None = None
+
+
 class NewImage(BaseModel):
     """What `VectorCatalog.add` takes: the image's metadata and its CLIP vector, shape (D,)."""
 

@@ -45,6 +45,11 @@ VECTOR_INDEX = "VectorIndex"  (module: image_search; exactly one replica, the ca
         Several searches in one call; None for a project that does not exist.
     similar(project_id: str, image_id: str, limit: int) -> list[SearchHit] | None
         The images closest to a stored one, itself excluded (None: no such live image).
+    duplicates(project_id: str, threshold: float, limit: int, cursor: str | None = None)
+        -> DuplicatePage
+        Groups of near-identical images (cosine >= threshold, 0.8-1), largest first, each
+        the oldest image first with every image's score against it; pass ``next_cursor``
+        back for the next page. The first page scans the project (seconds at 50k images).
     get(project_id: str, image_id: str) -> ImageRecord | None
     list(project_id: str, limit: int, cursor: str | None = None) -> ImagePage  (newest first)
     project_exists(project_id: str) -> bool
@@ -97,7 +102,15 @@ from core.errors import (
     UnsupportedMediaType,
     find_api_error,
 )
-from core.records import ImagePage, ImageRecord, NewImage, SearchHit, SearchQuery
+from core.records import (
+    DuplicateGroup,
+    DuplicatePage,
+    ImagePage,
+    ImageRecord,
+    NewImage,
+    SearchHit,
+    SearchQuery,
+)
 from core.types import (
     GeneratedImage,
     ImageParams,
@@ -116,6 +129,8 @@ __all__ = [
     "VECTOR_INDEX",
     "VOICE_CLONER",
     "ApiError",
+    "DuplicateGroup",
+    "DuplicatePage",
     "GeneratedImage",
     "ImagePage",
     "ImageParams",

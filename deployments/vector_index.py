@@ -29,7 +29,14 @@ from ray import serve
 from core.errors import ApiError
 from core.image_keys import image_key_problem
 from core.metrics import index_images
-from core.records import ImagePage, ImageRecord, NewImage, SearchHit, SearchQuery
+from core.records import (
+    DuplicatePage,
+    ImagePage,
+    ImageRecord,
+    NewImage,
+    SearchHit,
+    SearchQuery,
+)
 from core.storage import make_object_store
 from deployments.configs import VectorIndexConfig
 from deployments.vector_store import BackupManager, VectorCatalog
@@ -173,6 +180,14 @@ class VectorIndex:
     ) -> builtins.list[SearchHit] | None:
         """The `limit` images closest to a stored image, itself excluded; None when unknown."""
         return self._catalog.similar(project_id, image_id, limit)
+
+    def duplicates(
+        self, project_id: str, threshold: float, limit: int, cursor: str | None = None
+    ) -> DuplicatePage:
+        """A page of the project's groups of near-identical images (cosine >= `threshold`),
+        largest first; the first page scans the project (seconds at 50k images, on the
+        Serve thread pool, searches going on meanwhile), the pages after it reuse that scan."""
+        return self._catalog.duplicates(project_id, threshold, limit, cursor)
 
     def stats(self) -> dict[str, int]:
         """Live images per project."""

@@ -18,10 +18,16 @@ import numpy as np
 
 from core.errors import ApiError, NotFound
 from core.image_keys import image_key_problem, image_object_key
-from core.records import ImageRecord, NewImage, SearchHit, SearchQuery
+from core.records import DuplicatePage, ImageRecord, NewImage, SearchHit, SearchQuery
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import IMAGE_CATALOG, IMAGE_SEARCH
-from serve_app.schemas import ImageOut, SearchResult
+from serve_app.schemas import (
+    DuplicateGroupOut,
+    DuplicateImage,
+    DuplicatesResponse,
+    ImageOut,
+    SearchResult,
+)
 from serve_app.services import Services
 from serve_app.uploads import CheckedImage
 
@@ -171,6 +177,37 @@ async def similar_images(
     if hits is None:
         raise image_not_found(project_id, image_id)
     return hits
+
+
+async def duplicate_groups(
+    services: Services, project_id: str, threshold: float, limit: int, cursor: str | None
+) -> DuplicatesResponse:
+    """A page of the project's near-duplicate groups (`VectorIndex.duplicates`); 404 for an
+    unknown project. Needs only the index, not the CLIP model."""
+    await require_project(services, project_id)
+    page: DuplicatePage = await await_deployment(
+        services.vector_index.duplicates.remote(project_id, threshold, limit, cursor),
+        what="the image index",
+        timeout_s=services.config.request_timeout_s,
+    )
+    return DuplicatesResponse(
+        project_id=project_id,
+        threshold=page.threshold,
+        neighbours=page.neighbours,
+        total_groups=page.total,
+        scanned=page.scanned,
+        groups=[
+            DuplicateGroupOut(
+                size=group.size,
+                images=[
+                    DuplicateImage(**image_out(hit.record).model_dump(), score=hit.score)
+                    for hit in group.members
+                ],
+            )
+            for group in page.groups
+        ],
+        next_cursor=page.next_cursor,
+    )
 
 
 def image_not_found(project_id: str, image_id: str) -> NotFound:

@@ -213,6 +213,33 @@ class SearchResponse(BaseModel):
     )
 
 
+class DuplicateImage(ImageOut):
+    """An image of a duplicate group: the listing's fields plus its score."""
+
+    score: float = Field(
+        description="Cosine similarity to the group's first (oldest) image; 1 for that one"
+    )
+
+
+class DuplicateGroupOut(BaseModel):
+    size: int = Field(description="Images in the group (at most 100 are listed)")
+    images: list[DuplicateImage] = Field(
+        description="The oldest first, then by score (highest first)"
+    )
+
+
+class DuplicatesResponse(BaseModel):
+    project_id: str
+    threshold: float = Field(description="The cosine an image had to reach to join a group")
+    neighbours: int = Field(description="Nearest neighbours of each image looked at")
+    total_groups: int = Field(description="Groups in the whole scan, over every page")
+    scanned: int = Field(description="Live images the scan looked at")
+    groups: list[DuplicateGroupOut] = Field(description="Largest first, then oldest first image")
+    next_cursor: str | None = Field(
+        default=None, description="Pass as ?cursor= (with the same threshold) for the next page"
+    )
+
+
 class DeleteResponse(BaseModel):
     project_id: str
     id: str

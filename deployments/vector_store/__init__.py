@@ -6,6 +6,7 @@ Plain Python, no Ray: the `VectorIndex` deployment wraps `VectorCatalog` and `Ba
 - `hnsw_index`: one project's hnswlib index and the vectors it accepts.
 - `queries`: the SQLite engine, prebuilt statements, rows into records, the listing cursor.
 - `index_files`: saved index files beside the database (paths, durable writes, checksums).
+- `duplicates`: near-duplicate groups (pure numpy), the scans kept for paging, their cursor.
 - `models`: the SQLite tables. `backup`: snapshots to object storage and restoring them.
 """
 

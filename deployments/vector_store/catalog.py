@@ -48,7 +48,16 @@ from sqlmodel import Session, col, select
 
 from core import defaults
 from core.errors import Conflict, EmbeddingSpaceChanged, InvalidInput, ServiceUnavailable
-from core.records import EmbeddingSpace, ImagePage, ImageRecord, NewImage, SearchHit
+from core.records import (
+    DuplicateGroup,
+    DuplicatePage,
+    EmbeddingSpace,
+    ImagePage,
+    ImageRecord,
+    NewImage,
+    SearchHit,
+)
+from deployments.vector_store import duplicates as dup
 from deployments.vector_store import queries as q
 from deployments.vector_store import spaces
 from deployments.vector_store.hnsw_index import (
@@ -122,6 +131,7 @@ class VectorCatalog:
         # image id -> time.monotonic() of its begin_delete in this process (tombstones only)
         self._tombstoned_at: dict[str, float] = {}
         self._opened_at = time.monotonic()
+        self._duplicate_scans = dup.ScanCache()  # kept for paging, see `duplicates`
 
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.upgrade_report: UpgradeReport = upgrade(
@@ -454,6 +464,157 @@ class VectorCatalog:
         vector = np.frombuffer(row.vector, dtype=np.float32)
         hits = self.search(project_id, vector, limit + 1)
         return [hit for hit in hits if hit.record.id != image_id][:limit]
+
+    def duplicates(
+        self,
+        project_id: str,
+        threshold: float = dup.DEFAULT_THRESHOLD,
+        limit: int = 20,
+        cursor: str | None = None,
+        k: int = dup.DEFAULT_NEIGHBOURS,
+    ) -> DuplicatePage:
+        """One page of the project's groups of near-identical live images: connected
+        components of "cosine >= `threshold`" over each image's `k` nearest neighbours
+        (`duplicates`), largest group first, then oldest first image; `limit` groups a page.
+
+        A first page (no `cursor`) comes from a scan of the project as it is now; each scan
+        (per generation, threshold and k) is kept, a few at a time, for the pages after it.
+        A `cursor` continues its own scan even if the project changed since: images deleted
+        since are left out (a group left with fewer than two is skipped; `size` still counts
+        the scan's), images added since are not in it. `Conflict` when the project changed
+        and that scan is no longer kept (start again without a cursor); `InvalidInput` for a
+        malformed cursor, one from another project, threshold or k, or a parameter out of
+        range. An unknown or empty project gives an empty page.
+
+        Under the lock a scan only copies the project's hnswlib index and its live labels
+        (a fraction of a second at 50k images); reading their vectors, the k-NN queries
+        (several threads, on the copy) and the grouping run outside it, so searches and
+        writes go on. One scan runs at a time; a caller waiting for the same one then finds
+        it kept.
+        """
+        if not dup.MIN_THRESHOLD <= threshold <= 1.0:
+            raise InvalidInput(
+                f"threshold must be between {dup.MIN_THRESHOLD} and 1", threshold=threshold
+            )
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1", limit=limit)
+        if not 1 <= k <= dup.MAX_NEIGHBOURS:
+            raise InvalidInput(f"k must be between 1 and {dup.MAX_NEIGHBOURS}", k=k)
+        owner = dup.fingerprint(project_id, threshold, k)
+        at, offset = dup.decode_cursor(cursor, owner) if cursor else (None, 0)
+        scan = self._duplicate_scan(project_id, threshold, k, at)
+        page = scan.groups[offset : offset + limit]
+        shown = [
+            builtins.list(zip(g.labels, g.scores, strict=True))[: dup.MAX_GROUP_IMAGES]
+            for g in page
+        ]
+        labels = sorted({label for members in shown for label, _score in members})
+        with self._reader() as conn:  # live rows only: an image deleted since is left out
+            rows = (
+                conn.execute(q.BY_LABELS, {"project_id": project_id, "labels": labels}).all()
+                if labels
+                else []
+            )
+        records = {row.label: q.record_from_row(row) for row in rows}
+        groups: builtins.list[DuplicateGroup] = []
+        for group, members in zip(page, shown, strict=True):
+            hits = [
+                SearchHit.model_construct(record=records[label], score=score)
+                for label, score in members
+                if label in records
+            ]
+            if len(hits) >= 2:
+                groups.append(DuplicateGroup.model_construct(size=len(group.labels), members=hits))
+        more = offset + limit < len(scan.groups)
+        return DuplicatePage(
+            groups=groups,
+            total=len(scan.groups),
+            threshold=threshold,
+            neighbours=k,
+            scanned=scan.scanned,
+            generation=scan.generation,
+            next_cursor=dup.encode_cursor(scan.generation, offset + limit, owner) if more else None,
+        )
+
+    def _duplicate_scan(
+        self, project_id: str, threshold: float, k: int, generation: int | None
+    ) -> dup.DuplicateScan:
+        """The kept scan at `generation` (None: the project's current one), else a new scan
+        of the project as it is now; `Conflict` for a past generation no longer kept."""
+        scans = self._duplicate_scans
+
+        def kept() -> dup.DuplicateScan | None:  # under the lock
+            state = self._indexes.get(project_id)
+            current = state.generation if state is not None else 0
+            scan = scans.get(
+                project_id, current if generation is None else generation, threshold, k
+            )
+            if scan is None and generation is not None and generation != current:
+                raise Conflict(
+                    "the project changed since this cursor was issued and its duplicates scan "
+                    "is no longer kept: start again without a cursor",
+                    project_id=project_id,
+                )
+            return scan
+
+        with self._reader():
+            scan = kept()
+        if scan is not None:
+            return scan
+        with scans.scanning:
+            started = time.perf_counter()
+            with self._reader() as conn:
+                scan = kept()
+                if scan is not None:
+                    return scan
+                state = self._indexes.get(project_id)
+                current = state.generation if state is not None else 0
+                copy: ProjectIndex | None = None
+                labels = np.empty(0, dtype=np.int64)
+                if state is not None and state.live > 1:
+                    found = conn.execute(q.LIVE_LABELS_OLDEST_FIRST, {"project_id": project_id})
+                    labels = np.fromiter(found.scalars(), dtype=np.int64)
+                    copy = state.snapshot()
+            locked = time.perf_counter() - started
+            groups: tuple[dup.Group, ...] = ()
+            scanned = state.live if state is not None else 0
+            if copy is not None:
+                # A label's vector never changes: read them without the lock (a WAL reader
+                # does not wait for the writer, and unlike hnswlib's get_items it lets other
+                # threads run); an image deleted since the copy drops out.
+                with self._engine.connect() as conn:
+                    rows = conn.execute(q.LIVE_VECTORS, {"project_id": project_id}).all()
+                stored = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                blob = b"".join(r[1] for r in rows)
+                del rows  # the scan below runs for seconds: drop each copy once used
+                matrix = np.frombuffer(blob, dtype=np.float32).reshape(len(stored), self.dim)
+                labels, vectors = dup.aligned(labels, stored, matrix)
+                del blob, matrix
+                scanned = len(labels)
+                groups = dup.scan_groups(copy, labels, vectors, threshold, k)
+            scan = dup.DuplicateScan(
+                project_id=project_id,
+                generation=current,
+                threshold=threshold,
+                k=k,
+                scanned=scanned,
+                groups=groups,
+                seconds=time.perf_counter() - started,
+                locked_seconds=locked,
+            )
+            scans.put(scan)
+            if copy is not None:
+                log.info(
+                    "duplicates scan of project %s: %d images, %d groups at cosine >= %s "
+                    "in %.2f s (lock held %.3f s)",
+                    project_id,
+                    scan.scanned,
+                    len(groups),
+                    threshold,
+                    scan.seconds,
+                    locked,
+                )
+            return scan
 
     def pending_deletes(self, older_than_s: float = 0.0) -> builtins.list[ImageRecord]:
         """Tombstoned images of all projects, oldest image first, whose delete began at least

@@ -19,6 +19,7 @@ so the catalog calls all of this under its lock.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,6 +180,53 @@ class ProjectIndex:
                     break
                 k = max(1, k // 2)
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+
+    # --- whole-project scans -------------------------------------------------------------
+
+    def snapshot(self) -> ProjectIndex:
+        """A private copy (vectors, graph and deleted marks, through hnswlib's pickling) that
+        can be searched with many threads, outside the catalog's lock, while this one changes."""
+        return ProjectIndex(
+            index=copy.deepcopy(self.index),
+            next_label=self.next_label,
+            live=self.live,
+            generation=self.generation,
+        )
+
+    def knn_many(
+        self,
+        vectors: Vectors,
+        k: int,
+        num_threads: int,
+        ef: int | None = None,
+        chunk: int = 4096,
+    ) -> tuple[Labels, Vectors]:
+        """The `k` nearest labels of each row of `vectors` (n, D) and their inner products,
+        best first, padded with label -1 and score -inf where fewer were found.
+
+        `ef` (when given) becomes this index's search depth. One batch query per `chunk`
+        rows over `num_threads` threads; a chunk hnswlib cannot
+        fill (a graph fragmented by deletions) falls back to `knn` row by row. Only on an
+        index nobody else is changing (a `snapshot`): a batch query is not safe alongside
+        `add_items` or `resize_index`.
+        """
+        if ef is not None:
+            self.index.set_ef(max(ef, k))
+        n = len(vectors)
+        labels = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        for start in range(0, n, chunk):
+            part = vectors[start : start + chunk]
+            try:
+                found, distances = self.index.knn_query(part, k=k, num_threads=num_threads)
+                labels[start : start + len(part)] = found.astype(np.int64)
+                scores[start : start + len(part)] = 1.0 - distances
+            except RuntimeError:
+                for offset, vector in enumerate(part):
+                    row_labels, row_scores = self.knn(vector, k)
+                    labels[start + offset, : len(row_labels)] = row_labels.astype(np.int64)
+                    scores[start + offset, : len(row_scores)] = row_scores
+        return labels, scores
 
 
 def unit_vector(vector: Any, dim: int) -> Vectors:

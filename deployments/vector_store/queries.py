@@ -65,6 +65,7 @@ __all__ = [
     "COUNT_LIVE",
     "IMAGE",
     "INDEX_STATE",
+    "LIVE_LABELS_OLDEST_FIRST",
     "LIVE_PER_PROJECT",
     "LIVE_VECTORS",
     "NO_VECTOR",
@@ -163,6 +164,10 @@ PAGE_AFTER = (
 )
 # (label, vector) of every live row of a project: what its index is built from.
 LIVE_VECTORS = select(IMAGE.c.label, IMAGE.c.vector).where(_LIVE)
+# Labels of every live row of a project, oldest first: the rows of a duplicates scan.
+LIVE_LABELS_OLDEST_FIRST = (
+    select(IMAGE.c.label).where(_LIVE).order_by(IMAGE.c.created_at, IMAGE.c.id)
+)
 # (rows, live rows, largest label) of a project: what a saved index file must still match.
 COUNTS = select(
     func.count(),

@@ -12,10 +12,12 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from core.errors import ObjectNotFound
 from core.image_keys import media_type_for_key
+from core.records import DUPLICATES_DEFAULT_THRESHOLD, DUPLICATES_MIN_THRESHOLD
 from serve_app.access import model_work, module_access, project_access, write_access
 from serve_app.deployment_calls import await_deployment
 from serve_app.image_search import (
     delete_image,
+    duplicate_groups,
     get_image,
     image_out,
     own_key_problem,
@@ -40,6 +42,7 @@ from serve_app.schemas import (
     PROJECT_ID_PATTERN,
     BatchUploadResponse,
     DeleteResponse,
+    DuplicatesResponse,
     ErrorResponse,
     ImageListResponse,
     ImageOut,
@@ -230,6 +233,47 @@ async def search_images_by_image(
     (vector,) = await services.image_embeddings([image.data])
     hits = await search_by_vector(services, project_id, vector, limit)
     return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
+
+
+# Before every "/{image_id}..." route, so that "duplicates" is never taken for an image id.
+@router.get(
+    "/duplicates",
+    response_model=DuplicatesResponse,
+    responses={
+        **ERROR_RESPONSES,
+        404: {"model": ErrorResponse, "description": "Unknown project"},
+        409: {
+            "model": ErrorResponse,
+            "description": "The project changed since the cursor was issued and its scan is "
+            "no longer kept: start again without a cursor",
+        },
+    },
+)
+async def duplicate_images(
+    project_id: ProjectId,
+    services: ServicesDep,
+    threshold: Annotated[
+        float,
+        Query(
+            ge=DUPLICATES_MIN_THRESHOLD,
+            le=1.0,
+            description="Cosine similarity an image must reach with a neighbour to join it",
+        ),
+    ] = DUPLICATES_DEFAULT_THRESHOLD,
+    limit: Annotated[int, Query(ge=1, le=50, description="Groups per page")] = 20,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> DuplicatesResponse:
+    """Groups of near-identical images (re-encodes, resizes, slight crops): images joined
+    by a CLIP cosine >= `threshold` with one of their nearest neighbours (the answer's
+    `neighbours` of each), transitively.
+    Largest group first; in a group the oldest image first, each with its score against it.
+
+    The first page scans the project (seconds for 50k images) and the scan is kept for the
+    pages after it: a `cursor` pages through the project as it was at its first page, with
+    images deleted since left out. 409 when the project changed and that scan is no longer
+    kept. Needs only the index, not the CLIP model.
+    """
+    return await duplicate_groups(services, project_id, threshold, limit, cursor)
 
 
 @router.get(

@@ -541,3 +541,116 @@ def test_search_pages_follow_the_ranking(search_app: SearchApp) -> None:
     assert other.status_code in (400, 422) and "another search" in other.text
     bad = httpx.post(url, json={"query": "a blue circle", "limit": 3, "cursor": "%%%"})
     assert bad.status_code in (400, 422) and "malformed cursor" in bad.text
+
+
+def smooth_image(seed: int, size: tuple[int, int] = (96, 80)) -> Image.Image:
+    """A colour gradient: re-encoding, resizing or cropping it keeps its CLIP vector almost
+    unchanged (cosine ~0.9999 with the tiny model), unlike noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32) / size[0]
+    a, b, c = rng.random(3)
+    base = np.stack([xx * a, yy * b, (xx + yy) * c / 2], axis=-1) * 255
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_duplicate_groups_of_re_encoded_resized_and_cropped_images(search_app: SearchApp) -> None:
+    pid = project()
+    a, b = smooth_image(801), smooth_image(802)
+    files = {  # upload order: the oldest first
+        "a.png": encoded(a),
+        "single-1.png": encoded(smooth_image(803)),
+        "a.jpg": encoded(a, "JPEG", quality=90),
+        "b.png": encoded(b),
+        "a-small.png": encoded(a.resize((72, 60))),
+        "single-2.png": encoded(smooth_image(804)),
+        "b-crop.jpg": encoded(b.crop((3, 3, 93, 77)), "JPEG", quality=92),
+    }
+    ids = {}
+    for name, data in files.items():
+        response = upload(search_app, pid, data, name)
+        assert response.status_code == 201, response.text
+        ids[name] = response.json()["id"]
+    url = f"{search_app.url}/v1/projects/{pid}/images/duplicates"
+
+    def duplicates(**params: object) -> httpx.Response:
+        return httpx.get(url, params=params, timeout=120)
+
+    response = duplicates(threshold=0.999)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["project_id"], body["threshold"], body["total_groups"], body["scanned"]) == (
+        pid,
+        0.999,
+        2,
+        7,
+    )
+    assert body["next_cursor"] is None and body["neighbours"] >= 1
+    groups = [[image["filename"] for image in group["images"]] for group in body["groups"]]
+    # Largest first; in a group the oldest upload first, then by score.
+    assert groups[0][0] == "a.png" and sorted(groups[0]) == ["a-small.png", "a.jpg", "a.png"]
+    assert groups[1] == ["b.png", "b-crop.jpg"]
+    assert [group["size"] for group in body["groups"]] == [3, 2]
+    first = body["groups"][0]["images"][0]
+    assert first["id"] == ids["a.png"] and first["score"] == pytest.approx(1.0, abs=1e-5)
+    assert first["file_url"].endswith(f"/images/{ids['a.png']}/file")
+    assert {"sha256", "created_at", "width", "height", "content_type"} <= set(first)
+    scores = [image["score"] for group in body["groups"] for image in group["images"]]
+    assert min(scores) >= 0.999
+
+    # A low threshold joins what the tiny model finds alike: the same components as the
+    # pairwise scores of the similar route give.
+    pair = {}
+    for image_id in ids.values():
+        similar = httpx.get(
+            f"{search_app.url}/v1/projects/{pid}/images/{image_id}/similar",
+            params={"limit": 10},
+            timeout=60,
+        ).json()["results"]
+        for hit in similar:
+            pair[(image_id, hit["id"])] = hit["score"]
+    component = {image_id: {image_id} for image_id in ids.values()}
+    for (x, y), score in pair.items():
+        if score >= 0.9 and component[x] is not component[y]:
+            merged = component[x] | component[y]
+            for member in merged:
+                component[member] = merged
+    expected = {frozenset(c) for c in component.values() if len(c) > 1}
+    low = duplicates(threshold=0.9, limit=50).json()
+    assert {frozenset(i["id"] for i in g["images"]) for g in low["groups"]} == expected
+    assert low["total_groups"] == len(expected)
+
+    # One group a page; the cursor carries the threshold's scan.
+    page_1 = duplicates(threshold=0.999, limit=1).json()
+    assert [i["filename"] for i in page_1["groups"][0]["images"]] == groups[0]
+    assert page_1["total_groups"] == 2 and page_1["next_cursor"]
+    cursor = page_1["next_cursor"]
+    page_2 = duplicates(threshold=0.999, limit=1, cursor=cursor).json()
+    assert [i["filename"] for i in page_2["groups"][0]["images"]] == groups[1]
+    assert page_2["next_cursor"] is None
+
+    # Errors: the JSON error shape, the cursor tied to its listing, unknown projects.
+    for bad in ({"threshold": 0.5}, {"threshold": 1.5}, {"limit": 0}, {"limit": 51}):
+        assert duplicates(**bad).status_code == 422, bad
+    malformed = duplicates(threshold=0.999, cursor="not-a-cursor")
+    assert malformed.status_code == 422
+    assert malformed.json()["error"]["message"] == "malformed cursor"
+    foreign = duplicates(threshold=0.99, cursor=cursor)
+    assert foreign.status_code == 422 and "another" in foreign.json()["error"]["message"]
+    unknown = httpx.get(f"{search_app.url}/v1/projects/{project()}/images/duplicates")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+    # A delete: the old cursor's page leaves the image out (its pair is gone), a new first
+    # page scans the project as it is now.
+    deleted = httpx.delete(f"{search_app.url}/v1/projects/{pid}/images/{ids['b-crop.jpg']}")
+    assert deleted.status_code == 200
+    after = duplicates(threshold=0.999, limit=1, cursor=cursor).json()
+    assert after["groups"] == [] and after["total_groups"] == 2
+    fresh = duplicates(threshold=0.999).json()
+    assert fresh["total_groups"] == 1 and fresh["scanned"] == 6
+    assert [i["filename"] for i in fresh["groups"][0]["images"]] == groups[0]

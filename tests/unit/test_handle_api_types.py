@@ -14,6 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from deployments import api
 from deployments.api import (
+    DuplicateGroup,
+    DuplicatePage,
     GeneratedImage,
     ImagePage,
     ImageParams,
@@ -64,6 +66,23 @@ PYDANTIC_VALUES: dict[str, BaseModel] = {
     "SearchHit": SearchHit(record=record(), score=0.875),
     "ImagePage": ImagePage(items=[record("a"), record("b")], total=5, next_cursor="c2"),
     "ImagePage-last": ImagePage(items=[], total=0),
+    "DuplicatePage": DuplicatePage(
+        groups=[
+            DuplicateGroup(
+                size=3,
+                members=[
+                    SearchHit(record=record("a"), score=1.0),
+                    SearchHit(record=record("b"), score=0.97),
+                ],
+            )
+        ],
+        total=4,
+        threshold=0.95,
+        neighbours=16,
+        scanned=120,
+        generation=9,
+        next_cursor="c3",
+    ),
 }
 
 
