@@ -569,6 +569,7 @@ class VectorCatalog:
                     return scan
                 state = self._indexes.get(project_id)
                 current = state.generation if state is not None else 0
+                space = self.active_space
                 copy: ProjectIndex | None = None
                 labels = np.empty(0, dtype=np.int64)
                 if state is not None and state.live > 1:
@@ -579,15 +580,19 @@ class VectorCatalog:
             groups: tuple[dup.Group, ...] = ()
             scanned = state.live if state is not None else 0
             if copy is not None:
-                # A label's vector never changes: read them without the lock (a WAL reader
-                # does not wait for the writer, and unlike hnswlib's get_items it lets other
-                # threads run); an image deleted since the copy drops out.
+                # A label's vector changes only with the model: read those of the copy's space
+                # without the lock (a WAL reader does not wait for the writer, and unlike
+                # hnswlib's get_items it lets other threads run); an image deleted since the
+                # copy drops out, and so does every image if the model switched meanwhile.
                 with self._engine.connect() as conn:
-                    rows = conn.execute(q.LIVE_VECTORS, {"project_id": project_id}).all()
+                    rows = conn.execute(
+                        q.LIVE_VECTORS_IN_SPACE,
+                        {"project_id": project_id, "space_key": space.key},
+                    ).all()
                 stored = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
                 blob = b"".join(r[1] for r in rows)
                 del rows  # the scan below runs for seconds: drop each copy once used
-                matrix = np.frombuffer(blob, dtype=np.float32).reshape(len(stored), self.dim)
+                matrix = np.frombuffer(blob, dtype=np.float32).reshape(len(stored), space.dim)
                 labels, vectors = dup.aligned(labels, stored, matrix)
                 del blob, matrix
                 scanned = len(labels)

@@ -68,6 +68,7 @@ __all__ = [
     "LIVE_LABELS_OLDEST_FIRST",
     "LIVE_PER_PROJECT",
     "LIVE_VECTORS",
+    "LIVE_VECTORS_IN_SPACE",
     "NO_VECTOR",
     "PAGE_AFTER",
     "PAGE_FIRST",
@@ -164,6 +165,9 @@ PAGE_AFTER = (
 )
 # (label, vector) of every live row of a project: what its index is built from.
 LIVE_VECTORS = select(IMAGE.c.label, IMAGE.c.vector).where(_LIVE)
+# The same, only those in one embedding space (a read outside the lock that a model switch
+# may overtake).
+LIVE_VECTORS_IN_SPACE = LIVE_VECTORS.where(IMAGE.c.space_key == bindparam("space_key"))
 # Labels of every live row of a project, oldest first: the rows of a duplicates scan.
 LIVE_LABELS_OLDEST_FIRST = (
     select(IMAGE.c.label).where(_LIVE).order_by(IMAGE.c.created_at, IMAGE.c.id)

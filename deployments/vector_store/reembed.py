@@ -132,7 +132,8 @@ class Reembedder:
             try:
                 batch = self._next_batch()
                 if batch:
-                    self._embed_batch(batch)
+                    if self._embed_batch(batch):
+                        self._set_state("running")
                 elif self._retry_at:
                     self._set_state("waiting")
                     stop.wait(min(self.retry_s, 1.0))
@@ -140,7 +141,6 @@ class Reembedder:
                 elif not self.switch or self.catalog.switch_to_target():
                     self._finish()
                     return True
-                self._set_state("running")
             except Exception as exc:  # noqa: BLE001 - the model or store failing: wait, retry
                 self._failed(exc)
                 stop.wait(self.retry_s)
@@ -156,14 +156,15 @@ class Reembedder:
         found = self.catalog.reembed_todo(self.batch_size + len(self._retry_at))
         return [image for image in found if image.id not in self._retry_at][: self.batch_size]
 
-    def _embed_batch(self, batch: list[ImageToEmbed]) -> None:
+    def _embed_batch(self, batch: list[ImageToEmbed]) -> int:
+        """Embed a batch and store its vectors; returns how many were stored."""
         originals: list[tuple[ImageToEmbed, bytes]] = []
         for image in batch:
             data = self._read(image)
             if data is not None:
                 originals.append((image, data))
         if not originals:
-            return
+            return 0
         vectors: list[Any]
         try:
             vectors = list(np.asarray(self.embed([data for _, data in originals]), np.float32))
@@ -175,12 +176,13 @@ class Reembedder:
             (image.id, v) for (image, _), v in zip(originals, vectors, strict=True) if v is not None
         ]
         if not kept:
-            return
+            return 0
         stored = self.catalog.store_reembedded(kept)
         with self._lock:
             self.progress.embedded += stored
             self.progress.done += stored
             self.progress.last_error = None
+        return stored
 
     def _embed_one_by_one(self, originals: list[tuple[ImageToEmbed, bytes]]) -> list[Any]:
         vectors: list[Any] = []
