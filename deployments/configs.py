@@ -113,6 +113,31 @@ class VectorIndexConfig(_Config):
 
     db_path: Path = Field(description="SQLite file (the source of truth, vectors included)")
     dim: int = Field(ge=1, description="Embedding dimension of the CLIP model")
+    model: str = Field(
+        default=defaults.CLIP_MODEL,
+        min_length=1,
+        description="CLIP_MODEL: with `pretrained` and `dim`, the embedding space the catalog "
+        "must hold; stored vectors of another are re-embedded in the background",
+    )
+    pretrained: str = Field(
+        default=defaults.CLIP_PRETRAINED, description="CLIP_PRETRAINED (empty: none)"
+    )
+    legacy_model: str = Field(
+        default=defaults.IMAGE_SEARCH_LEGACY_MODEL,
+        min_length=1,
+        description="IMAGE_SEARCH_LEGACY_MODEL: the model of vectors stored before schema 2",
+    )
+    legacy_pretrained: str = defaults.IMAGE_SEARCH_LEGACY_PRETRAINED
+    reembed_batch_size: int = Field(
+        default=defaults.IMAGE_SEARCH_REEMBED_BATCH,
+        ge=1,
+        description="IMAGE_SEARCH_REEMBED_BATCH: images per CLIP request when re-embedding",
+    )
+    reembed_retry_s: float = Field(
+        default=defaults.IMAGE_SEARCH_REEMBED_RETRY_S,
+        gt=0,
+        description="Seconds before an image whose original could not be read is tried again",
+    )
     max_elements: int = Field(ge=1, description="Images per project")
     hnsw_m: int = Field(default=defaults.HNSW_M, ge=2)
     ef_construction: int = Field(default=defaults.HNSW_EF_CONSTRUCTION, ge=1)

@@ -7,6 +7,11 @@ No row is trusted as it is: before the catalog opens, every row of the restored 
 database is checked and the ones whose object key or content type is not their own are
 quarantined (`vector_store.trust`), and reported in `startup_report` and the log. The delete
 sweeper checks each key again before it deletes an object.
+The catalog's schema is brought up to date first (`vector_store.schema`: on the database found
+on disk, and on a restored snapshot before its rows are checked). When the configured CLIP
+model is not the one that made the stored vectors, a fourth thread re-embeds every image from
+its original through the ClipEmbedder (`vector_store.reembed`) while searches go on against
+the old vectors (queries embedded by the old model, see `active_space`), then switches.
 While it runs, one background thread uploads a consistent snapshot every interval and another
 saves changed indexes every `index_save_interval_s` (sooner after `index_save_after_changes`
 changes); they are saved once more when the replica shuts down. A third finishes deletes left
@@ -31,6 +36,7 @@ from core.image_keys import image_key_problem
 from core.metrics import index_images
 from core.records import (
     DuplicatePage,
+    EmbeddingSpace,
     ImagePage,
     ImageRecord,
     NewImage,
@@ -40,6 +46,8 @@ from core.records import (
 from core.storage import make_object_store
 from deployments.configs import VectorIndexConfig
 from deployments.vector_store import BackupManager, VectorCatalog
+from deployments.vector_store.reembed import Reembedder
+from deployments.vector_store.schema import LegacyModel, upgrade
 from deployments.vector_store.trust import RowRules, quarantine_untrusted_rows
 
 logger = logging.getLogger("ray.serve")
@@ -58,17 +66,21 @@ class VectorIndex:
     delete_sweep_interval_s: float = 300.0
     delete_grace_s: float = 900.0
 
-    def __init__(self, config: VectorIndexConfig) -> None:
+    # How long one re-embedding request to the ClipEmbedder may take.
+    reembed_timeout_s: float = 600.0
+
+    def __init__(self, config: VectorIndexConfig, clip_embedder: Any = None) -> None:
         self._config = config
+        self._clip = clip_embedder  # DeploymentHandle: re-embedding after a model change
         # The store of the images themselves (the Gateway's) and of the database snapshots.
         self._store = make_object_store(config.storage)
+        legacy = LegacyModel(config.legacy_model, config.legacy_pretrained)
+        # Each row's vector is checked against the dimension of the model that made it.
         rules = RowRules(
-            search_prefix=config.search_prefix,
-            content_types=config.image_content_types,
-            vector_bytes=config.dim * 4,  # float32
+            search_prefix=config.search_prefix, content_types=config.image_content_types
         )
         self._backups = BackupManager(
-            self._store, config.backup_prefix, config.backup_keep, row_rules=rules
+            self._store, config.backup_prefix, config.backup_keep, row_rules=rules, legacy=legacy
         )
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.restored_from: str | None = None
@@ -79,7 +91,9 @@ class VectorIndex:
             "quarantined_rows": None,
         }
         if config.db_path.exists():
-            # A database found on disk is checked the same way (cheap: no vectors are read).
+            # A database found on disk is upgraded and checked the same way (cheap: no
+            # vectors are read); one from a newer release stops the start here.
+            upgrade(config.db_path, legacy)
             checked = quarantine_untrusted_rows(config.db_path, rules)
             self._startup["quarantined_rows"] = checked.as_dict()
         else:
@@ -109,6 +123,9 @@ class VectorIndex:
             ef_search=config.ef_search,
             persist_indexes=config.persist_index,
             save_after_changes=config.index_save_after_changes,
+            model=config.model,
+            pretrained=config.pretrained,
+            legacy=legacy,
         )
         sources = list(self._catalog.open_report.values())
         self._startup["indexes"] = {
@@ -130,6 +147,18 @@ class VectorIndex:
                 target=self._index_save_loop, name="image-search-index-saver", daemon=True
             )
             self._saver_thread.start()
+        self._reembedder: Reembedder | None = None
+        if self._catalog.reembedding and clip_embedder is not None:
+            self._reembedder = Reembedder(
+                self._catalog,
+                self._store.get,
+                self._embed_in_target,
+                batch_size=config.reembed_batch_size,
+                retry_s=config.reembed_retry_s,
+            )
+            threading.Thread(
+                target=self._reembed, name="image-search-reembedding", daemon=True
+            ).start()
         self._backup_thread: threading.Thread | None = None
         if config.backup_enabled:
             self._backup_thread = threading.Thread(
@@ -158,10 +187,20 @@ class VectorIndex:
         return self._catalog.list_images(project_id, limit, cursor)
 
     def search(
-        self, project_id: str, vector: np.ndarray[Any, Any], limit: int
+        self,
+        project_id: str,
+        vector: np.ndarray[Any, Any],
+        limit: int,
+        space_key: str | None = None,
     ) -> builtins.list[SearchHit]:
-        """The `limit` images closest to `vector` (cosine), best first."""
-        return self._catalog.search(project_id, vector, limit)
+        """The `limit` images closest to `vector` (cosine), best first. With `space_key` (the
+        space `vector` was embedded in), a switched catalog answers EmbeddingSpaceChanged."""
+        return self._catalog.search(project_id, vector, limit, space_key)
+
+    def active_space(self) -> EmbeddingSpace:
+        """The model whose vectors searches and uploads must bring (CLIP embeddings of it):
+        the configured one, or the one the stored vectors are from until re-embedding ends."""
+        return self._catalog.active_space
 
     def search_many(
         self, queries: builtins.list[SearchQuery]
@@ -169,7 +208,7 @@ class VectorIndex:
         """Several searches in one call (the Gateway gathers concurrent ones): each query's
         hits, or None when its project does not exist."""
         return [
-            self._catalog.search(query.project_id, query.vector, query.limit)
+            self._catalog.search(query.project_id, query.vector, query.limit, query.space_key)
             if self._catalog.project_exists(query.project_id)
             else None
             for query in queries
@@ -197,7 +236,28 @@ class VectorIndex:
         """How this replica found its database: "existing", "restored" (from which snapshot)
         or "new", the damaged or future-dated snapshots it skipped with the reasons, and the
         rows it quarantined (count and examples; None for a new database). Cheap: no I/O."""
-        return {**self._startup, "skipped_snapshots": list(self._startup["skipped_snapshots"])}
+        return {
+            **self._startup,
+            "skipped_snapshots": list(self._startup["skipped_snapshots"]),
+            "schema": self._catalog.upgrade_report.as_dict(),
+            "embedding": self.embedding_status(),
+        }
+
+    def embedding_status(self) -> dict[str, Any]:
+        """The active and configured models, and the re-embedding's progress (None when none
+        is running or needed). Cheap: no I/O."""
+        catalog = self._catalog
+        if self._reembedder is not None:
+            reembedding: dict[str, Any] | None = self._reembedder.status()
+        elif catalog.reembedding:
+            reembedding = {"state": "blocked", "last_error": "no CLIP embedder to re-embed with"}
+        else:
+            reembedding = None
+        return {
+            "active": catalog.active_space.describe(),
+            "configured": catalog.target_space.describe(),
+            "reembedding": reembedding,
+        }
 
     def save_indexes(self) -> builtins.list[str]:
         """Save the changed project indexes now; returns the projects saved."""
@@ -236,6 +296,21 @@ class VectorIndex:
                 self._publish_sizes()
             except Exception:  # metrics must never take the index down
                 logger.debug("could not publish the index sizes", exc_info=True)
+
+    # --- re-embedding after a model change -----------------------------------------------------
+
+    def _embed_in_target(self, images: builtins.list[bytes]) -> np.ndarray[Any, Any]:
+        """The configured model's vectors of encoded images (through the ClipEmbedder)."""
+        call = self._clip.embed_images.remote(images, self._catalog.target_space)
+        return np.asarray(call.result(timeout_s=self.reembed_timeout_s), dtype=np.float32)
+
+    def _reembed(self) -> None:
+        assert self._reembedder is not None
+        if self._reembedder.run(self._stop) and self._clip is not None:
+            try:  # the old model is no longer needed for queries
+                self._clip.release_other_models.remote()
+            except Exception:  # it only frees memory
+                logger.debug("could not ask the ClipEmbedder to release models", exc_info=True)
 
     # --- backups ------------------------------------------------------------------------------
 

@@ -90,7 +90,8 @@ def build_graph(settings: Settings) -> Application:
             ),
         )
         handles["vector_index"] = on_head_node(VectorIndex, settings).bind(
-            deploy_configs.vector_index_config(settings)
+            deploy_configs.vector_index_config(settings),
+            clip_embedder=handles["clip_embedder"],  # re-embedding after a model change
         )
     if settings.voice_enabled:
         from deployments.voice_cloner import VoiceCloner

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from core.records import EmbeddingSpace
 from core.storage import StorageConfig
 from core.types import Device, ImageParams
 from core.voice_cost import VoiceLimits
@@ -83,6 +84,7 @@ def gateway_config(settings: Settings, placement: dict[str, str] | None = None) 
         image_max_pixel_steps=settings.image_max_pixel_steps,
         embeddings_max_total_chars=settings.embeddings_max_total_chars,
         embedding_batch_size=settings.clip_max_batch_size,
+        search_space=clip_space(settings) if settings.image_search_enabled else None,
         request_timeout_s=settings.request_timeout_seconds,
         cpu_nice=settings.gateway_cpu_nice,
         json_max_bytes=settings.gateway_max_json_bytes,
@@ -110,6 +112,11 @@ def vector_index_config(settings: Settings) -> VectorIndexConfig:
     return VectorIndexConfig(
         db_path=settings.image_search_db_path.resolve(),
         dim=clip_embed_dim(settings),
+        model=settings.clip_model,
+        pretrained=settings.clip_pretrained or "",
+        legacy_model=settings.image_search_legacy_model,
+        legacy_pretrained=settings.image_search_legacy_pretrained,
+        reembed_batch_size=settings.image_search_reembed_batch,
         max_elements=settings.image_search_max_elements,
         hnsw_m=settings.image_search_hnsw_m,
         ef_construction=settings.image_search_hnsw_ef_construction,
@@ -121,6 +128,15 @@ def vector_index_config(settings: Settings) -> VectorIndexConfig:
         backup_keep=settings.image_search_db_backup_keep,
         search_prefix=settings.image_search_remote_prefix,
         image_content_types=accepted_image_types(),
+    )
+
+
+def clip_space(settings: Settings) -> EmbeddingSpace:
+    """The embedding space of the configured CLIP model (what the catalog must hold)."""
+    return EmbeddingSpace(
+        model=settings.clip_model,
+        pretrained=settings.clip_pretrained or "",
+        dim=clip_embed_dim(settings),
     )
 
 

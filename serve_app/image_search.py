@@ -18,7 +18,14 @@ import numpy as np
 
 from core.errors import ApiError, NotFound
 from core.image_keys import image_key_problem, image_object_key
-from core.records import DuplicatePage, ImageRecord, NewImage, SearchHit, SearchQuery
+from core.records import (
+    DuplicatePage,
+    EmbeddingSpace,
+    ImageRecord,
+    NewImage,
+    SearchHit,
+    SearchQuery,
+)
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import IMAGE_CATALOG, IMAGE_SEARCH
 from serve_app.schemas import (
@@ -95,26 +102,12 @@ async def upload_images(
 
     records: dict[int, ImageRecord] = dict(known)
     if fresh:
-        vectors = await services.image_embeddings([images[i].data for i in fresh])
-        new_images = [
-            _new_image(services, project_id, images[i], vectors[row]) for row, i in enumerate(fresh)
-        ]
-        stored = await _store_objects(services, images=[images[i] for i in fresh], new=new_images)
-        try:
-            added: list[ImageRecord] = await await_deployment(
-                index.add_many.remote(new_images), what="the image index", timeout_s=timeout_s
-            )
-        except BaseException as exc:
-            await _undo_stored(services, new_images, stored, exc)
-            raise
-        # A concurrent upload of the same bytes may have won: drop our now unused copies.
-        unused = [
-            new.object_key
-            for new, rec in zip(new_images, added, strict=True)
-            if rec.object_key != new.object_key
-        ]
-        if unused:
-            await _delete_objects(services, unused)
+        fresh_images = [images[i] for i in fresh]
+
+        async def add(space: EmbeddingSpace) -> list[ImageRecord]:
+            return await _add_fresh(services, project_id, fresh_images, space)
+
+        added = await services.in_search_space(add)
         records.update(dict(zip(fresh, added, strict=True)))
     for position, image in enumerate(images):
         if position not in records:  # repeated within the batch
@@ -124,11 +117,17 @@ async def upload_images(
 
 
 async def search_by_vector(
-    services: Services, project_id: str, vector: np.ndarray, limit: int
+    services: Services,
+    project_id: str,
+    vector: np.ndarray,
+    limit: int,
+    space: EmbeddingSpace | None = None,
 ) -> list[SearchHit]:
     """The project's `limit` closest images (gathered with concurrent searches); 404 when the
-    project does not exist."""
-    (hits,) = await services.index_searches([SearchQuery(project_id, vector, limit)])
+    project does not exist. `space`: the one `vector` is in (EmbeddingSpaceChanged when the
+    catalog has switched to another since)."""
+    query = SearchQuery(project_id, vector, limit, space.key if space is not None else None)
+    (hits,) = await services.index_searches([query])
     if hits is None:
         raise NotFound(f"project '{project_id}' does not exist", project_id=project_id)
     return hits
@@ -255,8 +254,42 @@ def own_key_problem(services: Services, record: ImageRecord) -> str | None:
     )
 
 
+async def _add_fresh(
+    services: Services, project_id: str, images: list[CheckedImage], space: EmbeddingSpace
+) -> list[ImageRecord]:
+    """Embed (in `space`), store and index images new to the project; their records."""
+    vectors = await services.embed_images([image.data for image in images], space)
+    new_images = [
+        _new_image(services, project_id, image, vector, space)
+        for image, vector in zip(images, vectors, strict=True)
+    ]
+    stored = await _store_objects(services, images=images, new=new_images)
+    try:
+        added: list[ImageRecord] = await await_deployment(
+            services.vector_index.add_many.remote(new_images),
+            what="the image index",
+            timeout_s=services.config.request_timeout_s,
+        )
+    except BaseException as exc:
+        await _undo_stored(services, new_images, stored, exc)
+        raise
+    # A concurrent upload of the same bytes may have won: drop our now unused copies.
+    unused = [
+        new.object_key
+        for new, rec in zip(new_images, added, strict=True)
+        if rec.object_key != new.object_key
+    ]
+    if unused:
+        await _delete_objects(services, unused)
+    return added
+
+
 def _new_image(
-    services: Services, project_id: str, image: CheckedImage, vector: np.ndarray
+    services: Services,
+    project_id: str,
+    image: CheckedImage,
+    vector: np.ndarray,
+    space: EmbeddingSpace,
 ) -> NewImage:
     image_id = uuid.uuid4().hex
     return NewImage(
@@ -272,6 +305,7 @@ def _new_image(
         height=image.height,
         sha256=image.sha256,
         vector=np.asarray(vector, dtype=np.float32),
+        space_key=space.key,
     )
 
 

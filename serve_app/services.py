@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import defaults
+from core.errors import EmbeddingSpaceChanged
 from core.metrics import gathered_batch_size
-from core.records import SearchHit, SearchQuery
+from core.records import EmbeddingSpace, SearchHit, SearchQuery
 from core.storage import ObjectStore, StorageConfig
 from core.types import ImageParams
 from core.voice_cost import VoiceLimits
@@ -68,6 +69,10 @@ class GatewayConfig(BaseModel):
         description="Generations one gateway replica lets in at once (the ImageGenerator's "
         "running + queued); the excess is refused before the prompt step. None: no limit",
     )
+    search_space: EmbeddingSpace | None = Field(
+        default=None,
+        description="The configured CLIP model's embedding space (None: image search off)",
+    )
     placement: dict[str, str] = Field(
         default_factory=dict, description="Where each GPU model runs and why (serve_app.gpu_plan)"
     )
@@ -110,30 +115,87 @@ class Services:
     clip_embedder: Any = None
     vector_index: Any = None
     voice_cloner: Any = None
+    # The catalog's active embedding space as last read from the VectorIndex (None: unread).
+    _active_space: EmbeddingSpace | None = field(default=None, repr=False)
 
     @cached_property
     def audio_decoder(self) -> AudioDecoder:
         """This replica's bounded pool for audio decoding (AUDIO_DECODE_WORKERS)."""
         return AudioDecoder(self.config.audio_decode_workers)
 
-    @cached_property
-    def text_embeddings(self) -> CallBatcher[str, np.ndarray]:
-        """CLIP text embeddings, concurrent calls of this replica gathered into one model
-        request (serve_app/call_batching.py)."""
+    async def embed_texts(
+        self, texts: list[str], space: EmbeddingSpace | None = None
+    ) -> list[np.ndarray]:
+        """CLIP text embeddings in `space` (None: the configured model), gathered with this
+        replica's concurrent calls."""
+        key = self._space_or_none(space)
+        return await self.text_embeddings([(key, text) for text in texts])
 
-        async def embed(texts: list[str]) -> Sequence[np.ndarray]:
-            return await self._call_clip(self.clip_embedder.embed_text, texts, "text embedding")
+    async def embed_images(
+        self, images: list[bytes], space: EmbeddingSpace | None = None
+    ) -> list[np.ndarray]:
+        """CLIP image embeddings of encoded images, gathered the same way."""
+        key = self._space_or_none(space)
+        return await self.image_embeddings([(key, image) for image in images])
+
+    async def in_search_space(self, attempt: Callable[[EmbeddingSpace], Awaitable[T]]) -> T:
+        """`attempt(space)` with the catalog's active embedding space; once more with the new
+        one when the catalog switched models in between (EmbeddingSpaceChanged)."""
+        try:
+            return await attempt(await self.search_space())
+        except EmbeddingSpaceChanged:
+            self._active_space = None
+            return await attempt(await self.search_space())
+
+    async def search_space(self) -> EmbeddingSpace:
+        """The space searches and uploads must embed in (read once, then on every change)."""
+        if self._active_space is None:
+            self._active_space = await await_deployment(
+                self.vector_index.active_space.remote(),
+                what="the image index",
+                timeout_s=self.config.request_timeout_s,
+            )
+        return self._active_space
+
+    def _space_or_none(self, space: EmbeddingSpace | None) -> EmbeddingSpace | None:
+        """None for the configured model's space, so that its calls share one gathering."""
+        return None if space is None or space == self.config.search_space else space
+
+    @cached_property
+    def text_embeddings(self) -> CallBatcher[tuple[EmbeddingSpace | None, str], np.ndarray]:
+        """CLIP text embeddings of (space, text) pairs, concurrent calls of this replica
+        gathered into one model request per space (serve_app/call_batching.py)."""
+
+        async def embed(items: list[tuple[EmbeddingSpace | None, str]]) -> Sequence[np.ndarray]:
+            return await self._per_space(self.clip_embedder.embed_text, items, "text embedding")
 
         return self._batcher(embed, "text embedding")
 
     @cached_property
-    def image_embeddings(self) -> CallBatcher[bytes, np.ndarray]:
-        """CLIP image embeddings of encoded images, gathered the same way."""
+    def image_embeddings(self) -> CallBatcher[tuple[EmbeddingSpace | None, bytes], np.ndarray]:
+        """CLIP image embeddings of (space, encoded image) pairs, gathered the same way."""
 
-        async def embed(images: list[bytes]) -> Sequence[np.ndarray]:
-            return await self._call_clip(self.clip_embedder.embed_images, images, "image embedding")
+        async def embed(items: list[tuple[EmbeddingSpace | None, bytes]]) -> Sequence[np.ndarray]:
+            return await self._per_space(self.clip_embedder.embed_images, items, "image embedding")
 
         return self._batcher(embed, "image embedding")
+
+    async def _per_space(
+        self, method: Any, items: list[tuple[EmbeddingSpace | None, Any]], what: str
+    ) -> list[np.ndarray]:
+        """One model request per space among `items`, the vectors in the items' order."""
+        spaces: dict[str | None, EmbeddingSpace | None] = {}
+        for space, _ in items:
+            spaces.setdefault(space.key if space is not None else None, space)
+        vectors: list[np.ndarray | None] = [None] * len(items)
+        for key, space in spaces.items():
+            positions = [
+                i for i, (s, _) in enumerate(items) if (s.key if s is not None else None) == key
+            ]
+            found = await self._call_clip(method, [items[i][1] for i in positions], space, what)
+            for position, vector in zip(positions, found, strict=True):
+                vectors[position] = vector
+        return [vector for vector in vectors if vector is not None]
 
     @cached_property
     def index_searches(self) -> CallBatcher[SearchQuery, list[SearchHit] | None]:
@@ -157,9 +219,12 @@ class Services:
             on_send=lambda size: histogram.observe(size, tags={"call": name}),
         )
 
-    async def _call_clip(self, method: Any, inputs: list[Any], what: str) -> Sequence[np.ndarray]:
+    async def _call_clip(
+        self, method: Any, inputs: list[Any], space: EmbeddingSpace | None, what: str
+    ) -> Sequence[np.ndarray]:
+        # The configured space is sent as None: a ClipEmbedder of an older build takes that.
         vectors = await await_deployment(
-            method.remote(inputs),
+            method.remote(inputs) if space is None else method.remote(inputs, space),
             what=what,
             timeout_s=self.config.request_timeout_s,
             watch=self.board.watch(IMAGE_SEARCH),
@@ -170,6 +235,9 @@ class Services:
     def image_admission(self) -> InFlightLimit:
         """This replica's count of image generations in flight (see serve_app/admission.py)."""
         return InFlightLimit(self.config.image_max_in_flight)
+
+
+T = TypeVar("T")
 
 
 def get_services(request: Request) -> Services:

@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     clip_num_cpus: float = Field(default=1.0, gt=0)
     clip_max_queued_requests: int = Field(default=defaults.CLIP_MAX_QUEUED_REQUESTS, ge=-1)
     clip_max_batch_size: int = Field(default=defaults.CLIP_MAX_BATCH_SIZE, ge=1)
+    # The model that made the vectors of a catalog from before schema 2 (which did not record
+    # it): what the catalog searches with until re-embedding for CLIP_MODEL is done.
+    image_search_legacy_model: str = Field(default=defaults.IMAGE_SEARCH_LEGACY_MODEL, min_length=1)
+    image_search_legacy_pretrained: str = defaults.IMAGE_SEARCH_LEGACY_PRETRAINED
+    image_search_reembed_batch: int = Field(
+        default=defaults.IMAGE_SEARCH_REEMBED_BATCH, ge=1, le=256
+    )
     image_search_max_pixels: int = Field(default=defaults.IMAGE_SEARCH_MAX_PIXELS, ge=1)
     image_search_max_batch_files: int = Field(default=32, ge=1, le=256)
     # The characters of all inputs of one /v1/embeddings request together

@@ -22,15 +22,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from core.errors import ModelInputError, ObjectNotFound, find_api_error
 from core.records import EmbeddingSpace
+from deployments.vector_store import spaces
+from deployments.vector_store.hnsw_index import unit_vector
+from deployments.vector_store.queries import open_engine
+from deployments.vector_store.schema import LegacyModel, upgrade
 from deployments.vector_store.spaces import ImageToEmbed
 
-__all__ = ["Reembedder", "ReembedProgress", "ReembedTarget"]
+__all__ = ["CatalogFile", "Reembedder", "ReembedProgress", "ReembedTarget"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +120,7 @@ class Reembedder:
             source=catalog.active_space.describe(), target=catalog.target_space.describe()
         )
         self._retry_at: dict[str, float] = {}  # image id -> when to try its original again
+        self._given_up: set[str] = set()  # images that cannot be embedded (switch=False only)
         self._logged_at = 0.0
         self._lock = threading.Lock()
 
@@ -153,8 +159,9 @@ class Reembedder:
     def _next_batch(self) -> list[ImageToEmbed]:
         now = time.monotonic()
         self._retry_at = {i: t for i, t in self._retry_at.items() if t > now}
-        found = self.catalog.reembed_todo(self.batch_size + len(self._retry_at))
-        return [image for image in found if image.id not in self._retry_at][: self.batch_size]
+        skip = self._retry_at.keys() | self._given_up
+        found = self.catalog.reembed_todo(self.batch_size + len(skip))
+        return [image for image in found if image.id not in skip][: self.batch_size]
 
     def _embed_batch(self, batch: list[ImageToEmbed]) -> int:
         """Embed a batch and store its vectors; returns how many were stored."""
@@ -213,7 +220,7 @@ class Reembedder:
                     self.progress.set_aside += 1
                     self.progress.total -= 1
             return
-        self._retry_at[image.id] = float("inf")
+        self._given_up.add(image.id)
         log.error("image %s of project %s: %s", image.id, image.project_id, reason)
 
     # --- bookkeeping ----------------------------------------------------------------------
@@ -257,3 +264,41 @@ def _refused(exc: BaseException) -> bool:
         return True
     api_error = find_api_error(exc)
     return api_error is not None and 400 <= api_error.status_code < 500
+
+
+class CatalogFile:
+    """The re-embedding side of a catalog database opened without its search indexes, for
+    filling the new vectors ahead of time (`serve_app.reembed`). It only ever writes pending
+    vectors (SQLite's WAL lets it run beside a server using the same file); it never sets
+    images aside nor switches: the server does that when it starts with the new model."""
+
+    def __init__(self, db_path: Path, target: EmbeddingSpace, legacy: LegacyModel) -> None:
+        upgrade(db_path, legacy)
+        self._engine = open_engine(db_path)
+        with self._engine.connect() as conn:
+            self.active_space = spaces.active_space(conn) or target
+        self.target_space = target
+
+    def reembed_todo(self, limit: int) -> list[ImageToEmbed]:
+        with self._engine.connect() as conn:
+            return spaces.todo(conn, self.target_space, limit)
+
+    def reembed_counts(self) -> tuple[int, int]:
+        with self._engine.connect() as conn:
+            live = spaces.count_live(conn)
+            return live - spaces.count_todo(conn, self.target_space), live
+
+    def store_reembedded(self, vectors: Sequence[tuple[str, Any]]) -> int:
+        dim = self.target_space.dim
+        blobs = [(image_id, unit_vector(v, dim).tobytes()) for image_id, v in vectors]
+        with self._engine.begin() as conn:
+            return spaces.store_pending(conn, self.target_space, blobs)
+
+    def set_aside(self, project_id: str, image_id: str, reason: str) -> bool:
+        return False
+
+    def switch_to_target(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._engine.dispose()

@@ -169,14 +169,14 @@ async def embed_inputs(
     services: Services, texts: list[str], images: list[bytes]
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Text and image embeddings together: each kind goes through its own gathering of this
-    replica's concurrent calls (`Services.text_embeddings`, `Services.image_embeddings`)."""
+    replica's concurrent calls (`Services.embed_texts`, `Services.embed_images`)."""
 
     async def none() -> list[np.ndarray]:
         return []
 
     calls: list[Awaitable[list[np.ndarray]]] = [
-        services.text_embeddings(texts) if texts else none(),
-        services.image_embeddings(images) if images else none(),
+        services.embed_texts(texts) if texts else none(),
+        services.embed_images(images) if images else none(),
     ]
     # Both calls end before either's error is raised, so no failure is left unread.
     outcomes = await asyncio.gather(*calls, return_exceptions=True)

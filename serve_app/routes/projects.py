@@ -12,7 +12,12 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from core.errors import ObjectNotFound
 from core.image_keys import media_type_for_key
-from core.records import DUPLICATES_DEFAULT_THRESHOLD, DUPLICATES_MIN_THRESHOLD
+from core.records import (
+    DUPLICATES_DEFAULT_THRESHOLD,
+    DUPLICATES_MIN_THRESHOLD,
+    EmbeddingSpace,
+    SearchHit,
+)
 from serve_app.access import model_work, module_access, project_access, write_access
 from serve_app.deployment_calls import await_deployment
 from serve_app.image_search import (
@@ -186,12 +191,16 @@ async def search_images(
         body.query, body.limit, body.min_score, body.cutoff, body.cutoff_k
     )
     offset = decode_search_cursor(body.cursor, fingerprint) if body.cursor else 0
-    (vector,) = await services.text_embeddings([body.query])
     # The cut is computed over the same best candidates on every page; a page is a window of
     # the ranking past it (one more hit tells whether another page follows).
     candidates = candidates_for(body.limit, body.cutoff)
     depth = min(max(candidates, offset + body.limit + 1), MAX_SEARCH_DEPTH)
-    hits = await search_by_vector(services, project_id, vector, depth)
+
+    async def search(space: EmbeddingSpace) -> list[SearchHit]:
+        (vector,) = await services.embed_texts([body.query], space)
+        return await search_by_vector(services, project_id, vector, depth, space)
+
+    hits = await services.in_search_space(search)
     head = hits[:candidates]
     cut = cut_scores(
         [hit.score for hit in head], min_score=body.min_score, cutoff=body.cutoff, k=body.cutoff_k
@@ -230,8 +239,12 @@ async def search_images_by_image(
     await services.board.require_ready(IMAGE_SEARCH)
     await require_project(services, project_id)
     (image,) = await _checked_uploads(request, services, field="file", max_files=1)
-    (vector,) = await services.image_embeddings([image.data])
-    hits = await search_by_vector(services, project_id, vector, limit)
+
+    async def search(space: EmbeddingSpace) -> list[SearchHit]:
+        (vector,) = await services.embed_images([image.data], space)
+        return await search_by_vector(services, project_id, vector, limit, space)
+
+    hits = await services.in_search_space(search)
     return SearchResponse(project_id=project_id, results=[search_result(hit) for hit in hits])
 
 
