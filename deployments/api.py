@@ -31,16 +31,25 @@ IMAGE_GENERATOR = "ImageGenerator"  (module: image; one request at a time, bound
     describe() -> dict[str, str]          model, device, dtype
 
 CLIP_EMBEDDER = "ClipEmbedder"  (module: image_search; one request at a time, bounded queue)
-    embed_text(texts: list[str]) -> np.ndarray         float32 (n, dim), unit-norm rows
-        An empty text, or a bare str instead of a list -> InvalidInput.
-    embed_images(images: list[bytes]) -> np.ndarray    encoded JPEG/PNG/WEBP/GIF bytes;
-        float32 (n, dim), unit-norm rows. Undecodable bytes -> UnsupportedMediaType.
+    embed_text(texts: list[str], space: EmbeddingSpace | None = None) -> np.ndarray
+        float32 (n, dim), unit-norm rows. An empty text, or a bare str instead of a list ->
+        InvalidInput. ``space``: embed with that model (None: the configured one), see below.
+    embed_images(images: list[bytes], space: EmbeddingSpace | None = None) -> np.ndarray
+        encoded JPEG/PNG/WEBP/GIF bytes; float32 (n, dim), unit-norm rows. Undecodable
+        bytes -> UnsupportedMediaType.
     describe() -> dict[str, str]          model, source, path, device, dtype, dim
 
 VECTOR_INDEX = "VectorIndex"  (module: image_search; exactly one replica, the catalog's writer)
-    search(project_id: str, vector: np.ndarray, limit: int) -> list[SearchHit]
+    search(project_id: str, vector: np.ndarray, limit: int, space_key: str | None = None)
+        -> list[SearchHit]
         Cosine similarity against the project's images, best first ([] for an unknown
         project). ``vector`` is a (dim,) float32, e.g. a row of ClipEmbedder's output.
+    active_space() -> EmbeddingSpace
+        The model the catalog's vectors are from. After a CLIP model change it is the old
+        one until every image is re-embedded (``startup_report()["embedding"]``): embed
+        with ``space=active_space()`` and pass ``space_key=space.key`` to ``search`` (and
+        ``NewImage.space_key`` to ``add``); a catalog that switched meanwhile answers
+        EmbeddingSpaceChanged (409) instead of mixing models: read the space again, retry.
     search_many(queries: list[SearchQuery]) -> list[list[SearchHit] | None]
         Several searches in one call; None for a project that does not exist.
     similar(project_id: str, image_id: str, limit: int) -> list[SearchHit] | None
@@ -96,6 +105,7 @@ from __future__ import annotations
 
 from core.errors import (
     ApiError,
+    EmbeddingSpaceChanged,
     InvalidInput,
     ModelFailed,
     ServiceUnavailable,
@@ -105,6 +115,7 @@ from core.errors import (
 from core.records import (
     DuplicateGroup,
     DuplicatePage,
+    EmbeddingSpace,
     ImagePage,
     ImageRecord,
     NewImage,
@@ -131,6 +142,8 @@ __all__ = [
     "ApiError",
     "DuplicateGroup",
     "DuplicatePage",
+    "EmbeddingSpace",
+    "EmbeddingSpaceChanged",
     "GeneratedImage",
     "ImagePage",
     "ImageParams",
