@@ -4,9 +4,10 @@
     python -m bench --index-sizes 50000   # the 200k index alone takes tens of minutes here
     python -m bench --quick               # shorter runs, smaller index, fewer starts
     python -m bench --only serving,mixed  # some of: coldstart, index, serving, embedding, mixed,
-                                          # search, duplicates, models (by default only where
-                                          # CUDA is available)
-    python -m bench.duplicates            # one benchmark alone, printed (also bench.index_bench)
+                                          # search, duplicates, reembed, models (by default
+                                          # only where CUDA is available)
+    python -m bench.duplicates            # one benchmark alone, printed (also bench.index_bench,
+                                          # bench.reembed)
     python -m bench --only models --device cuda --compile   # real-sized models on a GPU
 
 Tiny models are built into a temporary directory (or `--models DIR`); apps are deployed on
@@ -38,6 +39,7 @@ BENCHMARKS = (
     "mixed",
     "search",
     "duplicates",
+    "reembed",
     "models",
 )
 # Run by default only where CUDA is available (real-sized models are slow on a small CPU).
@@ -107,7 +109,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--real-models",
         type=Path,
         default=None,
-        help="models benchmark: directory for the real-sized random-weight "
+        help="models and reembed benchmarks: directory for the real-sized random-weight "
         "models, kept and reused (default: built in the scratch directory)",
     )
     args = parser.parse_args(argv)
@@ -230,6 +232,10 @@ def _run_one(name: str, ctx: Context, args: argparse.Namespace) -> Section:
         from bench import duplicates
 
         return duplicates.run(ctx)
+    if name == "reembed":
+        from bench import reembed
+
+        return reembed.run(ctx, args.real_models)
     raise ValueError(f"unknown benchmark {name!r}")
 
 

@@ -105,10 +105,24 @@ def f5_tokens() -> list[str]:
         return [line[:-1] for line in f]
 
 
+def build_real_clip(root: Path, seed: int = 0) -> Path:
+    """Write the real-sized random-weight ViT-B-32 under `root` (idempotent); return its path.
+    Its image tower is also the one of the default `xlm-roberta-base-ViT-B-32` (same
+    `vision_cfg`, same `embed_dim`); `bench.reembed` uses it alone."""
+    from serve_app.tiny.clip import build_tiny_clip
+
+    return build_tiny_clip(
+        root / "vit-b-32-random",
+        seed,
+        model_cfg=clip_model_cfg(),
+        preprocess_cfg=clip_preprocess_cfg(clip_model_cfg()),
+        dtype=WEIGHTS_DTYPE,
+    )
+
+
 def build_real_models(root: Path, seed: int = 0) -> dict[str, Path]:
     """Write the real-sized random-weight models under `root` (idempotent); return their
     paths. Several minutes on a small CPU, mostly the UNet's random initialisation."""
-    from serve_app.tiny.clip import build_tiny_clip
     from serve_app.tiny.diffusion import build_tiny_diffusion_pipeline
     from serve_app.tiny.f5tts import build_tiny_f5tts, build_tiny_vocos, vocos_config
 
@@ -120,16 +134,7 @@ def build_real_models(root: Path, seed: int = 0) -> dict[str, Path]:
                 root / "sd-turbo-random", seed, sizes=SD_TURBO, dtype=WEIGHTS_DTYPE
             ),
         ),
-        (
-            "clip",
-            lambda: build_tiny_clip(
-                root / "vit-b-32-random",
-                seed,
-                model_cfg=clip_model_cfg(),
-                preprocess_cfg=clip_preprocess_cfg(clip_model_cfg()),
-                dtype=WEIGHTS_DTYPE,
-            ),
-        ),
+        ("clip", lambda: build_real_clip(root, seed)),
         (
             "f5tts",
             lambda: build_tiny_f5tts(

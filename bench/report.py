@@ -9,7 +9,17 @@ from typing import Any
 from bench.context import Section
 from bench.tables import fmt, md_table
 
-ORDER = ("serving", "mixed", "index", "embedding", "coldstart", "models", "search", "duplicates")
+ORDER = (
+    "serving",
+    "mixed",
+    "index",
+    "embedding",
+    "coldstart",
+    "models",
+    "search",
+    "duplicates",
+    "reembed",
+)
 
 
 def _changes(sections: dict[str, Section]) -> str:
@@ -475,6 +485,17 @@ def _summary(sections: dict[str, Section]) -> str:
     return md_table(["figure", "target", "measured (this run)", "verdict"], rows)
 
 
+def render_section(section: Section) -> str:
+    """One benchmark's section of docs/benchmarks.md, as `render` writes it."""
+    return "\n\n".join(
+        [
+            f"## {section.title}",
+            section.markdown.strip("\n"),
+            f"_This benchmark took {section.seconds:.0f} s._",
+        ]
+    )
+
+
 def render(
     sections: dict[str, Section],
     failures: dict[str, str],
@@ -541,12 +562,7 @@ def render(
     ]
     for name in ORDER:
         if name in sections:
-            section = sections[name]
-            parts += [
-                f"## {section.title}",
-                section.markdown,
-                f"_This benchmark took {section.seconds:.0f} s._",
-            ]
+            parts.append(render_section(sections[name]))
     for name, trace in failures.items():
         parts += [f"## {name}: failed", "```", trace.strip()[-3000:], "```"]
     return "\n\n".join(p.strip("\n") for p in parts if p) + "\n"
