@@ -4,8 +4,8 @@
     python -m bench --index-sizes 50000   # the 200k index alone takes tens of minutes here
     python -m bench --quick               # shorter runs, smaller index, fewer starts
     python -m bench --only serving,mixed  # some of: coldstart, index, serving, embedding, mixed,
-                                          # search, duplicates, models (by default only where
-                                          # CUDA is available)
+                                          # search, duplicates, speech, models (by default
+                                          # only where CUDA is available)
     python -m bench.duplicates            # one benchmark alone, printed (also bench.index_bench)
     python -m bench --only models --device cuda --compile   # real-sized models on a GPU
 
@@ -38,6 +38,7 @@ BENCHMARKS = (
     "mixed",
     "search",
     "duplicates",
+    "speech",
     "models",
 )
 # Run by default only where CUDA is available (real-sized models are slow on a small CPU).
@@ -230,6 +231,10 @@ def _run_one(name: str, ctx: Context, args: argparse.Namespace) -> Section:
         from bench import duplicates
 
         return duplicates.run(ctx)
+    if name == "speech":
+        from bench import speech_stream
+
+        return speech_stream.run(ctx)
     raise ValueError(f"unknown benchmark {name!r}")
 
 

@@ -9,7 +9,17 @@ from typing import Any
 from bench.context import Section
 from bench.tables import fmt, md_table
 
-ORDER = ("serving", "mixed", "index", "embedding", "coldstart", "models", "search", "duplicates")
+ORDER = (
+    "serving",
+    "mixed",
+    "index",
+    "embedding",
+    "coldstart",
+    "models",
+    "search",
+    "duplicates",
+    "speech",
+)
 
 
 def _changes(sections: dict[str, Section]) -> str:
