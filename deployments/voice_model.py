@@ -11,7 +11,10 @@ a time so that a seed fixes every chunk's noise. `transcribe` hands audio to a
 `ModelInputError`: a transcript that cannot match its reference, and a request whose
 estimated cost (`core.voice_cost`) is past the config's `limits`, included. Run by a
 `ModelQueue`, a synthesis stops between chunks and between model steps once its caller is
-cancelled (`CallCancelled`). The Ray deployment is a thin shell around `VoiceModel`.
+cancelled (`CallCancelled`). `synthesize_stream` is the same synthesis chunk by chunk (a
+short first chunk, `core.speech_chunks`), each chunk's samples yielded once made and
+cross-faded into the next (`CrossFader`). The Ray deployment is a thin shell around
+`VoiceModel`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ limits allow: a WAV whose header declares an hour is refused from the header alo
 decoder ever returns more than `max_seconds` of samples. WAV/FLAC/OGG/MP3/AIFF are read with
 soundfile; anything else (m4a/aac/webm/...) goes through an `ffmpeg` subprocess restricted to
 local-file input and a whitelist of audio demuxers. `encode_audio` writes mp3 (lameenc),
-wav/flac/ogg-vorbis/opus (soundfile). Rates are changed by `core.resample`.
+wav/flac/ogg-vorbis/opus (soundfile), raw pcm; `StreamEncoder` writes mp3, wav (length
+unknown in its header) and pcm piece by piece for streamed speech. Rates are changed by
+`core.resample`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 - `POST /v1/images/generations`: the prompt as given (no prompt optimizer) through the same
   ImageGenerator as the seed routes; PNGs inline (`b64_json`) or stored and linked (`url`).
 - `POST /v1/audio/speech`: the voice module speaking `input` in a saved voice (`voice` is a
-  voice id stored with `PUT /v1/voices/{voice_id}`).
+  voice id stored with `PUT /v1/voices/{voice_id}`); `stream_format` `audio` (chunked) or
+  `sse` (`speech.audio.delta` / `speech.audio.done` events) streams it as it is made.
 - `POST /v1/embeddings`: CLIP embeddings of texts and images (the image-search module's
   embedder), in one space, as floats or as base64 of little-endian float32. An image input
   is a data URL or an `image_url` object (`serve_app/embedding_inputs.py`), checked as an

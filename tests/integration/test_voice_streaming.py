@@ -158,6 +158,36 @@ def test_non_streaming_speech_is_unchanged(voice_app: VoiceApp, saved_voice: str
     assert int(response.headers["content-length"]) == len(response.content)
 
 
+def test_the_handle_api_streams_speech_chunks(voice_app: VoiceApp) -> None:
+    from ray import serve
+
+    from deployments.api import VOICE_CLONER, SpeechChunk, VoiceParams
+
+    samples, rate = sf.read(io.BytesIO(reference_audio(fmt="wav")), dtype="float32")
+    voice = serve.get_deployment_handle(VOICE_CLONER, app_name="voice")
+    gen = voice.options(stream=True).synthesize_stream.remote(
+        samples, rate, REF_TEXT, FOUR_SENTENCES, VoiceParams(nfe_steps=4, seed=2)
+    )
+    chunks = list(gen)
+    assert all(isinstance(chunk, SpeechChunk) for chunk in chunks)
+    assert len(chunks) >= 2 and [c.index for c in chunks] == list(range(chunks[0].count))
+    assert chunks[0].text == "The weather is lovely today." and chunks[-1].last
+    assert sum(c.samples.size for c in chunks) > SR
+
+
+def settled(metrics_url: str) -> dict:
+    """Metrics once the stream chunk counter stops moving (reported every second)."""
+    last = scrape(metrics_url)
+    for _ in range(20):
+        time.sleep(1.5)
+        now = scrape(metrics_url)
+        name = "ray_ai_voice_stream_chunks_total"
+        if total(now, name) == total(last, name):
+            return now
+        last = now
+    return last
+
+
 def test_a_client_that_leaves_stops_the_model(voice_app: VoiceApp, local_ray: LocalRay) -> None:
     text = " ".join(
         f"Sentence {i} goes on for a while, so that the whole text needs many chunks."
@@ -165,7 +195,7 @@ def test_a_client_that_leaves_stops_the_model(voice_app: VoiceApp, local_ray: Lo
     )
     planned = len(plan_chunks(2.05, REF_TEXT, text, 1.0, streaming=True))
     assert planned >= 4, planned
-    before = scrape(local_ray.metrics_url)
+    before = settled(local_ray.metrics_url)  # earlier tests' chunks counted first
     chunks_before = total(before, "ray_ai_voice_stream_chunks_total")
     stopped_before = total(before, "ray_ai_voice_streams_total", outcome="stopped")
     with httpx.stream(
@@ -192,6 +222,5 @@ def test_a_client_that_leaves_stops_the_model(voice_app: VoiceApp, local_ray: Lo
     # did, so a synthesis that went on would have counted all its chunks by then.
     after_it = stream_voice(voice_app, "Short one, after it.", format="wav", nfe_steps="2")
     assert after_it[0]
-    time.sleep(2.5)  # metrics are reported every second
-    made = total(scrape(local_ray.metrics_url), "ray_ai_voice_stream_chunks_total") - chunks_before
+    made = total(settled(local_ray.metrics_url), "ray_ai_voice_stream_chunks_total") - chunks_before
     assert 2 <= made <= 3, (made, planned)  # the first, at most the one in flight, the short one
