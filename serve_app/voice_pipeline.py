@@ -209,15 +209,17 @@ async def open_speech_stream(
     fmt: AudioFormat,
     params: VoiceParams,
     user_id: str | None = None,
+    format_field: str = "format",
 ) -> SpeechStream:
     """`speak`, streamed: checks as `speak` does (and that `fmt` can be streamed), starts
     the VoiceCloner's `synthesize_stream` and waits for its first piece; any failure up to
-    there raises its ApiError before a byte is sent."""
+    there raises its ApiError before a byte is sent. `format_field`: the request's name
+    for the format, in the 422 of a format that cannot be streamed."""
     await services.board.require_ready(VOICE)
     if fmt not in STREAM_FORMATS:
         raise InvalidInput(
             f"{fmt} cannot be streamed; stream one of {', '.join(STREAM_FORMATS)}",
-            fields=[{"field": "format", "message": "not streamable"}],
+            fields=[{"field": format_field, "message": "not streamable"}],
         )
     config = services.config
     text = checked_text(services, text)

@@ -283,6 +283,7 @@ async def create_speech(body: SpeechRequest, request: Request, services: Service
             fmt=fmt,
             params=params,
             user_id=body.voice,
+            format_field="response_format",
         )
         headers = {"X-Seed": str(stream.seed), "X-Sample-Rate": str(stream.sample_rate)}
         if body.stream_format == "sse":

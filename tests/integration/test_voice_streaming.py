@@ -94,6 +94,19 @@ def test_errors_before_the_first_byte_keep_status_and_json(voice_app: VoiceApp) 
     assert missing.status_code == 404 and missing.json()["error"]["message"]
 
 
+def test_a_format_that_cannot_stream_is_422_naming_response_format(
+    voice_app: VoiceApp, saved_voice: str
+) -> None:
+    body = {"model": "f5-tts", "voice": saved_voice, "input": "Hi there.", "stream_format": "audio"}
+    response = httpx.post(
+        f"{voice_app.url}/v1/audio/speech", json={**body, "response_format": "opus"}, timeout=60
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["fields"] == [
+        {"field": "response_format", "message": "not streamable"}
+    ]
+
+
 @pytest.fixture(scope="module")
 def saved_voice(voice_app: VoiceApp) -> str:
     voice_id = f"stream-{uuid.uuid4().hex[:6]}"
