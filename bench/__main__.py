@@ -4,10 +4,10 @@
     python -m bench --index-sizes 50000   # the 200k index alone takes tens of minutes here
     python -m bench --quick               # shorter runs, smaller index, fewer starts
     python -m bench --only serving,mixed  # some of: coldstart, index, serving, embedding, mixed,
-                                          # search, duplicates, reembed, models (by default
-                                          # only where CUDA is available)
+                                          # search, duplicates, reembed, speech, models (by
+                                          # default only where CUDA is available)
     python -m bench.duplicates            # one benchmark alone, printed (also bench.index_bench,
-                                          # bench.reembed)
+                                          # bench.reembed, bench.speech_stream)
     python -m bench --only models --device cuda --compile   # real-sized models on a GPU
 
 Tiny models are built into a temporary directory (or `--models DIR`); apps are deployed on
@@ -40,6 +40,7 @@ BENCHMARKS = (
     "search",
     "duplicates",
     "reembed",
+    "speech",
     "models",
 )
 # Run by default only where CUDA is available (real-sized models are slow on a small CPU).
@@ -236,6 +237,10 @@ def _run_one(name: str, ctx: Context, args: argparse.Namespace) -> Section:
         from bench import reembed
 
         return reembed.run(ctx, args.real_models)
+    if name == "speech":
+        from bench import speech_stream
+
+        return speech_stream.run(ctx)
     raise ValueError(f"unknown benchmark {name!r}")
 
 

@@ -19,6 +19,7 @@ ORDER = (
     "search",
     "duplicates",
     "reembed",
+    "speech",
 )
 
 

@@ -90,6 +90,25 @@ def audio_seconds_produced() -> Counter:
     )
 
 
+@cache
+def voice_stream_chunks() -> Counter:
+    return Counter(
+        "ai_voice_stream_chunks",
+        description="Text chunks synthesised for streamed speech (each sent as it was made).",
+        tag_keys=(),  # type: ignore[arg-type]  # Ray types it as tuple[str]
+    )
+
+
+@cache
+def voice_streams() -> Counter:
+    return Counter(
+        "ai_voice_streams",
+        description="Streamed syntheses by outcome: completed, stopped (the caller left "
+        "before the end), failed.",
+        tag_keys=("outcome",),
+    )
+
+
 def reason_category(reason: str | None) -> str:
     """A bounded label for a fallback reason ("openai HTTP 500" -> "openai_http")."""
     text = (reason or "unknown").lower()

@@ -82,6 +82,25 @@ class SynthesizedSpeech:
     chunks: int  # text chunks synthesized and cross-faded together
 
 
+@dataclass(frozen=True)
+class SpeechChunk:
+    """One piece of a streamed synthesis: the samples of text chunk `index` of `count`, ready
+    to play. A chunk's last 0.15 s are cross-faded with the next chunk's head and come with
+    that chunk, so the pieces played back to back are the whole speech, seams faded."""
+
+    samples: np.ndarray  # (n,) float32, roughly in [-1, 1]
+    sample_rate: int
+    seed: int
+    index: int  # 0-based
+    count: int  # chunks in the whole stream
+    text: str  # the text chunk these samples say
+    elapsed_ms: float  # since the synthesis started (its model turn), at this chunk's end
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.count - 1
+
+
 class VoiceParams(BaseModel):
     """Synthesis parameters; seed None means a random seed (reported back)."""
 

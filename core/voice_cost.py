@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core import defaults
 from core.errors import BudgetExceeded, TranscriptMismatch
+from core.speech_chunks import split_for_streaming
 
 SAMPLE_RATE = 24_000  # the vocos mel front end's rate
 HOP_LENGTH = 256  # samples per mel frame
@@ -95,9 +96,15 @@ def chunk_text(text: str, max_bytes: int) -> list[str]:
     return chunks
 
 
-def plan_chunks(ref_seconds: float, ref_text: str, text: str, speed: float) -> list[str]:
-    """The chunks the model speaks `text` in."""
-    return chunk_text(text.strip(), chunk_size(ref_text, ref_seconds, speed))
+def plan_chunks(
+    ref_seconds: float, ref_text: str, text: str, speed: float, *, streaming: bool = False
+) -> list[str]:
+    """The chunks the model speaks `text` in; `streaming`: with a short first chunk and no
+    chunk over the size (`core.speech_chunks`)."""
+    size = chunk_size(ref_text, ref_seconds, speed)
+    if streaming:
+        return split_for_streaming(text, size)
+    return chunk_text(text.strip(), size)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,17 @@ VOICE_CLONER = "VoiceCloner"  (module: voice; one request at a time, bounded que
         ``text`` spoken in the voice of ``ref_audio`` (float32 mono at ``ref_sr``, at least
         0.5 s, not silent) whose words are ``ref_text``. 24 kHz float32 samples, the seed,
         duration; same inputs and seed -> same samples. Empty text/ref_text -> InvalidInput.
+    synthesize_stream(ref_audio, ref_sr, ref_text, text, params=None)
+        -> async iterator of SpeechChunk   (call through ``handle.options(stream=True)``)
+        The same speech, a text chunk at a time (a short first chunk, then whole
+        sentences), each chunk's samples yielded as soon as it is made; played back to back
+        the pieces are the speech, seams cross-faded. ``chunk.index``/``count``/``text``/
+        ``seed``. The whole stream is one turn of the model; ``gen.cancel()`` or leaving the
+        iteration stops the synthesis within a chunk::
+
+            gen = voice.options(stream=True).synthesize_stream.remote(ref, sr, words, text)
+            async for chunk in gen:                  # sync callers: ``for chunk in gen``
+                play(chunk.samples, chunk.sample_rate)
     transcribe(audio: np.ndarray, sr: int) -> str   the reference's words (ASR), trimmed as
         synthesize trims it
     describe() -> dict[str, str]
@@ -126,6 +137,7 @@ from core.types import (
     GeneratedImage,
     ImageParams,
     OptimizedPrompt,
+    SpeechChunk,
     SynthesizedSpeech,
     VoiceParams,
 )
@@ -155,6 +167,7 @@ __all__ = [
     "SearchHit",
     "SearchQuery",
     "ServiceUnavailable",
+    "SpeechChunk",
     "SynthesizedSpeech",
     "UnsupportedMediaType",
     "VoiceParams",

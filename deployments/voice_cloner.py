@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
 import numpy as np
 from ray import serve
 
 from core import defaults
 from core.cpu_priority import yield_cpu
-from core.metrics import audio_seconds_produced, voice_synthesis_seconds
-from core.types import SynthesizedSpeech, VoiceParams
+from core.metrics import (
+    audio_seconds_produced,
+    voice_stream_chunks,
+    voice_streams,
+    voice_synthesis_seconds,
+)
+from core.types import SpeechChunk, SynthesizedSpeech, VoiceParams
 from deployments.configs import VoiceClonerConfig
-from deployments.model_queue import ModelQueue
+from deployments.model_queue import ModelQueue, current_request_id
 from deployments.voice_model import VoiceModel
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(
@@ -63,6 +74,82 @@ class VoiceCloner:
         voice_synthesis_seconds().observe(speech.elapsed_ms / 1000, tags={"device": self._device})
         audio_seconds_produced().inc(speech.duration_s, tags={})
         return speech
+
+    async def synthesize_stream(
+        self,
+        ref_audio: np.ndarray,
+        ref_sr: int,
+        ref_text: str,
+        text: str,
+        params: VoiceParams | None = None,
+    ) -> AsyncIterator[SpeechChunk]:
+        """`synthesize`, streamed: call with ``handle.options(stream=True)`` and iterate; each
+        text chunk's samples come as soon as the chunk is made (a short first chunk, then
+        whole sentences; seams cross-faded). Played back to back they are the speech.
+
+        The whole stream is one turn of the model queue: no other request runs between its
+        chunks, so its audio never stalls behind another synthesis once it has started.
+        A caller that stops iterating (or is cancelled) stops the synthesis before its next
+        chunk or model step, and the next request in the queue starts then."""
+        params = params or VoiceParams()
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Queue[SpeechChunk] = asyncio.Queue()
+        made = 0
+
+        def run() -> None:  # on the model's thread, holding its turn
+            nonlocal made
+            for chunk in self._model.synthesize_stream(
+                ref_audio,
+                ref_sr,
+                ref_text,
+                text,
+                nfe_steps=params.nfe_steps,
+                cfg_strength=params.cfg_strength,
+                speed=params.speed,
+                seed=params.seed,
+            ):
+                made += 1
+                voice_stream_chunks().inc(1, tags={})
+                loop.call_soon_threadsafe(ready.put_nowait, chunk)
+
+        turn = asyncio.ensure_future(self._queue.run("voice synthesis", run))
+        outcome, sent_s, elapsed_ms = "stopped", 0.0, 0.0
+        try:
+            while True:
+                next_chunk = asyncio.ensure_future(ready.get())
+                await asyncio.wait({next_chunk, turn}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_chunk.done():
+                    next_chunk.cancel()
+                    while not ready.empty():  # chunks queued just before the turn ended
+                        chunk = ready.get_nowait()
+                        sent_s += chunk.samples.shape[0] / chunk.sample_rate
+                        elapsed_ms = chunk.elapsed_ms
+                        yield chunk
+                    turn.result()  # the model's error, mapped for the client by the queue
+                    outcome = "completed"
+                    return
+                chunk = next_chunk.result()
+                sent_s += chunk.samples.shape[0] / chunk.sample_rate
+                elapsed_ms = chunk.elapsed_ms
+                yield chunk
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
+                outcome = "failed"
+            raise
+        finally:
+            if not turn.done():
+                turn.cancel()  # the queue sets the call's cancel flag: it stops within a chunk
+            voice_streams().inc(1, tags={"outcome": outcome})
+            if outcome != "completed":
+                logger.info(
+                    "voice stream %s after %d chunk(s) synthesized (request %s)",
+                    outcome,
+                    made,
+                    current_request_id(),
+                )
+            if sent_s:
+                voice_synthesis_seconds().observe(elapsed_ms / 1000, tags={"device": self._device})
+                audio_seconds_produced().inc(sent_s, tags={})
 
     async def transcribe(self, audio: np.ndarray, sr: int) -> str:
         """The words spoken in `audio`, trimmed first exactly as the synthesizer trims it, so

@@ -11,7 +11,10 @@ a time so that a seed fixes every chunk's noise. `transcribe` hands audio to a
 `ModelInputError`: a transcript that cannot match its reference, and a request whose
 estimated cost (`core.voice_cost`) is past the config's `limits`, included. Run by a
 `ModelQueue`, a synthesis stops between chunks and between model steps once its caller is
-cancelled (`CallCancelled`). The Ray deployment is a thin shell around `VoiceModel`.
+cancelled (`CallCancelled`). `synthesize_stream` is the same synthesis chunk by chunk (a
+short first chunk, `core.speech_chunks`), each chunk's samples yielded once made and
+cross-faded into the next (`CrossFader`). The Ray deployment is a thin shell around
+`VoiceModel`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ import torch
 
 from core.errors import ModelInputError
 from core.resample import resample
-from core.types import SynthesizedSpeech
+from core.types import SpeechChunk, SynthesizedSpeech
 from core.voice_cost import (
     CROSS_FADE_SECONDS,
     check_voice_request,
@@ -64,6 +68,19 @@ MIN_REF_RMS = 1e-4  # about -80 dBFS: quieter than this is silence
 SWAY_SAMPLING_COEF = -1.0
 VOCOS_FILES = ("config.yaml", "pytorch_model.bin")  # what load_vocoder reads from a directory
 _CONFIG_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked synthesis request, ready for the model."""
+
+    reference: torch.Tensor  # (1, n) float32 at the model rate, trimmed
+    ref_text: str  # normalized (ends with sentence punctuation)
+    chunks: list[str]
+    seed: int
+    nfe_steps: int
+    cfg_strength: float
+    speed: float
 
 
 class VoiceModel:
@@ -154,6 +171,82 @@ class VoiceModel:
         whose caller is cancelled, it stops before the next chunk or model step with
         CallCancelled.
         """
+        plan = self._plan(
+            ref_audio, ref_sr, ref_text, text, nfe_steps, cfg_strength, speed, seed, False
+        )
+        cancel = cancel_flag()
+        with self._running(cancel):
+            start = time.perf_counter()
+            waves = [wave for _, wave in self._chunk_waves(plan, cancel)]
+            samples = _cross_fade(waves, int(CROSS_FADE_SECONDS * self.sample_rate))
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+        sr = self.sample_rate
+        return SynthesizedSpeech(
+            samples=np.ascontiguousarray(samples, dtype=np.float32),
+            sample_rate=sr,
+            seed=plan.seed,
+            duration_s=samples.shape[0] / sr,
+            elapsed_ms=elapsed_ms,
+            chunks=len(plan.chunks),
+        )
+
+    def synthesize_stream(
+        self,
+        ref_audio: np.ndarray,
+        ref_sr: int,
+        ref_text: str,
+        text: str,
+        *,
+        nfe_steps: int = 32,
+        cfg_strength: float = 2.0,
+        speed: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[SpeechChunk]:
+        """`synthesize`, one text chunk at a time: the chunks (`plan_chunks(streaming=True)`:
+        a short first one) are spoken with the same reference and seeding, and each chunk's
+        samples are yielded as soon as it is made (its last 0.15 s held back for the
+        cross-fade with the next). The input is checked now (ModelInputError); the model
+        runs while the iterator is consumed, holding the model until it ends or is closed.
+        Run by a ModelQueue whose caller is cancelled, it stops before the next chunk or model
+        step with CallCancelled."""
+        plan = self._plan(
+            ref_audio, ref_sr, ref_text, text, nfe_steps, cfg_strength, speed, seed, True
+        )
+        return self._stream(plan, cancel_flag())
+
+    def _stream(self, plan: _Plan, cancel: threading.Event | None) -> Iterator[SpeechChunk]:
+        sr = self.sample_rate
+        fader = CrossFader(int(CROSS_FADE_SECONDS * sr))
+        count = len(plan.chunks)
+        with self._running(cancel):
+            start = time.perf_counter()
+            for index, wave in self._chunk_waves(plan, cancel):
+                samples = fader.add(wave)
+                if index == count - 1:
+                    samples = np.concatenate([samples, fader.flush()])
+                yield SpeechChunk(
+                    samples=np.ascontiguousarray(samples, dtype=np.float32),
+                    sample_rate=sr,
+                    seed=plan.seed,
+                    index=index,
+                    count=count,
+                    text=plan.chunks[index],
+                    elapsed_ms=(time.perf_counter() - start) * 1000.0,
+                )
+
+    def _plan(
+        self,
+        ref_audio: np.ndarray,
+        ref_sr: int,
+        ref_text: str,
+        text: str,
+        nfe_steps: int,
+        cfg_strength: float,
+        speed: float,
+        seed: int | None,
+        streaming: bool,
+    ) -> _Plan:
+        """The checked request: reference at the model rate, chunks, seed (ModelInputError)."""
         if not text or not text.strip():
             raise ModelInputError("text must not be empty")
         if not ref_text or not ref_text.strip():
@@ -174,7 +267,7 @@ class VoiceModel:
         full_seconds = np.shape(ref_audio)[0] / ref_sr  # what a given transcript may describe
         ref_seconds = reference.shape[-1] / sr  # what the model hears
         # infer_process's chunks: the reference's bytes per second times the ~22 s budget.
-        chunks = plan_chunks(ref_seconds, ref_text, text, speed)
+        chunks = plan_chunks(ref_seconds, ref_text, text, speed, streaming=streaming)
         if not chunks:
             raise ModelInputError("text has nothing to synthesize")
         cost = estimate_voice_cost(
@@ -187,55 +280,59 @@ class VoiceModel:
             chunks=chunks,
         )
         check_voice_request(cost, ref_text, full_seconds, self.config.limits)
-        ref_text = normalize_ref_text(ref_text)
+        return _Plan(
+            reference=torch.from_numpy(reference).unsqueeze(0),
+            ref_text=normalize_ref_text(ref_text),
+            chunks=chunks,
+            seed=seed,
+            nfe_steps=nfe_steps,
+            cfg_strength=cfg_strength,
+            speed=speed,
+        )
 
-        ref_tensor = torch.from_numpy(reference).unsqueeze(0)
+    @contextlib.contextmanager
+    def _running(self, cancel: threading.Event | None) -> Iterator[None]:
+        """The model's turn: its lock, the cancel flag, no autograd, torch's RNG restored."""
         fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        cancel = cancel_flag()
         with (
             self._lock,
             self._cancelled_by(cancel),
             torch.inference_mode(),
             torch.random.fork_rng(devices=fork_devices),
         ):
-            start = time.perf_counter()
-            waves = []
-            for index, chunk in enumerate(chunks):
-                if cancel is not None and cancel.is_set():
-                    raise CallCancelled(
-                        f"voice synthesis stopped before chunk {index + 1} of {len(chunks)}: "
-                        "its caller went away"
-                    )
-                # f5-tts draws the initial noise from torch's global RNG; seed it per chunk.
-                torch.manual_seed((seed + index) % 2**64)
-                wave, _, _ = next(
-                    self._utils.infer_batch_process(
-                        (ref_tensor, sr),
-                        ref_text,
-                        [chunk],
-                        self.model,
-                        self.vocoder,
-                        mel_spec_type="vocos",
-                        progress=None,
-                        cross_fade_duration=CROSS_FADE_SECONDS,
-                        nfe_step=nfe_steps,
-                        cfg_strength=cfg_strength,
-                        sway_sampling_coef=SWAY_SAMPLING_COEF,
-                        speed=speed,
-                        device=str(self.device),
-                    )
+            yield
+
+    def _chunk_waves(
+        self, plan: _Plan, cancel: threading.Event | None
+    ) -> Iterator[tuple[int, Samples]]:
+        """(index, wave) of each chunk, synthesized in order (inside `_running`)."""
+        sr = self.sample_rate
+        for index, chunk in enumerate(plan.chunks):
+            if cancel is not None and cancel.is_set():
+                raise CallCancelled(
+                    f"voice synthesis stopped before chunk {index + 1} of {len(plan.chunks)}: "
+                    "its caller went away"
                 )
-                waves.append(np.asarray(wave, dtype=np.float32).reshape(-1))
-            samples = _cross_fade(waves, int(CROSS_FADE_SECONDS * sr))
-            elapsed_ms = (time.perf_counter() - start) * 1000.0
-        return SynthesizedSpeech(
-            samples=np.ascontiguousarray(samples, dtype=np.float32),
-            sample_rate=sr,
-            seed=seed,
-            duration_s=samples.shape[0] / sr,
-            elapsed_ms=elapsed_ms,
-            chunks=len(chunks),
-        )
+            # f5-tts draws the initial noise from torch's global RNG; seed it per chunk.
+            torch.manual_seed((plan.seed + index) % 2**64)
+            wave, _, _ = next(
+                self._utils.infer_batch_process(
+                    (plan.reference, sr),
+                    plan.ref_text,
+                    [chunk],
+                    self.model,
+                    self.vocoder,
+                    mel_spec_type="vocos",
+                    progress=None,
+                    cross_fade_duration=CROSS_FADE_SECONDS,
+                    nfe_step=plan.nfe_steps,
+                    cfg_strength=plan.cfg_strength,
+                    sway_sampling_coef=SWAY_SAMPLING_COEF,
+                    speed=plan.speed,
+                    device=str(self.device),
+                )
+            )
+            yield index, np.asarray(wave, dtype=np.float32).reshape(-1)
 
     @contextlib.contextmanager
     def _cancelled_by(self, cancel: threading.Event | None) -> Iterator[None]:
@@ -413,6 +510,39 @@ def _trim_reference(samples: Samples, sr: int, max_seconds: float) -> Samples:
     clipped = remove_silence_edges(clipped) + AudioSegment.silent(duration=50, frame_rate=sr)
     out = np.array(clipped.get_array_of_samples(), dtype=np.float32) / 32768.0
     return out
+
+
+class CrossFader:
+    """`_cross_fade` one wave at a time: `add` returns what is final so far, holding the last
+    `fade_samples` back to fade with the next wave; `flush` returns what is held. The pieces
+    together equal `_cross_fade` of all the waves, sample for sample."""
+
+    def __init__(self, fade_samples: int) -> None:
+        self.fade_samples = max(fade_samples, 0)
+        self._held: Samples | None = None  # the tail of everything so far
+
+    def add(self, wave: Samples) -> Samples:
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        if self._held is None:
+            joined = wave
+        else:
+            held = self._held
+            n = min(self.fade_samples, len(held), len(wave))
+            if n <= 0:
+                joined = np.concatenate([held, wave])
+            else:
+                overlap = held[-n:] * np.linspace(1, 0, n) + wave[:n] * np.linspace(0, 1, n)
+                joined = np.concatenate([held[:-n], overlap.astype(np.float32), wave[n:]])
+        keep = min(self.fade_samples, len(joined))
+        cut = len(joined) - keep
+        self._held = joined[cut:]
+        return joined[:cut].astype(np.float32, copy=False)
+
+    def flush(self) -> Samples:
+        held, self._held = self._held, None
+        if held is None:
+            return np.zeros(0, dtype=np.float32)
+        return held.astype(np.float32, copy=False)
 
 
 def _cross_fade(waves: list[Samples], fade_samples: int) -> Samples:

@@ -6,7 +6,9 @@ limits allow: a WAV whose header declares an hour is refused from the header alo
 decoder ever returns more than `max_seconds` of samples. WAV/FLAC/OGG/MP3/AIFF are read with
 soundfile; anything else (m4a/aac/webm/...) goes through an `ffmpeg` subprocess restricted to
 local-file input and a whitelist of audio demuxers. `encode_audio` writes mp3 (lameenc),
-wav/flac/ogg-vorbis/opus (soundfile). Rates are changed by `core.resample`.
+wav/flac/ogg-vorbis/opus (soundfile), raw pcm; `StreamEncoder` writes mp3, wav (length
+unknown in its header) and pcm piece by piece for streamed speech. Rates are changed by
+`core.resample`.
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ from core.resample import resample
 
 logger = logging.getLogger(__name__)
 
-AudioFormat = Literal["mp3", "wav", "flac", "ogg", "opus"]
+AudioFormat = Literal["mp3", "wav", "flac", "ogg", "opus", "pcm"]
 CONTENT_TYPES: dict[str, str] = {
     "mp3": "audio/mpeg",
     "wav": "audio/wav",
     "flac": "audio/flac",
     "ogg": "audio/ogg",
     "opus": "audio/ogg",
+    "pcm": "audio/pcm",  # raw 16-bit little-endian mono, no header (OpenAI's "pcm")
 }
+# What `StreamEncoder` writes piece by piece (FLAC and Ogg need the whole clip here).
+STREAM_FORMATS = ("mp3", "wav", "pcm")
 
 # libsndfile containers decoded in-process; anything else goes to ffmpeg.
 SOUNDFILE_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "FLAC", "OGG", "MP3", "AIFF"})
@@ -120,9 +125,9 @@ def decode_audio(
 def encode_audio(samples: np.ndarray, sample_rate: int, fmt: AudioFormat) -> tuple[bytes, str]:
     """Encode mono samples (clipped to [-1, 1]) as `fmt`; return (bytes, content type).
 
-    mp3 is 128 kbit/s CBR via lameenc, wav and flac are 16-bit PCM, ogg is Vorbis and opus
-    is Opus in Ogg. Rates the codec cannot take (mp3: MPEG rates; opus: 8/12/16/24/48 kHz)
-    are resampled to the next supported rate (at most 48 kHz).
+    mp3 is 128 kbit/s CBR via lameenc, wav and flac are 16-bit PCM, ogg is Vorbis, opus is
+    Opus in Ogg, pcm raw 16-bit little-endian samples. Rates the codec cannot take (mp3: MPEG
+    rates; opus: 8/12/16/24/48 kHz) are resampled to the next supported rate (at most 48 kHz).
     """
     if fmt not in CONTENT_TYPES:
         raise ValueError(f"unknown audio format {fmt!r}; expected one of {sorted(CONTENT_TYPES)}")
@@ -139,6 +144,8 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: AudioFormat) -> tup
 
     if fmt == "mp3":
         return _encode_mp3(audio, sample_rate), CONTENT_TYPES[fmt]
+    if fmt == "pcm":
+        return _pcm16(audio), CONTENT_TYPES[fmt]
     buffer = io.BytesIO()
     if fmt == "wav":
         sf.write(buffer, audio, sample_rate, format="WAV", subtype="PCM_16")
@@ -287,19 +294,79 @@ def _supported_rate(rate: int, supported: tuple[int, ...]) -> int:
 
 def _encode_mp3(audio: np.ndarray, sample_rate: int) -> bytes:
     """Mono 16-bit 128 kbit/s CBR MP3 at `sample_rate` (or the next MPEG rate)."""
-    import lameenc
-
     rate = _supported_rate(sample_rate, _MP3_RATES)
     if rate != sample_rate:
         audio = np.clip(resample(audio, sample_rate, rate), -1.0, 1.0)
-    pcm = np.round(audio * 32767.0).astype("<i2")
+    encoder = _mp3_encoder(rate)
+    return bytes(encoder.encode(_pcm16(audio)) + encoder.flush())
+
+
+def _mp3_encoder(rate: int) -> Any:
+    import lameenc
+
     encoder = lameenc.Encoder()
     encoder.set_bit_rate(128)
     encoder.set_in_sample_rate(rate)
     encoder.set_out_sample_rate(rate)
     encoder.set_channels(1)
     encoder.set_quality(2)
-    return bytes(encoder.encode(pcm.tobytes()) + encoder.flush())
+    return encoder
+
+
+def _pcm16(audio: np.ndarray) -> bytes:
+    return bytes(np.round(audio * 32767.0).astype("<i2").tobytes())
+
+
+def _streaming_wav_header(sample_rate: int) -> bytes:
+    """A 16-bit mono PCM WAV header whose sizes say "unknown" (0xFFFFFFFF): the length of a
+    stream is not known when it starts; readers take the data up to the end of the file."""
+    unknown = 0xFFFFFFFF
+    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, sample_rate * 2, 2, 16)
+    return (
+        b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
+        + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+        + b"data" + struct.pack("<I", unknown)
+    )  # fmt: skip
+
+
+class StreamEncoder:
+    """Encodes speech piece by piece as it arrives: `encode` returns the bytes ready so far
+    (the first call's include the WAV header), `finish` the rest (the MP3 encoder's last
+    frames). The bytes of all calls together are one playable file or PCM stream. One
+    encoder per stream; formats: STREAM_FORMATS."""
+
+    def __init__(self, fmt: AudioFormat, sample_rate: int) -> None:
+        if fmt not in STREAM_FORMATS:
+            raise ValueError(f"cannot stream {fmt!r}; one of {STREAM_FORMATS}")
+        if sample_rate <= 0:
+            raise ValueError(f"sample rate must be positive, got {sample_rate}")
+        self.fmt, self.sample_rate = fmt, sample_rate
+        self.content_type = CONTENT_TYPES[fmt]
+        self._rate = _supported_rate(sample_rate, _MP3_RATES) if fmt == "mp3" else sample_rate
+        self._mp3 = _mp3_encoder(self._rate) if fmt == "mp3" else None
+        self._started = False
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        audio = np.clip(
+            np.nan_to_num(np.asarray(samples, dtype=np.float32).reshape(-1), nan=0.0),
+            -1.0,
+            1.0,
+        )
+        head = b""
+        if not self._started:
+            self._started = True
+            head = _streaming_wav_header(self.sample_rate) if self.fmt == "wav" else b""
+        if audio.size == 0:
+            return head
+        if self._mp3 is None:
+            return head + _pcm16(audio)
+        if self._rate != self.sample_rate:  # per piece: the model's 24 kHz needs none
+            audio = np.clip(resample(audio, self.sample_rate, self._rate), -1.0, 1.0)
+        return bytes(self._mp3.encode(_pcm16(audio)))
+
+    def finish(self) -> bytes:
+        head = self.encode(np.zeros(0, dtype=np.float32)) if not self._started else b""
+        return head + (bytes(self._mp3.flush()) if self._mp3 is not None else b"")
 
 
 class AudioDecoder:

@@ -344,7 +344,15 @@ class SpeechRequest(_OpenAIBody):
         description="A saved voice id",
     )
     model: str | None = Field(default=None, max_length=256, description="Accepted and ignored")
-    response_format: Literal["mp3", "wav", "flac", "opus"] | None = Field(default="mp3")
+    response_format: Literal["mp3", "wav", "flac", "opus", "pcm"] | None = Field(
+        default="mp3", description="pcm: raw 16-bit little-endian mono at 24 kHz, no header"
+    )
+    stream_format: Literal["audio", "sse"] | None = Field(
+        default=None,
+        description="Stream the speech as it is made: `audio` (chunked mp3, wav or pcm) or "
+        "`sse` (speech.audio.delta events with base64 audio, then speech.audio.done). "
+        "Unset: the whole clip in one response",
+    )
     speed: float | None = Field(default=None, ge=0.3, le=3.0)
     instructions: str | None = Field(default=None, max_length=4000, description="Ignored")
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Extension")

@@ -10,23 +10,37 @@ then transcribed once with the ASR model, whose answer is cached there.
 Before the model is called, the synthesis's cost is estimated from the request
 (`core.voice_cost`): a transcript that cannot match its reference, or an estimate past
 VOICE_MAX_OUTPUT_SECONDS / VOICE_MAX_MODEL_STEPS, is answered 422 here (`check_voice_cost`).
+
+Streamed speech (`open_speech_stream`) goes the same way up to the model, then reads the
+VoiceCloner's `synthesize_stream` through a streaming handle and encodes each piece as it
+comes (`serve_app.audio.StreamEncoder`). The first piece is awaited before the route answers,
+so that everything that can fail before the first byte (the reference, the budget, a full
+queue, the model refusing the input) still answers with its status and the JSON error; what
+fails later can only end the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
+import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from core.errors import InvalidInput, ModelInputError, ObjectNotFound, PayloadTooLarge
+from core.errors import ApiError, InvalidInput, ModelInputError, ObjectNotFound, PayloadTooLarge
 from core.storage import join_key
-from core.types import SynthesizedSpeech, VoiceParams
-from core.voice_cost import VoiceCost, check_voice_request, estimate_voice_cost
-from serve_app.audio import AudioFormat, DecodedAudio, encode_audio
+from core.types import SpeechChunk, SynthesizedSpeech, VoiceParams
+from core.voice_cost import VoiceCost, check_voice_request, estimate_voice_cost, plan_chunks
+from serve_app.audio import STREAM_FORMATS, AudioFormat, DecodedAudio, StreamEncoder, encode_audio
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import VOICE
 from serve_app.services import Services
+
+logger = logging.getLogger("ray.serve")
 
 MODEL_SAMPLE_RATE = 24_000  # F5-TTS's vocos front end; decoding straight to it saves a resample
 TRIM_PADDING_SECONDS = 0.05  # the model's trimmed reference ends with 50 ms of silence
@@ -144,8 +158,168 @@ async def speak(
     )
 
 
+@dataclass
+class SpeechStream:
+    """Streamed speech whose first piece is made: iterate `chunks()` for the encoded bytes."""
+
+    first: SpeechChunk
+    content_type: str
+    ref_text_source: str
+    _rest: Any  # the DeploymentResponseGenerator of the remaining pieces
+    _encoder: StreamEncoder
+    _timeout_s: float
+    _watch: Callable[[], Awaitable[None]]  # board.watch(VOICE): a new coroutine per wait
+
+    @property
+    def seed(self) -> int:
+        return self.first.seed
+
+    @property
+    def sample_rate(self) -> int:
+        return self.first.sample_rate
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The encoded audio, piece by piece (the first one at once). A failure after the
+        first piece raises the ApiError it maps to; leaving the iteration early (the client
+        went away) cancels the synthesis."""
+        try:
+            piece: SpeechChunk | None = self.first
+            while piece is not None:
+                data = await asyncio.to_thread(self._encoder.encode, piece.samples)
+                if data:
+                    yield data
+                piece = await _next_piece(self._rest, self._timeout_s, self._watch())
+            tail = await asyncio.to_thread(self._encoder.finish)
+            if tail:
+                yield tail
+        finally:
+            self._rest.cancel()  # a no-op once it ended; else the model stops within a chunk
+
+    def cancel(self) -> None:
+        """Give the stream up without reading it (the model stops within a chunk)."""
+        self._rest.cancel()
+
+
+async def open_speech_stream(
+    services: Services,
+    *,
+    reference: bytes,
+    ref_text: str | None,
+    text: str,
+    fmt: AudioFormat,
+    params: VoiceParams,
+    user_id: str | None = None,
+    format_field: str = "format",
+) -> SpeechStream:
+    """`speak`, streamed: checks as `speak` does (and that `fmt` can be streamed), starts
+    the VoiceCloner's `synthesize_stream` and waits for its first piece; any failure up to
+    there raises its ApiError before a byte is sent. `format_field`: the request's name
+    for the format, in the 422 of a format that cannot be streamed."""
+    await services.board.require_ready(VOICE)
+    if fmt not in STREAM_FORMATS:
+        raise InvalidInput(
+            f"{fmt} cannot be streamed; stream one of {', '.join(STREAM_FORMATS)}",
+            fields=[{"field": format_field, "message": "not streamable"}],
+        )
+    config = services.config
+    text = checked_text(services, text)
+    decoded = await services.audio_decoder.decode(
+        reference,
+        target_sr=MODEL_SAMPLE_RATE,
+        max_seconds=config.voice_max_ref_seconds,
+        max_bytes=config.voice_max_ref_bytes,
+    )
+    used_text, source = await _reference_text(services, decoded, reference, ref_text, user_id)
+    check_voice_cost(services, decoded, used_text, text, params, streaming=True)
+    stream = services.voice_cloner.options(stream=True).synthesize_stream.remote(
+        decoded.samples, decoded.sample_rate, used_text, text, params
+    )
+    try:
+        first = await _next_piece(stream, config.request_timeout_s, services.board.watch(VOICE))
+    except BaseException:
+        stream.cancel()
+        raise
+    if first is None:  # the model checks the text too: never empty here
+        raise InvalidInput("text has nothing to synthesize")
+    encoder = StreamEncoder(fmt, first.sample_rate)
+    return SpeechStream(
+        first=first,
+        content_type=encoder.content_type,
+        ref_text_source=source,
+        _rest=stream,
+        _encoder=encoder,
+        _timeout_s=config.request_timeout_s,
+        _watch=lambda: services.board.watch(VOICE),
+    )
+
+
+async def audio_body(stream: SpeechStream) -> AsyncIterator[bytes]:
+    """The body of a chunked audio response. A failure after the first byte cannot change
+    the status any more: it is logged and the stream ends early (the audio is short)."""
+    try:
+        async for data in stream.chunks():
+            yield data
+    except ApiError as exc:
+        logger.warning("voice stream ended early: %s", exc.message)  # Serve adds the request id
+
+
+async def sse_body(stream: SpeechStream, input_tokens: int) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: `speech.audio.delta` with base64 audio per piece, then
+    `speech.audio.done` with usage (input: whitespace-separated words, an approximation;
+    output: 0, no tokens here); a failure after the first event sends an `error` event
+    (the project's error body) and ends the stream."""
+    try:
+        async for data in stream.chunks():
+            delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            yield _sse(delta)
+    except ApiError as exc:
+        logger.warning("voice stream ended early: %s", exc.message)  # Serve adds the request id
+        yield _sse({"type": "error", **exc.to_body()})
+        return
+    usage = {"input_tokens": input_tokens, "output_tokens": 0, "total_tokens": input_tokens}
+    yield _sse({"type": "speech.audio.done", "usage": usage})
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
+
+
+class _NextPiece:
+    """The next item of a streaming deployment response, awaitable and cancellable as
+    `await_deployment` wants a response to be; None at the end."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __await__(self) -> Any:
+        return self._next().__await__()
+
+    async def _next(self) -> SpeechChunk | None:
+        try:
+            piece: SpeechChunk = await self._stream.__anext__()
+        except StopAsyncIteration:
+            return None
+        return piece
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+
+async def _next_piece(stream: Any, timeout_s: float, watch: Awaitable[None]) -> SpeechChunk | None:
+    piece: SpeechChunk | None = await await_deployment(
+        _NextPiece(stream), what="voice synthesis", timeout_s=timeout_s, watch=watch
+    )
+    return piece
+
+
 def check_voice_cost(
-    services: Services, decoded: DecodedAudio, ref_text: str, text: str, params: VoiceParams
+    services: Services,
+    decoded: DecodedAudio,
+    ref_text: str,
+    text: str,
+    params: VoiceParams,
+    *,
+    streaming: bool = False,
 ) -> VoiceCost:
     """The synthesis's estimated cost; 422 when the transcript cannot match the reference
     or the estimate is past VOICE_MAX_OUTPUT_SECONDS / VOICE_MAX_MODEL_STEPS (the message
@@ -162,6 +336,9 @@ def check_voice_cost(
         nfe_steps=params.nfe_steps,
         speed=params.speed,
         cfg_strength=params.cfg_strength,
+        chunks=plan_chunks(heard, ref_text, text, params.speed, streaming=True)
+        if streaming
+        else None,
     )
     try:
         check_voice_request(cost, ref_text, full_seconds, config.voice_limits)

@@ -3,7 +3,8 @@
 - `POST /v1/images/generations`: the prompt as given (no prompt optimizer) through the same
   ImageGenerator as the seed routes; PNGs inline (`b64_json`) or stored and linked (`url`).
 - `POST /v1/audio/speech`: the voice module speaking `input` in a saved voice (`voice` is a
-  voice id stored with `PUT /v1/voices/{voice_id}`).
+  voice id stored with `PUT /v1/voices/{voice_id}`); `stream_format` `audio` (chunked) or
+  `sse` (`speech.audio.delta` / `speech.audio.done` events) streams it as it is made.
 - `POST /v1/embeddings`: CLIP embeddings of texts and images (the image-search module's
   embedder), in one space, as floats or as base64 of little-endian float32. An image input
   is a data URL or an `image_url` object (`serve_app/embedding_inputs.py`), checked as an
@@ -24,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from core.errors import InvalidInput, OverBudget
 from serve_app.access import check_voice, model_work, module_access
@@ -51,7 +52,15 @@ from serve_app.routes.models import model_catalog
 from serve_app.schemas import ERROR_RESPONSES, ErrorResponse
 from serve_app.served_models import CLIP_MODEL
 from serve_app.services import Services, get_services
-from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
+from serve_app.voice_pipeline import (
+    audio_body,
+    checked_text,
+    load_stored_reference,
+    open_speech_stream,
+    speak,
+    sse_body,
+    voice_params,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], responses=ERROR_RESPONSES)
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -247,24 +256,51 @@ async def create_embeddings(
     "/audio/speech",
     response_class=Response,
     responses={
-        200: {"content": {"audio/mpeg": {}}, "description": "The speech"},
+        200: {
+            "content": {"audio/mpeg": {}, "text/event-stream": {}},
+            "description": "The speech (streamed as it is made with `stream_format`)",
+        },
         404: {"description": "No saved voice with that id"},
     },
     dependencies=[module_access("voice"), model_work],
 )
 async def create_speech(body: SpeechRequest, request: Request, services: ServicesDep) -> Response:
-    """OpenAI's text-to-speech, in a saved voice (its transcript is reused or made once)."""
+    """OpenAI's text-to-speech, in a saved voice (its transcript is reused or made once).
+    With `stream_format` the audio is sent as each sentence is made; errors before the first
+    byte keep their status, later ones end the stream (`sse`: an `error` event)."""
     check_voice(request, body.voice)
     await services.board.require_ready(VOICE)
     checked_text(services, body.input)
     reference = await load_stored_reference(services, body.voice)
+    fmt = body.response_format or "mp3"
+    params = voice_params(services, body.speed, body.seed, body.nfe_steps)
+    if body.stream_format is not None:
+        stream = await open_speech_stream(
+            services,
+            reference=reference,
+            ref_text=None,
+            text=body.input,
+            fmt=fmt,
+            params=params,
+            user_id=body.voice,
+            format_field="response_format",
+        )
+        headers = {"X-Seed": str(stream.seed), "X-Sample-Rate": str(stream.sample_rate)}
+        if body.stream_format == "sse":
+            return StreamingResponse(
+                sse_body(stream, count_tokens([body.input])),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache"},
+            )
+        media_type = stream.content_type
+        return StreamingResponse(audio_body(stream), media_type=media_type, headers=headers)
     spoken = await speak(
         services,
         reference=reference,
         ref_text=None,
         text=body.input,
-        fmt=body.response_format or "mp3",
-        params=voice_params(services, body.speed, body.seed, body.nfe_steps),
+        fmt=fmt,
+        params=params,
         user_id=body.voice,
     )
     return Response(

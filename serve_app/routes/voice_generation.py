@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import Field, ValidationError
 
 from core.storage import join_key
@@ -28,7 +28,14 @@ from serve_app.schemas import (
 )
 from serve_app.services import Services, get_services
 from serve_app.uploads import read_multipart
-from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
+from serve_app.voice_pipeline import (
+    audio_body,
+    checked_text,
+    load_stored_reference,
+    open_speech_stream,
+    speak,
+    voice_params,
+)
 
 # The API key's scope: the voice module (and the stored voice's id, checked by the route);
 # its concurrent model work (serve_app/access.py).
@@ -52,6 +59,7 @@ class VoiceFormFields(_Strict):
     speed: float | None = Field(default=None, ge=0.3, le=3.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     nfe_steps: int | None = Field(default=None, ge=1, le=128)
+    stream: bool = Field(default=False, description="Send the audio as it is made (mp3, wav)")
 
 
 @router.post(
@@ -77,6 +85,7 @@ class VoiceFormFields(_Strict):
                             "speed": {"type": "number"},
                             "seed": {"type": "integer"},
                             "nfe_steps": {"type": "integer"},
+                            "stream": {"type": "boolean"},
                         },
                     }
                 }
@@ -85,7 +94,8 @@ class VoiceFormFields(_Strict):
     },
 )
 async def generate_voice(request: Request, services: ServicesDep) -> Response:
-    """Speak `text` in the voice of the uploaded `ref_audio` (mp3/wav/ogg/flac/m4a)."""
+    """Speak `text` in the voice of the uploaded `ref_audio` (mp3/wav/ogg/flac/m4a); with
+    `stream=1` the audio (mp3 or wav) is sent as each sentence is made."""
     await services.board.require_ready(VOICE)
     body = await read_multipart(
         request,
@@ -102,13 +112,32 @@ async def generate_voice(request: Request, services: ServicesDep) -> Response:
         # by the one validation handler (serve_app.http_errors): the shape every route uses.
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from None
+    params = voice_params(services, fields.speed, fields.seed, fields.nfe_steps)
+    if fields.stream:  # chunked: each sentence's audio as soon as it is made
+        stream = await open_speech_stream(
+            services,
+            reference=reference.data,
+            ref_text=fields.ref_text,
+            text=fields.text,
+            fmt=fields.format,
+            params=params,
+        )
+        return StreamingResponse(
+            audio_body(stream),
+            media_type=stream.content_type,
+            headers={
+                "X-Sample-Rate": str(stream.sample_rate),
+                "X-Seed": str(stream.seed),
+                "X-Ref-Text-Source": stream.ref_text_source,
+            },
+        )
     spoken = await speak(
         services,
         reference=reference.data,
         ref_text=fields.ref_text,
         text=fields.text,
         fmt=fields.format,
-        params=voice_params(services, fields.speed, fields.seed, fields.nfe_steps),
+        params=params,
     )
     return Response(
         content=spoken.data,
