@@ -118,7 +118,10 @@ def run(ctx: Context, nfe_steps: int = 8) -> Section:
     finally:
         ctx.serve.delete("speech")
     return Section(
-        "10. Streamed speech", markdown(result), {"results": [result]}, time.perf_counter() - started
+        "10. Streamed speech",
+        markdown(result),
+        {"results": [result]},
+        time.perf_counter() - started,
     )
 
 
