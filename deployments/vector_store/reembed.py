@@ -123,6 +123,7 @@ class Reembedder:
         self._given_up: set[str] = set()  # images that cannot be embedded (switch=False only)
         self._logged_at = 0.0
         self._lock = threading.Lock()
+        self._count()  # the progress is right from the start (a resumed run is not at 0)
 
     def status(self) -> dict[str, Any]:
         """The progress as a dict (cheap: no I/O)."""
