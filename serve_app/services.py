@@ -128,15 +128,15 @@ class Services:
     ) -> list[np.ndarray]:
         """CLIP text embeddings in `space` (None: the configured model), gathered with this
         replica's concurrent calls."""
-        key = self._space_or_none(space)
-        return await self.text_embeddings([(key, text) for text in texts])
+        chosen = space or self.config.search_space
+        return await self.text_embeddings([(chosen, text) for text in texts])
 
     async def embed_images(
         self, images: list[bytes], space: EmbeddingSpace | None = None
     ) -> list[np.ndarray]:
         """CLIP image embeddings of encoded images, gathered the same way."""
-        key = self._space_or_none(space)
-        return await self.image_embeddings([(key, image) for image in images])
+        chosen = space or self.config.search_space
+        return await self.image_embeddings([(chosen, image) for image in images])
 
     async def in_search_space(self, attempt: Callable[[EmbeddingSpace], Awaitable[T]]) -> T:
         """`attempt(space)` with the catalog's active embedding space; once more with the new
@@ -156,10 +156,6 @@ class Services:
                 timeout_s=self.config.request_timeout_s,
             )
         return self._active_space
-
-    def _space_or_none(self, space: EmbeddingSpace | None) -> EmbeddingSpace | None:
-        """None for the configured model's space, so that its calls share one gathering."""
-        return None if space is None or space == self.config.search_space else space
 
     @cached_property
     def text_embeddings(self) -> CallBatcher[tuple[EmbeddingSpace | None, str], np.ndarray]:
@@ -222,7 +218,8 @@ class Services:
     async def _call_clip(
         self, method: Any, inputs: list[Any], space: EmbeddingSpace | None, what: str
     ) -> Sequence[np.ndarray]:
-        # The configured space is sent as None: a ClipEmbedder of an older build takes that.
+        # The space is always named: during a rolling update this replica may reach a
+        # ClipEmbedder configured with another model, which then loads the one asked for.
         vectors = await await_deployment(
             method.remote(inputs) if space is None else method.remote(inputs, space),
             what=what,
