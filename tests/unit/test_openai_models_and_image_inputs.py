@@ -258,10 +258,10 @@ class FakeHandle:
     def do_describe(self) -> dict[str, str]:
         return dict(self.description)
 
-    def do_embed_text(self, texts: list[str]) -> np.ndarray:
+    def do_embed_text(self, texts: list[str], space: Any = None) -> np.ndarray:
         return np.stack([vector(b"text:" + text.encode()) for text in texts])
 
-    def do_embed_images(self, images: list[bytes]) -> np.ndarray:
+    def do_embed_images(self, images: list[bytes], space: Any = None) -> np.ndarray:
         return np.stack([vector(b"image:" + image) for image in images])
 
     def called(self, name: str) -> list[tuple[Any, ...]]:
@@ -440,8 +440,9 @@ def test_mixed_texts_and_images_keep_their_order(gateway: Gateway) -> None:
     assert body["model"] == "ViT-B-32"  # no model asked: the listed id
     assert body["usage"]["prompt_tokens"] == 6  # the texts' words; images count none
     clip = gateway.handles["clip_embedder"]
-    assert clip.called("embed_text") == [(["a red square", "a blue square"],)]
-    assert clip.called("embed_images") == [([red, blue, red],)]
+    # one request per tower, in the configured model's space (named: see Services._call_clip)
+    assert [args[0] for args in clip.called("embed_text")] == [["a red square", "a blue square"]]
+    assert [args[0] for args in clip.called("embed_images")] == [[red, blue, red]]
 
 
 def test_images_alone_do_not_call_the_text_tower(gateway: Gateway) -> None:
