@@ -3,7 +3,9 @@
 A module is ready when every deployment it owns is running its model. The state comes from
 Serve's own deployment status (the same one the Ray dashboard shows): a model loads in its
 replica's constructor, so a deployment still starting is "loading" and one whose constructor
-kept failing is "failed" with Serve's message as the reason.
+kept failing is "failed" with Serve's message as the reason. A deployment being updated
+while replicas of it still run (a rolling update: `serve deploy` of a changed config) is
+ready: Serve routes to the running replicas until their replacements have loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from core.errors import ModelNotReady, ModuleDisabled
 from serve_app.schemas import ComponentStatus
@@ -37,12 +40,21 @@ MODULES: tuple[ModuleSpec, ...] = (IMAGE, IMAGE_SEARCH, VOICE)
 # answering while the CLIP model is away (e.g. its GPU node was lost).
 IMAGE_CATALOG = ModuleSpec("image_search", "IMAGE_SEARCH_ENABLED", ("VectorIndex",))
 
+
+class DeploymentState(NamedTuple):
+    """What Serve says of one deployment: its status, message and RUNNING replica count."""
+
+    status: str
+    message: str
+    running: int = 0
+
+
 _READY = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
 _LOADING = {"UPDATING"}
 
 
 def module_state(
-    spec: ModuleSpec, enabled: bool, deployment_states: dict[str, tuple[str, str]]
+    spec: ModuleSpec, enabled: bool, deployment_states: dict[str, DeploymentState]
 ) -> ComponentStatus:
     """Fold the Serve status of a module's deployments into one module state."""
     if not enabled:
@@ -58,9 +70,11 @@ def module_state(
     failures: list[str] = []
     loading = False
     for name in spec.deployments:
-        status, message = deployment_states.get(name, ("NOT_DEPLOYED", "deployment not found"))
+        status, message, running = deployment_states.get(
+            name, DeploymentState("NOT_DEPLOYED", "deployment not found")
+        )
         shown[name] = status
-        if status in _READY:
+        if status in _READY or (status in _LOADING and running > 0):
             continue
         if status in _LOADING:
             loading = True
@@ -112,7 +126,7 @@ class ModuleBoard:
         self._enabled = enabled
         self._ttl_s = ttl_s
         self._states: dict[str, ComponentStatus] = {}
-        self._deployment_states: dict[str, tuple[str, str]] = {}
+        self._deployment_states: dict[str, DeploymentState] = {}
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
@@ -141,7 +155,7 @@ class ModuleBoard:
         self._keep(await asyncio.to_thread(self._read_serve_status))
         return dict(self._states)
 
-    def _keep(self, deployment_states: dict[str, tuple[str, str]]) -> None:
+    def _keep(self, deployment_states: dict[str, DeploymentState]) -> None:
         # On the event loop, between awaits: a reader sees the old states or the new ones.
         self._deployment_states = deployment_states
         self._states = {
@@ -184,13 +198,21 @@ class ModuleBoard:
             if state.state == "failed":
                 raise _not_ready(spec, state)
 
-    def _read_serve_status(self) -> dict[str, tuple[str, str]]:
+    def _read_serve_status(self) -> dict[str, DeploymentState]:
         from ray import serve
 
         app = serve.status().applications.get(self._app_name)
         if app is None:
             return {}
         return {
-            name: (str(getattr(dep.status, "value", dep.status)), dep.message or "")
+            name: DeploymentState(
+                str(getattr(dep.status, "value", dep.status)),
+                dep.message or "",
+                sum(
+                    count
+                    for state, count in (dep.replica_states or {}).items()
+                    if str(getattr(state, "value", state)) == "RUNNING"
+                ),
+            )
             for name, dep in app.deployments.items()
         }

@@ -199,7 +199,8 @@ def test_model_change_re_embeds_in_the_background_without_mixing(
             assert time.monotonic() < deadline, status
             time.sleep(0.1)
         assert status["state"] == "waiting" and status["done"] == 0, status
-        # Search answers meanwhile, from the old model's vectors with the old model's queries.
+        # Search answers meanwhile (a rolling update: the old replicas serve until the new
+        # ones have loaded), from the old model's vectors with the old model's queries.
         for query in QUERIES:
             assert which(search_once(url, query), query, rankings) == "old"
         s3.start()

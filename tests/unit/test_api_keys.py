@@ -29,7 +29,7 @@ from serve_app.api_keys import (
 )
 from serve_app.exposure import AuthRequired, HttpBind, check_auth, is_loopback
 from serve_app.http_app import create_http_app
-from serve_app.modules import ModuleBoard
+from serve_app.modules import DeploymentState, ModuleBoard
 from serve_app.routes.health import ReadinessCache
 from serve_app.schemas import ReadinessResponse
 from serve_app.services import Services
@@ -347,9 +347,9 @@ def test_key_limits_answer_429_with_retry_after() -> None:
 class StaticBoard(ModuleBoard):
     """Every enabled module ready, without asking Serve."""
 
-    def _read_serve_status(self) -> dict[str, tuple[str, str]]:
+    def _read_serve_status(self) -> dict[str, DeploymentState]:
         return {
-            name: ("HEALTHY", "")
+            name: DeploymentState("HEALTHY", "")
             for name in (
                 "PromptOptimizer",
                 "ImageGenerator",

@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 
-from serve_app.modules import ModuleBoard
+from serve_app.modules import DeploymentState, ModuleBoard
 
 
 class SlowBoard(ModuleBoard):
@@ -19,11 +19,14 @@ class SlowBoard(ModuleBoard):
         self.release = threading.Event()
         self.status = "HEALTHY"
 
-    def _read_serve_status(self) -> dict[str, tuple[str, str]]:
+    def _read_serve_status(self) -> dict[str, DeploymentState]:
         self.reads += 1
         if self.reads > 1:
             self.release.wait(10)
-        return {"ClipEmbedder": (self.status, ""), "VectorIndex": ("HEALTHY", "")}
+        return {
+            "ClipEmbedder": DeploymentState(self.status, ""),
+            "VectorIndex": DeploymentState("HEALTHY", ""),
+        }
 
 
 def test_a_stale_board_answers_at_once_and_refreshes_once_in_the_background() -> None:
@@ -48,3 +51,18 @@ def test_a_stale_board_answers_at_once_and_refreshes_once_in_the_background() ->
     assert waited < 5  # the slow read holds for up to 10 s: nobody waited for it
     assert reads == 2  # twenty stale answers, one refresh
     assert fresh != "ready"
+
+
+def test_a_rolling_update_with_running_replicas_is_ready_and_a_first_start_is_loading() -> None:
+    """`serve deploy` of a changed config marks the deployment UPDATING; the old replicas
+    answer until the new ones have loaded, so routes must not refuse meanwhile."""
+    from serve_app.modules import IMAGE_SEARCH, module_state
+
+    def state(clip: DeploymentState) -> str:
+        deployments = {"ClipEmbedder": clip, "VectorIndex": DeploymentState("HEALTHY", "", 1)}
+        return module_state(IMAGE_SEARCH, True, deployments).state
+
+    assert state(DeploymentState("UPDATING", "", running=1)) == "ready"
+    assert state(DeploymentState("UPDATING", "", running=0)) == "loading"
+    assert state(DeploymentState("HEALTHY", "", running=1)) == "ready"
+    assert state(DeploymentState("DEPLOY_FAILED", "boom", running=1)) == "failed"
