@@ -79,6 +79,13 @@ class EmbeddingSpaceChanged(Conflict):
     code = "embedding_space_changed"
 
 
+class IdempotencyKeyReused(Conflict):
+    """An Idempotency-Key sent again with a different request body (details: `job_id`,
+    the job the key made)."""
+
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "payload_too_large"

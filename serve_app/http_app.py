@@ -13,6 +13,7 @@ from serve_app.routes import (
     files,
     health,
     images,
+    jobs,
     models,
     openai_compat,
     projects,
@@ -51,4 +52,5 @@ def create_http_app(services: Services) -> FastAPI:
     app.include_router(files.router)
     app.include_router(openai_compat.router)
     app.include_router(models.router)
+    app.include_router(jobs.router)
     return app
