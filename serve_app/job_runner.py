@@ -36,7 +36,7 @@ from ray.serve.handle import DeploymentHandle
 
 from core import metrics
 from core.cpu_priority import yield_cpu
-from core.errors import ApiError, InvalidInput, ModuleDisabled, find_api_error
+from core.errors import ApiError, InvalidInput, ModelNotReady, ModuleDisabled, find_api_error
 from core.jobs import JOB_KINDS, JobPage, JobSubmitted, JobView, webhook_backoff_s
 from core.storage import join_key, make_object_store
 from serve_app.job_store import JobRow, JobStore, NewJob
@@ -289,8 +289,15 @@ class JobRunner:
             elif error.status_code == 503:
                 logger.warning("job %s attempt %d: %s", row.id, row.attempts, error.message)
                 body = error.to_body()["error"]
+                # Serve reports a killed replica's deployment healthy for a moment: an attempt
+                # refused by the readiness check reached no model and is not counted.
+                counted = not isinstance(error, ModelNotReady)
                 done = await self._call(
-                    self._store.retry_later, row.id, body, self._config.retry_delay_s
+                    self._store.retry_later,
+                    row.id,
+                    body,
+                    self._config.retry_delay_s,
+                    counted=counted,
                 )
                 if done is not None and not done.finished:
                     done = None  # queued again

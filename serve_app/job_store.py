@@ -374,15 +374,23 @@ class JobStore:
             ).rowcount
             return self._one("SELECT * FROM jobs WHERE id=?", job_id) if changed else None
 
-    def retry_later(self, job_id: str, error: dict[str, Any], delay_s: float) -> JobRow | None:
+    def retry_later(
+        self, job_id: str, error: dict[str, Any], delay_s: float, *, counted: bool = True
+    ) -> JobRow | None:
         """A running job's attempt failed in a way worth retrying: queued again after
-        `delay_s`, or failed with `error` when its attempts are used up."""
+        `delay_s`, or failed with `error` when its attempts are used up. `counted=False`:
+        the attempt never reached a model (its module was not ready), so it does not count."""
         now = self._clock()
         with self._write() as db:
             row = self._one("SELECT * FROM jobs WHERE id=? AND state='running'", job_id)
             if row is None:
                 return None
-            if row.attempts >= row.max_attempts:
+            if not counted:
+                db.execute(
+                    "UPDATE jobs SET state='queued', run_after=?, attempts=attempts-1 WHERE id=?",
+                    (now + delay_s, job_id),
+                )
+            elif row.attempts >= row.max_attempts:
                 db.execute(
                     "UPDATE jobs SET state='failed', finished_at=?, error=?, "
                     "webhook_due_at=CASE WHEN webhook_url IS NULL THEN NULL ELSE ? END "

@@ -148,6 +148,17 @@ def test_a_retry_waits_and_the_last_attempt_fails(store: JobStore, clock: Clock)
     assert failed.error is not None and "gave up after 2 attempts" in failed.error["message"]
 
 
+def test_an_attempt_refused_before_any_model_is_not_counted(store: JobStore) -> None:
+    row = store.insert(new_job(1), max_active=10)
+    for _ in range(3):  # more than max_attempts: the module was not ready each time
+        assert store.claim("image") is not None
+        error = {"code": "model_not_ready", "message": "the image module is loading"}
+        again = store.retry_later(row.id, error, delay_s=0, counted=False)
+        assert again is not None and (again.state, again.attempts) == ("queued", 0)
+    claimed = store.claim("image")
+    assert claimed is not None and claimed.attempts == 1
+
+
 def test_a_restart_queues_interrupted_jobs_again(db_path: Path, clock: Clock) -> None:
     store = JobStore(db_path, max_attempts=2, clock=clock)
     first = store.insert(new_job(1), max_active=10)
