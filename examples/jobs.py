@@ -8,7 +8,8 @@ repository root in another shell:
 Over HTTP: submit an image job with an Idempotency-Key, submit it again (the same job,
 200), poll it to the end and download the PNG. Through the handle (a driver joined to the
 local Ray cluster): submit another, read it back, cancel one that is still queued.
-Set SERVER_URL for another address and API_KEY when the server has keys.
+Set SERVER_URL for another address, API_KEY when the server has keys, SERVE_APP for an
+application other than "ai".
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def over_http(client: httpx.Client) -> None:
     print(f"http: {job['state']} after {job['attempts']} attempt(s); key {job['result_key']}")
     if job["state"] == "succeeded":
         url = job["result_url"]  # the store's URL: this server's route for the local store
-        png = client.get(url).content if url.startswith("/") else httpx.get(url).content
+        png = client.get(url.lstrip("/")).content if url.startswith("/") else httpx.get(url).content
         out = Path(tempfile.gettempdir()) / "jobs-example.png"
         out.write_bytes(png)
         print(f"http: {len(png)} bytes -> {out}")
@@ -59,7 +60,7 @@ def through_a_handle() -> None:
 
     # RAY_ADDRESS, when set, wins over "auto" (e.g. several Ray instances on one machine).
     ray.init(address="auto", log_to_driver=False, configure_logging=False)
-    runner = serve.get_deployment_handle(JOB_RUNNER, app_name=APP_NAME)
+    runner = serve.get_deployment_handle(JOB_RUNNER, app_name=os.environ.get("SERVE_APP", APP_NAME))
     body = {"title": "a lighthouse at dusk", "width": 128, "height": 128, "seed": 7}
     submitted: JobSubmitted = runner.submit.remote("image", body, owner="examples").result()
     waiting: JobSubmitted = runner.submit.remote("image", body, owner="examples").result()

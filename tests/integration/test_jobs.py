@@ -14,6 +14,9 @@ import hashlib
 import hmac
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
 from PIL import Image
 from ray import serve
 
@@ -56,6 +60,7 @@ from tests.support.drills import (
 )
 from tests.support.fake_openai import FakeOpenAIServer
 
+ROOT = Path(__file__).resolve().parents[2]
 APP = "jobs"
 SECRET = "whsec-test-not-a-real-secret"
 KEY_A, KEY_B = "jobs-key-a", "jobs-key-b"
@@ -305,6 +310,34 @@ def test_jobs_through_the_handle_api(jobs_app: JobsApp) -> None:
         runner.cancel.remote(job.id, owner="driver").result()
     with pytest.raises(InvalidInput):
         runner.submit.remote("image", {"title": ""}, owner="driver").result()
+
+
+def test_the_example_runs(jobs_app: JobsApp, tmp_path: Path) -> None:
+    """examples/jobs.py against this app: over HTTP with a key, then through a handle."""
+    env = {
+        **os.environ,
+        "SERVER_URL": jobs_app.url + "/",
+        "API_KEY": KEY_A,
+        "SERVE_APP": APP,
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+        "PYTHONPATH": str(ROOT),
+        "TMPDIR": str(tmp_path),
+    }
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "jobs.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "http: 202 job_" in out and "http: resubmitted -> 200 True" in out, out
+    assert "http: succeeded after 1 attempt(s)" in out, out
+    assert (tmp_path / "jobs-example.png").read_bytes().startswith(b"\x89PNG")
+    assert "cancelled" in out and "handle: succeeded, result AI/POSTER/job_" in out, out
+    assert "handle: cancel again -> 409" in out, out
 
 
 @dataclass
