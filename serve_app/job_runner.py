@@ -392,6 +392,13 @@ class JobRunner:
             except ApiError as exc:  # the purge tries again later... or an operator
                 logger.warning("cannot delete job input %s: %s", key, exc.message)
 
+    def __del__(self) -> None:
+        """Serve's shutdown hook: stop the loop. A job still running stays `running` in the
+        database, and the next replica queues it again (`JobStore.recover`)."""
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.cancel()
+
     def check_health(self) -> None:
         """Serve's health check: the loop must be alive."""
         if self._loop.done():
