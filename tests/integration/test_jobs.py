@@ -169,6 +169,12 @@ def accepted(response: httpx.Response) -> dict[str, Any]:
     return job
 
 
+def test_readyz_lists_the_job_runner(jobs_app: JobsApp) -> None:
+    body = httpx.get(f"{jobs_app.url}/readyz", headers=A, timeout=30).json()
+    assert body["modules"]["jobs"]["state"] == "ready", body
+    assert body["modules"]["jobs"]["deployments"] == {"JobRunner": "HEALTHY"}
+
+
 def test_an_image_job_runs_and_its_result_is_stored(jobs_app: JobsApp) -> None:
     job = accepted(jobs_app.post(image_job("lighthouse")))
     assert job["id"].startswith("job_") and len(job["id"]) == 36
