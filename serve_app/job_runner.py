@@ -52,6 +52,7 @@ logger = logging.getLogger("ray.serve")
 KIND_SPECS: dict[str, ModuleSpec] = {"image": IMAGE, "voice": VOICE, "batch_upload": IMAGE_SEARCH}
 LOOP_IDLE_S = 0.5  # the loop's longest sleep: a new job or a finished one wakes it earlier
 WEBHOOKS_AT_ONCE = 4
+UNCOUNTED_REFUSALS = 10  # not-ready refusals of one job in a row before they count as attempts
 WEBHOOK_MAX_BACKOFF_S = 900.0
 PURGE_EVERY_S = 600.0
 
@@ -105,6 +106,7 @@ class JobRunner:
         self._running: dict[str, asyncio.Task[None]] = {}  # job id -> its attempt
         self._lanes: dict[str, str] = {}  # kind -> the job id running
         self._deliveries: set[str] = set()
+        self._refusals: dict[str, int] = {}  # job id -> attempts refused as not ready, in a row
         self._wake = asyncio.Event()
         self._http = httpx.AsyncClient()
         self._purged_at = float("-inf")
@@ -218,6 +220,7 @@ class JobRunner:
         """Cancel a queued job, or a running one (its model call is abandoned); 409 when it
         has finished already, 404 as `get`."""
         row, was_running = await self._call(self._store.cancel, job_id, owner)
+        self._refusals.pop(job_id, None)
         task = self._running.get(job_id)
         if was_running and task is not None:
             task.cancel()
@@ -290,8 +293,13 @@ class JobRunner:
                 logger.warning("job %s attempt %d: %s", row.id, row.attempts, error.message)
                 body = error.to_body()["error"]
                 # Serve reports a killed replica's deployment healthy for a moment: an attempt
-                # refused by the readiness check reached no model and is not counted.
-                counted = not isinstance(error, ModelNotReady)
+                # refused by the readiness check reached no model and is not counted. A job
+                # that kills its model each time is still bounded: past a few such refusals
+                # in a row they count too.
+                not_ready = isinstance(error, ModelNotReady)
+                refusals = self._refusals.get(row.id, 0) + 1 if not_ready else 0
+                self._refusals[row.id] = refusals
+                counted = not not_ready or refusals > UNCOUNTED_REFUSALS
                 done = await self._call(
                     self._store.retry_later,
                     row.id,
@@ -311,6 +319,7 @@ class JobRunner:
                 del self._lanes[row.kind]
             self._wake.set()
         if done is not None:
+            self._refusals.pop(row.id, None)
             metrics.jobs_finished().inc(1, tags={"kind": row.kind, "state": done.state})
             await self._delete_inputs(list(row.inputs))
 
