@@ -165,10 +165,10 @@ async def submit_job(
 ) -> JSONResponse:
     """Accept a job (committed before this answers) and run it in the background; poll
     `GET /v1/jobs/{id}` or pass `webhook_url`."""
-    runner = _runner(services)
     owner = _owner(request)
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
+        runner = _runner(services)  # before a large body is read
         config = services.config
         body = await read_multipart(
             request,
@@ -201,7 +201,7 @@ async def submit_job(
             )
         job = _validated(JobCreate, data)
         _check_scope(request, job.kind, user_id=job.input.get("user_id"))
-        call = runner.submit.remote(
+        call = _runner(services).submit.remote(
             job.kind,
             job.input,
             owner=owner,
