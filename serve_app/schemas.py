@@ -361,3 +361,27 @@ class ConsoleConfig(BaseModel):
     dashboard_url: str | None = Field(
         default=None, description="CONSOLE_DASHBOARD_URL; null: the page's host on port 8265"
     )
+
+
+class DeploymentTraffic(BaseModel):
+    queued: float = Field(description="Requests waiting for a replica (at the callers' routers)")
+    processing: float = Field(description="Requests its replicas are processing")
+
+
+class RouteCount(BaseModel):
+    route: str = Field(description="The route template (never a raw path)")
+    method: str
+    status: str
+    count: float = Field(description="Responses since the replicas started (a counter)")
+
+
+class TrafficResponse(BaseModel):
+    """This application's queue depths and response counters, from Ray's metrics export."""
+
+    available: bool = Field(description="False when no node's metrics could be read")
+    reason: str | None = None
+    nodes: int = Field(description="Nodes whose export was read")
+    deployments: dict[str, DeploymentTraffic]
+    requests: list[RouteCount]
+    rejections: dict[str, float] = Field(description="Queue-full refusals (503) by model call")
+    read_at: float = Field(description="Unix time of the read; rates need two reads")

@@ -184,6 +184,7 @@ export function setupSearch() {
       await listImages();
     } catch (error) {
       status.textContent = `Stopped: ${created} new, ${duplicates} already there before the error.`;
+      progress.hidden = true;
       showError($("upload-error"), error);
     }
   }

@@ -1,8 +1,9 @@
 // Status page: GET /healthz and /readyz (each module's state, its Serve deployments and
-// the reason when it is not ready; 503 is an answer here, not an error), and the link to
-// the Ray dashboard (CONSOLE_DASHBOARD_URL, else this host on port 8265).
+// the reason when it is not ready; 503 is an answer here, not an error), the queues and
+// response counters of GET /v1/console/traffic (rates from two reads), and the link to the
+// Ray dashboard (CONSOLE_DASHBOARD_URL, else this host on port 8265).
 
-import { call } from "./api.js";
+import { call, callJson } from "./api.js";
 import { $, clearError, el, showError } from "./ui.js";
 
 const REFRESH_MS = 5000;
@@ -22,9 +23,47 @@ function row(name, status) {
   );
 }
 
+function cells(tag, ...values) {
+  return values.map((value) => el(tag, {}, value));
+}
+
 export function setupStatus() {
   let timer = null;
+  let previous = null; // the last traffic read: counts by route and status, and its time
   const errorBox = $("status-error");
+
+  function showTraffic(traffic) {
+    const deployments = $("traffic-deployments").tBodies[0];
+    const routes = $("traffic-routes").tBodies[0];
+    if (!traffic.available) {
+      $("traffic-note").textContent = `Traffic is not available: ${traffic.reason}.`;
+      deployments.replaceChildren();
+      routes.replaceChildren();
+      return;
+    }
+    $("traffic-note").textContent =
+      `From Ray's metrics export of ${traffic.nodes} node(s); rates are the change between two reads.`;
+    deployments.replaceChildren(
+      ...Object.entries(traffic.deployments).map(([name, d]) =>
+        el("tr", { "data-deployment": name }, ...cells("td", name, d.queued, d.processing)),
+      ),
+    );
+    const counts = new Map(traffic.requests.map((r) => [`${r.method} ${r.route} ${r.status}`, r.count]));
+    const seconds = previous ? traffic.read_at - previous.at : 0;
+    routes.replaceChildren(
+      ...traffic.requests.map((r) => {
+        const key = `${r.method} ${r.route} ${r.status}`;
+        const before = previous?.counts.get(key);
+        const rate = seconds > 0 && before !== undefined ? ((r.count - before) / seconds).toFixed(2) : "…";
+        return el("tr", { "data-route": r.route }, ...cells("td", `${r.method} ${r.route}`, r.status, r.count, rate));
+      }),
+    );
+    previous = { counts, at: traffic.read_at };
+    const rejected = Object.entries(traffic.rejections).map(([call, n]) => `${call}: ${n}`);
+    $("traffic-rejections").textContent = rejected.length
+      ? `Refused because a model's queue was full: ${rejected.join(", ")}`
+      : "";
+  }
 
   async function refresh() {
     try {
@@ -52,6 +91,7 @@ export function setupStatus() {
         if (status.detail) detail[name] = status.detail;
       }
       $("status-detail").textContent = JSON.stringify(detail, null, 2);
+      showTraffic(await callJson("/v1/console/traffic"));
     } catch (error) {
       showError(errorBox, error);
     }

@@ -1,18 +1,25 @@
-"""`GET /v1/console/config`: the enabled modules, request limits and links the web console
-(serve_app/console) builds its forms from, so that it offers the ranges this server's
-settings allow rather than numbers written into the page."""
+"""What the web console (serve_app/console) reads besides the API itself:
+
+- `GET /v1/console/config`: the enabled modules, request limits and links it builds its
+  forms from, so that it offers the ranges this server's settings allow rather than numbers
+  written into the page;
+- `GET /v1/console/traffic`: this application's queue depths and response counters, from
+  Ray's metrics export (serve_app/cluster_traffic.py), for the Status page.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
+from serve_app.cluster_traffic import TrafficCache, read_traffic
 from serve_app.schemas import (
     ERROR_RESPONSES,
     ConsoleConfig,
     ImageFormLimits,
     SearchFormLimits,
+    TrafficResponse,
     VoiceFormLimits,
 )
 from serve_app.services import Services, get_services
@@ -51,3 +58,16 @@ async def console_config(services: ServicesDep) -> ConsoleConfig:
         max_json_bytes=config.json_max_bytes,
         dashboard_url=config.dashboard_url,
     )
+
+
+@router.get("/traffic", response_model=TrafficResponse)
+async def console_traffic(request: Request, services: ServicesDep) -> TrafficResponse:
+    """Requests waiting and in process per deployment, responses per route and status, and
+    queue-full refusals of this application, from Ray's Prometheus export of every node
+    (read at most every 2 s per Gateway replica). Counters are totals: rates need two reads.
+    `available: false` when no node's export could be read."""
+    cache = getattr(request.app.state, "traffic", None)
+    if cache is None:
+        cache = request.app.state.traffic = TrafficCache()
+    app_name = services.board.app_name
+    return await cache.get(lambda: read_traffic(app_name))
