@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import soundfile as sf
 from PIL import Image
 from ray import serve
 
@@ -118,6 +119,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "--disable-extensions",
         "--disable-background-networking",
         "--autoplay-policy=no-user-gesture-required",
+        # getUserMedia answers with Chromium's fake microphone (a beep), no permission prompt
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(argument)
@@ -181,6 +185,7 @@ def open_console(driver: Any, app: ConsoleApp, page: str, key: str | None = KEY)
     driver.get(app.page)
     driver.execute_script("sessionStorage.clear(); localStorage.clear();")
     driver.get(f"{app.page}#{page}")
+    driver.refresh()  # a new hash alone would not load the page again
     wait_for(driver, lambda d: d.execute_script("return document.body.dataset.ready"))
     if key is not None:
         field = by_id(driver, "api-key")
@@ -221,11 +226,16 @@ def test_without_a_key_the_page_says_401(browser: Any, console_app: ConsoleApp) 
     open_console(browser, console_app, "images", key=None)
     text = shown_error(browser, "config-error")
     assert "401" in text and "unauthorized" in text and "API key" in text
-    by_id(browser, "image-title").send_keys("no key")
-    for field, value in (("image-width", "64"), ("image-height", "64")):
+    # Without the server's limits the form is empty: a person fills it in.
+    for field, value in (
+        ("image-title", "no key"),
+        ("image-width", "64"),
+        ("image-height", "64"),
+        ("image-steps", "1"),
+        ("image-guidance", "0"),
+    ):
+        assert by_id(browser, field).get_attribute("value") == ""
         by_id(browser, field).send_keys(value)
-    by_id(browser, "image-steps").send_keys("1")
-    by_id(browser, "image-guidance").send_keys("0")
     by_id(browser, "image-generate").click()
     text = shown_error(browser, "image-error")
     assert "Error 401 unauthorized" in text and "enter a valid one in the API key field" in text
@@ -429,6 +439,33 @@ def test_voices_page_saves_and_synthesizes_a_playable_voice(
     wait_for(browser, lambda _: "AI/VOICE/generated/console-narrator/" in facts.text, "voice-error")
 
 
+def test_a_reference_recorded_in_the_browser_is_saved(
+    browser: Any, console_app: ConsoleApp
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_console(browser, console_app, "voices")
+    by_id(browser, "voice-record").click()
+    state = by_id(browser, "voice-record-state")
+    wait_for(browser, lambda _: state.text == "recording…", "voice-save-error", 30)
+    time.sleep(2.5)  # the fake microphone's beeps
+    by_id(browser, "voice-stop").click()
+    wait_for(browser, lambda _: state.text.startswith("recorded "), "voice-save-error", 30)
+    by_id(browser, "voice-transcript").send_keys("beep beep")
+    by_id(browser, "voice-id").send_keys("console-recorded")
+    by_id(browser, "voice-save").click()
+    wait_for(
+        browser,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#voice-list li[data-voice='console-recorded']"),
+        "voice-save-error",
+    )
+    saved = console_app.api("GET", "/v1/voices/console-recorded").json()
+    assert saved["transcript"] == "beep beep"
+    # The recording (webm/opus from MediaRecorder) was decoded and stored as MP3.
+    stored = sf.info(str(console_app.storage / saved["key"]))
+    assert stored.format == "MP3" and 1.0 < stored.duration < 10
+
+
 def test_status_page_shows_each_module(browser: Any, console_app: ConsoleApp) -> None:
     from selenium.webdriver.common.by import By
 
@@ -448,6 +485,23 @@ def test_status_page_shows_each_module(browser: Any, console_app: ConsoleApp) ->
     assert "ImageGenerator HEALTHY" in by_id(browser, "status-modules").text
     assert "ready (HTTP 200)" in by_id(browser, "status-summary").text
     assert by_id(browser, "dashboard-link").get_attribute("href") == "http://127.0.0.1:8265/"
+    # Traffic from Ray's metrics export: the page's own keyed calls are counted by route
+    # (exported every second here), and a second read gives a rate.
+    route = "#traffic-routes tbody tr[data-route='/v1/console/config']"
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, route), "status-error", 120)
+    cells = browser.find_element(By.CSS_SELECTOR, route).find_elements(By.TAG_NAME, "td")
+    assert cells[0].text == "GET /v1/console/config" and cells[1].text == "200"
+    assert float(cells[2].text) >= 1
+    wait_for(
+        browser,
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, route).find_elements(By.TAG_NAME, "td")[3].text != "…"
+        ),
+        "status-error",
+        60,
+    )
+    queue = "#traffic-deployments tbody tr[data-deployment='ImageGenerator']"  # 0 waiting here
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, queue), "status-error", 60)
     screenshot(browser, "status")
 
 
