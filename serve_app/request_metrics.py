@@ -20,6 +20,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500
+        # Before the app runs: routing into a mount rewrites the scope's root_path.
+        unrouted = _unrouted(scope)
 
         async def send_and_record(message: dict[str, Any]) -> None:
             nonlocal status
@@ -31,7 +33,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or _unrouted(scope)
+            template = getattr(route, "path", None) or unrouted
             http_requests().inc(
                 1,
                 tags={"route": template, "method": scope.get("method", ""), "status": str(status)},

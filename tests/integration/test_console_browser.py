@@ -384,6 +384,15 @@ def test_a_bad_upload_shows_the_servers_error(
     # Nothing was stored: the project does not exist.
     assert console_app.api("GET", "/v1/projects/console_bad_upload/images").status_code == 404
 
+    # Over IMAGE_SEARCH_MAX_BYTES (256 KiB here, from the server's settings): said before sending.
+    big = tmp_path / "big.png"
+    Image.effect_noise((400, 400), 80).convert("RGB").save(big)
+    assert big.stat().st_size > 256 * 1024
+    by_id(browser, "upload-files").send_keys(str(big))
+    box = by_id(browser, "upload-error")
+    wait_for(browser, lambda _: "big.png" in box.text)
+    assert "over this server's 256 KiB per image (IMAGE_SEARCH_MAX_BYTES)" in box.text
+
 
 def test_voices_page_saves_and_synthesizes_a_playable_voice(
     browser: Any, console_app: ConsoleApp, tmp_path: Path
@@ -500,6 +509,9 @@ def test_status_page_shows_each_module(browser: Any, console_app: ConsoleApp) ->
         "status-error",
         60,
     )
+    # The console's own files are one label, /ui (not a path each, not "unmatched").
+    files = "#traffic-routes tbody tr[data-route='/ui']"
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, files), "status-error", 60)
     queue = "#traffic-deployments tbody tr[data-deployment='ImageGenerator']"  # 0 waiting here
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, queue), "status-error", 60)
     screenshot(browser, "status")

@@ -149,6 +149,17 @@ export function setupSearch() {
     const files = [...fileList];
     clearError($("upload-error"));
     if (!files.length || !needProject()) return;
+    // The server would answer 413 for these, but possibly while the browser is still
+    // sending (which a browser may report as a broken connection): say it before sending.
+    const tooBig = limits ? files.filter((file) => file.size > limits.max_bytes) : [];
+    if (tooBig.length) {
+      const names = tooBig.map((file) => `${file.name} (${formatBytes(file.size)})`).join(", ");
+      showError(
+        $("upload-error"),
+        new Error(`over this server's ${formatBytes(limits.max_bytes)} per image (IMAGE_SEARCH_MAX_BYTES), nothing was sent: ${names}`),
+      );
+      return;
+    }
     const progress = $("upload-progress");
     const status = $("upload-status");
     const total = files.reduce((sum, file) => sum + file.size, 0) || 1;

@@ -24,15 +24,22 @@ export function setupVoices() {
   let recorder = null;
   let audioUrl = null;
   let referenceUrl = null;
+  let maxRefBytes = null;
   const errorBox = $("voice-error");
   const saveErrorBox = $("voice-save-error");
   const buttons = [$("voice-speak"), $("voice-store")];
 
-  /** The reference to send: the chosen file, else the recording. */
+  /** The reference to send: the chosen file, else the recording. Refused here when over
+   * VOICE_MAX_REF_BYTES (the server's 413 could come while the browser still sends). */
   function reference() {
     const file = $("voice-file").files[0];
-    if (file) return { blob: file, name: file.name };
-    return recorded;
+    const ref = file ? { blob: file, name: file.name } : recorded;
+    if (ref && maxRefBytes && ref.blob.size > maxRefBytes) {
+      throw new Error(
+        `the reference is ${formatBytes(ref.blob.size)}, over this server's ${formatBytes(maxRefBytes)} (VOICE_MAX_REF_BYTES)`,
+      );
+    }
+    return ref;
   }
 
   function showReference(blob) {
@@ -133,9 +140,12 @@ export function setupVoices() {
   $("voice-save-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     clearError(saveErrorBox);
-    const ref = reference();
-    if (!ref) {
-      showError(saveErrorBox, new Error("choose an audio file or record a reference first"));
+    let ref;
+    try {
+      ref = reference();
+      if (!ref) throw new Error("choose an audio file or record a reference first");
+    } catch (error) {
+      showError(saveErrorBox, error);
       return;
     }
     const name = $("voice-id").value.trim();
@@ -260,8 +270,9 @@ export function setupVoices() {
     configure(config) {
       if (!config) return;
       const limits = config.voice;
+      maxRefBytes = limits.max_ref_bytes;
       Object.assign($("voice-speed"), { min: limits.speed_min, max: limits.speed_max });
-      Object.assign($("voice-steps"), { max: limits.nfe_steps_max, placeholder: `${limits.default_nfe_steps} (default)` });
+      Object.assign($("voice-steps"), { max: limits.nfe_steps_max, placeholder: `default ${limits.default_nfe_steps}` });
       $("voice-text").maxLength = limits.max_text_chars;
     },
   };
