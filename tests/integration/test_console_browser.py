@@ -71,20 +71,20 @@ def console_app(
         "LOCAL_STORAGE_DIR": str(storage),
         "IMAGE_MODEL": str(models / "diffusion"),
         "IMAGE_DEVICE": "cpu",
-        "IMAGE_NUM_CPUS": 0.25,
+        "IMAGE_NUM_CPUS": 0.01,  # the session Ray's CPUs are taken by the other apps
         "IMAGE_DEFAULT_WIDTH": DEFAULT_WIDTH,
         "IMAGE_DEFAULT_HEIGHT": DEFAULT_HEIGHT,
         "IMAGE_DEFAULT_STEPS": 2,
         "IMAGE_MAX_PIXELS": 256 * 256,
         "CLIP_MODEL": f"local-dir:{models / CLIP_ID}",
         "CLIP_DEVICE": "cpu",
-        "CLIP_NUM_CPUS": 0.25,
+        "CLIP_NUM_CPUS": 0.01,  # the session Ray's CPUs are taken by the other apps
         "IMAGE_SEARCH_DB_PATH": str(tmp_path_factory.mktemp("console-db") / "search.db"),
         "IMAGE_SEARCH_DB_BACKUP_ENABLED": False,
         "IMAGE_SEARCH_MAX_BYTES": 256 * 1024,
         "IMAGE_SEARCH_MAX_BATCH_FILES": 2,  # three files go in two requests
         **voice_settings(models),
-        "VOICE_NUM_CPUS": 0.25,
+        "VOICE_NUM_CPUS": 0.01,
         "TORCH_CPU_THREADS": 1,
         "API_KEYS": KEY,
     }
