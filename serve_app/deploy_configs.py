@@ -103,6 +103,7 @@ def gateway_config(settings: Settings, placement: dict[str, str] | None = None) 
         ),
         api_keys=settings.api_key_scopes(),
         auth_disabled=settings.auth_disabled,
+        dashboard_url=settings.console_dashboard_url,
         placement=placement or {},
     )
 

@@ -83,6 +83,9 @@ class GatewayConfig(BaseModel):
         "empty: no auth, allowed on a loopback bind or with AUTH_DISABLED=1",
     )
     auth_disabled: bool = Field(default=False, description="AUTH_DISABLED=1: no keys on purpose")
+    dashboard_url: str | None = Field(
+        default=None, description="The Ray dashboard's URL for the console (CONSOLE_DASHBOARD_URL)"
+    )
 
     @property
     def generated_voice_prefix(self) -> str:

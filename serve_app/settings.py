@@ -216,6 +216,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None
     auth_disabled: bool = False
+    # The Ray dashboard link on the console's Status page (serve_app/console); unset: the
+    # page's own host on port 8265.
+    console_dashboard_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     _api_keys: tuple[ApiKey, ...] = PrivateAttr(default=())
 
     # --- cluster placement ----------------------------------------------------------------
@@ -233,6 +236,7 @@ class Settings(BaseSettings):
         "api_keys_file",
         "voice_vocab",
         "model_node_resource",
+        "console_dashboard_url",
         mode="before",
     )
     @classmethod

@@ -19,6 +19,9 @@ from serve_app.access import check_voice, model_work, module_access
 from serve_app.modules import VOICE
 from serve_app.schemas import (
     ERROR_RESPONSES,
+    VOICE_NFE_STEPS_MAX,
+    VOICE_SPEED_MAX,
+    VOICE_SPEED_MIN,
     AudioFormatName,
     ErrorResponse,
     StoredVoiceResponse,
@@ -56,9 +59,9 @@ class VoiceFormFields(_Strict):
     text: str = Field(min_length=1, max_length=100_000)
     ref_text: str | None = Field(default=None, max_length=2000)
     format: AudioFormatName = "mp3"
-    speed: float | None = Field(default=None, ge=0.3, le=3.0)
+    speed: float | None = Field(default=None, ge=VOICE_SPEED_MIN, le=VOICE_SPEED_MAX)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    nfe_steps: int | None = Field(default=None, ge=1, le=128)
+    nfe_steps: int | None = Field(default=None, ge=1, le=VOICE_NFE_STEPS_MAX)
     stream: bool = Field(default=False, description="Send the audio as it is made (mp3, wav)")
 
 
