@@ -1,14 +1,23 @@
-"""Benchmark 10, streamed speech: time to the first audio byte against time to the full clip.
+"""Benchmark 10, streamed speech and prepared voices, in one run.
 
     python -m bench.speech_stream [--rounds 5] [--nfe-steps 8]
     python -m bench --only speech          # the same, as a section of docs/benchmarks.md
 
-The voice module alone with the tiny F5-TTS on the CPU, over HTTP through Serve's proxy:
-`POST /v1/voice/generate` with `stream=1` (WAV) speaking a 4-sentence text (about 210 bytes)
-after a 3 s reference, read with httpx as the bytes come. Per round: the time to the first
-audio byte, to the last byte of the stream, and, interleaved, the same request not streamed
-(the whole clip in one answer). Reported as medians; the target (issue 16) is the first
-audio within a third of the full time.
+The voice module alone with the tiny F5-TTS on the CPU, over HTTP through Serve's proxy.
+
+Streaming: `POST /v1/voice/generate` with `stream=1` (WAV) speaking a 4-sentence text
+(about 210 bytes) after a 3 s reference, read with httpx as the bytes come. Per round: the
+time to the first audio byte, to the last byte of the stream, and, interleaved, the same
+request not streamed (the whole clip in one answer). Reported as medians; the target
+(issue 16) is the first audio within a third of the full time.
+
+Prepared voices: `POST /v1/audio/speech` with a saved voice (a 10 s reference), the same
+short sentence and seed each time. Per round the voice is saved again (`PUT
+/v1/voices/{id}`: a new version, so nothing prepared is left) and the request is timed
+twice: unprepared (the first use: the stored MP3 decoded, trimmed, transcribed when there
+is no saved transcript, prepared and stored) and prepared (the second: none of that). Once
+with a saved transcript, once without (ASR; the tiny Whisper here is far cheaper than the
+real one). Reported as medians, the saving per request in ms and as a ratio.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ TEXT = (
     "bread! Would you like to come along with us this time?"
 )
 REF_TEXT = "Hello there, how are you?"
+SAVED_REF_SECONDS = 10.0
+SAVED_REF_TEXT = "Some call me nature, others call me mother. I have been here for a long while."
+SHORT_TEXT = "Nice to meet you, and welcome."
 
 
 def load_average() -> str:
@@ -77,7 +89,7 @@ def measure(url: str, rounds: int, nfe_steps: int) -> dict[str, Any]:
             whole_s.append(whole_done)
             reads.append(count)
     first_med, stream_med = statistics.median(first_s), statistics.median(stream_s)
-    return {
+    result = {
         "rounds": rounds,
         "nfe_steps": nfe_steps,
         "text_bytes": len(TEXT.encode()),
@@ -89,6 +101,64 @@ def measure(url: str, rounds: int, nfe_steps: int) -> dict[str, Any]:
         "reads_median": statistics.median(reads),
         "loadavg": load_average(),
     }
+    result["prepared"] = [
+        measure_prepared(url, rounds, nfe_steps, transcript=SAVED_REF_TEXT),
+        measure_prepared(url, rounds, nfe_steps, transcript=None),
+    ]
+    result["loadavg_end"] = load_average()
+    return result
+
+
+def measure_prepared(
+    url: str, rounds: int, nfe_steps: int, transcript: str | None
+) -> dict[str, Any]:
+    """The same `/v1/audio/speech` request with the saved voice unprepared (just saved
+    again) and prepared (the next request), `rounds` each after one warm-up round."""
+    import httpx
+
+    from bench.inputs import reference_wav
+
+    ref = reference_wav(SAVED_REF_SECONDS)
+    voice_id = "bench-asr" if transcript is None else "bench-transcript"
+    body = {
+        "model": "f5-tts",
+        "voice": voice_id,
+        "input": SHORT_TEXT,
+        "response_format": "wav",
+        "nfe_steps": nfe_steps,
+        "seed": 1,
+    }
+    unprepared_s, prepared_s, same_audio = [], [], []
+    with httpx.Client(timeout=300) as client:
+        for round_ in range(rounds + 1):
+            data = {"transcript": transcript} if transcript else {}
+            saved = client.put(
+                f"{url}/v1/voices/{voice_id}", files={"audio": ("ref.wav", ref)}, data=data
+            )
+            saved.raise_for_status()
+            timings, answers = [], []
+            for _ in range(2):  # the first use prepares the voice, the second reuses it
+                start = time.perf_counter()
+                answer = client.post(f"{url}/v1/audio/speech", json=body)
+                answer.raise_for_status()
+                timings.append(time.perf_counter() - start)
+                answers.append(answer.content)
+            if round_ == 0:
+                continue  # warm-up
+            unprepared_s.append(timings[0])
+            prepared_s.append(timings[1])
+            same_audio.append(answers[0] == answers[1])
+    unprepared, prepared = statistics.median(unprepared_s), statistics.median(prepared_s)
+    return {
+        "transcript": "saved" if transcript else "none (ASR)",
+        "ref_seconds": SAVED_REF_SECONDS,
+        "text_bytes": len(SHORT_TEXT.encode()),
+        "unprepared_s": unprepared,
+        "prepared_s": prepared,
+        "saving_ms": (unprepared - prepared) * 1000,
+        "ratio_prepared_to_unprepared": prepared / unprepared,
+        "same_audio": all(same_audio),
+    }
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -98,11 +168,36 @@ def markdown(r: dict[str, Any]) -> str:
         [[fmt(r["first_byte_s"], 2), fmt(r["stream_full_s"], 2), fmt(r["whole_clip_s"], 2),
           fmt(r["ratio_first_to_full"], 2), fmt(r["ratio_first_to_whole"], 2)]],
     )  # fmt: skip
-    return (
+    streamed = (
         f"{table}\n\nMedians of {r['rounds']} rounds, a {r['text_bytes']}-byte 4-sentence text, "
         f"{r['nfe_steps']} steps, tiny F5-TTS on the CPU, WAV over HTTP through Serve "
         f"(load average {r['loadavg']}). Target: the first audio within a third of the full "
         "time."
+    )
+    prepared = r.get("prepared") or []
+    if not prepared:
+        return streamed
+    rows = [
+        [p["transcript"], fmt(p["unprepared_s"] * 1000, 0), fmt(p["prepared_s"] * 1000, 0),
+         fmt(p["saving_ms"], 0), fmt(p["ratio_prepared_to_unprepared"], 2),
+         "yes" if p["same_audio"] else "**no**"]
+        for p in prepared
+    ]  # fmt: skip
+    saving = md_table(
+        ["saved transcript", "unprepared (ms)", "prepared (ms)", "saved per request (ms)",
+         "prepared / unprepared", "same audio"],
+        rows,
+    )  # fmt: skip
+    first = prepared[0]
+    return (
+        f"{streamed}\n\n### Prepared voices\n\n{saving}\n\n"
+        f"`POST /v1/audio/speech` in a saved voice ({first['ref_seconds']:g} s reference, a "
+        f"{first['text_bytes']}-byte sentence, {r['nfe_steps']} steps, WAV), medians of "
+        f"{r['rounds']} rounds: *unprepared* is the first request after the voice is saved "
+        "(the stored MP3 decoded, trimmed, transcribed when there is no saved transcript, "
+        "prepared on the VoiceCloner and written beside the voice), *prepared* the next one "
+        "(the VoiceCloner holds it by key). Same seed, so the same audio both times. "
+        f"Load average at start / end: {r['loadavg']} / {r.get('loadavg_end', 'unknown')}."
     )
 
 
@@ -118,7 +213,7 @@ def run(ctx: Context, nfe_steps: int = 8) -> Section:
     finally:
         ctx.serve.delete("speech")
     return Section(
-        "10. Streamed speech",
+        "10. Streamed speech and prepared voices",
         markdown(result),
         {"results": [result]},
         time.perf_counter() - started,
@@ -150,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
             serve.shutdown()
     print(markdown(result))
     print(f"ratio (first audio byte / full streamed clip): {result['ratio_first_to_full']:.2f}")
+    for prepared in result["prepared"]:
+        print(
+            f"prepared voice ({prepared['transcript']}): saves {prepared['saving_ms']:.0f} ms "
+            f"per request (prepared / unprepared {prepared['ratio_prepared_to_unprepared']:.2f})"
+        )
 
 
 if __name__ == "__main__":
