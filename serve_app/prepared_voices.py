@@ -11,9 +11,10 @@ tried in order:
 2. the object store beside the voice, `{VOICE_REMOTE_PREFIX}{voice_id}.voice.npz`, kept
    only when its key is the voice's current one (a corrupt, foreign or outdated file is
    ignored and replaced);
-3. made anew: the stored audio decoded, its transcript read (the saved one, the old
-   transcript cache, else ASR on the replica), prepared by the VoiceCloner
-   (`prepare_voice`, which also keeps it) and written to the store.
+3. made anew: the stored audio decoded, its transcript read (the saved one, the
+   transcript cache by the audio's sha256, else ASR on the replica, whose answer goes to
+   that cache too), prepared by the VoiceCloner (`prepare_voice`, which also keeps it) and
+   written to the store.
 
 A PUT or DELETE of the voice removes the stored file (`forget_prepared`). The VoiceCloner
 answers VoiceNotPrepared (409) for a key it does not hold or a file another model made;
@@ -44,6 +45,7 @@ logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
 PREPARED_SUFFIX = ".voice.npz"
+NPZ_TYPE = "application/octet-stream"
 NOTES_KEPT = 4096  # voice keys whose transcript this replica remembers (a few hundred bytes each)
 MODEL_SAMPLE_RATE = 24_000  # F5-TTS's vocos front end; decoding straight to it saves a resample
 
@@ -232,7 +234,10 @@ async def _make(services: Services, saved: SavedVoice, check: Check | None = Non
         max_seconds=config.voice_max_ref_seconds,
         max_bytes=config.voice_max_ref_bytes,
     )
-    ref_text, source = await _known_transcript(services, saved, audio)
+    cache_key = join_key(
+        config.voice_remote_prefix, "transcripts", f"{hashlib.sha256(audio).hexdigest()}.txt"
+    )
+    ref_text, source = await _known_transcript(services, saved, cache_key)
     if check is not None and ref_text:
         check(decoded.duration_s, ref_text)
     prepared: PreparedVoice = await await_deployment(
@@ -248,29 +253,25 @@ async def _make(services: Services, saved: SavedVoice, check: Check | None = Non
         watch=services.board.watch(VOICE),
     )
     services.voice_notes.put(saved.key, VoiceNote.of(prepared))
-    key = prepared_key(services, saved.voice_id)
-    try:
-        await asyncio.to_thread(
-            services.store.put, key, prepared.to_bytes(), "application/octet-stream"
-        )
-    except Exception:
-        logger.warning("could not store the prepared voice at %s", key, exc_info=True)
+    writes = [(prepared_key(services, saved.voice_id), prepared.to_bytes(), NPZ_TYPE)]
+    if prepared.ref_text_source == "asr":  # the same recording saved again needs no ASR
+        writes.append((cache_key, prepared.ref_text.encode(), "text/plain; charset=utf-8"))
+    for key, data, content_type in writes:
+        try:  # the synthesis goes on without it; a later request prepares again
+            await asyncio.to_thread(services.store.put, key, data, content_type)
+        except Exception:
+            logger.warning("could not store %s", key, exc_info=True)
     return prepared
 
 
 async def _known_transcript(
-    services: Services, saved: SavedVoice, audio: bytes
+    services: Services, saved: SavedVoice, cache_key: str
 ) -> tuple[str | None, TranscriptSource]:
     """The saved transcript, else one an earlier ASR left in the transcript cache, else None
     (the VoiceCloner transcribes)."""
     stored = await _get_text(services, saved.transcript_key)
     if stored:
         return stored, "stored"
-    cache_key = join_key(
-        services.config.voice_remote_prefix,
-        "transcripts",
-        f"{hashlib.sha256(audio).hexdigest()}.txt",
-    )
     cached = await _get_text(services, cache_key)
     if cached:
         return cached, "cached"
