@@ -105,7 +105,8 @@ async def speak(
     fmt: AudioFormat,
     params: VoiceParams,
 ) -> SpokenAudio:
-    """Clone the reference voice (uploaded bytes, or a saved voice) saying `text`, as `fmt`."""
+    """Clone the reference voice (uploaded bytes, or a saved voice) saying `text`, as `fmt`.
+    `ref_text` is the uploaded reference's transcript (a saved voice has its own)."""
     await services.board.require_ready(VOICE)
     config = services.config
     text = checked_text(services, text)
