@@ -24,6 +24,7 @@ from serve_app.audio import AudioDecoder
 from serve_app.call_batching import CallBatcher
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import IMAGE_SEARCH, ModuleBoard
+from serve_app.prepared_voices import VoiceNotes
 
 
 class GatewayConfig(BaseModel):
@@ -120,6 +121,11 @@ class Services:
     voice_cloner: Any = None
     # The catalog's active embedding space as last read from the VectorIndex (None: unread).
     _active_space: EmbeddingSpace | None = field(default=None, repr=False)
+
+    @cached_property
+    def voice_notes(self) -> VoiceNotes:
+        """What this replica knows of prepared saved voices, by key (serve_app.prepared_voices)."""
+        return VoiceNotes()
 
     @cached_property
     def audio_decoder(self) -> AudioDecoder:

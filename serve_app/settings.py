@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     voice_max_ref_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     voice_max_ref_seconds: float = Field(default=60.0, gt=0, le=3600)
     voice_ref_seconds_used: float = Field(default=defaults.VOICE_REF_SECONDS_USED, gt=0, le=20)
+    voice_prepared_cache_size: int = Field(
+        default=defaults.VOICE_PREPARED_CACHE_SIZE, ge=0, le=10_000
+    )
     voice_max_text_chars: int = Field(default=2000, ge=1, le=100_000)
     voice_default_nfe_steps: int = Field(default=defaults.VOICE_NFE_STEPS, ge=1, le=128)
     voice_default_cfg_strength: float = Field(default=defaults.VOICE_CFG_STRENGTH, ge=0, le=10)
