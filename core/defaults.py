@@ -54,6 +54,8 @@ VOICE_CHECKPOINT: Final = "hf://SWivid/F5-TTS/F5TTS_v1_Base/model_1250000.safete
 VOICE_VOCODER: Final = "charactr/vocos-mel-24khz"
 VOICE_ASR_MODEL: Final = "openai/whisper-large-v3-turbo"
 VOICE_REF_SECONDS_USED: Final = 12.0
+# Prepared saved voices a VoiceCloner replica keeps in memory (about 1.2 MB each at most)
+VOICE_PREPARED_CACHE_SIZE: Final = 64
 VOICE_NFE_STEPS: Final = 32
 VOICE_CFG_STRENGTH: Final = 2.0
 VOICE_MAX_QUEUED_REQUESTS: Final = 8

@@ -86,6 +86,14 @@ class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 
 
+class VoiceNotPrepared(Conflict):
+    """A prepared voice named by its key that the VoiceCloner does not hold (not prepared
+    on this replica, or evicted), or one prepared for another model: prepare it again
+    (`prepare_voice`) or pass the `PreparedVoice` itself. The Gateway does so by itself."""
+
+    code = "voice_not_prepared"
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
     code = "payload_too_large"
@@ -174,6 +182,12 @@ class UnreadableImage(ModelInputError):
     """Bytes that are not an image the model accepts: 415."""
 
     api_error = UnsupportedMediaType
+
+
+class PreparedForAnotherModel(ModelInputError):
+    """A prepared voice made by another voice model (or format): 409, prepare it again."""
+
+    api_error = VoiceNotPrepared
 
 
 class OverBudget(InvalidInput):

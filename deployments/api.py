@@ -87,9 +87,32 @@ VOICE_CLONER = "VoiceCloner"  (module: voice; one request at a time, bounded que
             gen = voice.options(stream=True).synthesize_stream.remote(ref, sr, words, text)
             async for chunk in gen:                  # sync callers: ``for chunk in gen``
                 play(chunk.samples, chunk.sample_rate)
+    prepare_voice(ref_audio, ref_sr, ref_text: str | None = None, *, key: str = "")
+        -> PreparedVoice
+        A reference prepared once for many syntheses: resampled and trimmed as
+        ``synthesize`` trims it, transcribed (ASR) when ``ref_text`` is empty. With ``key``
+        the replica keeps it (a bounded LRU, VOICE_PREPARED_CACHE_SIZE) for
+        ``synthesize_voice(key, ...)``; give a new key when the voice changes.
+        ``PreparedVoice.to_bytes()`` / ``from_bytes()`` store and read it (a small .npz).
+    synthesize_voice(voice: PreparedVoice | str, text, params=None) -> SynthesizedSpeech
+    synthesize_voice_stream(voice: PreparedVoice | str, text, params=None)
+        -> async iterator of SpeechChunk   (through ``handle.options(stream=True)``)
+        ``synthesize`` / ``synthesize_stream`` from a prepared voice or its key: no
+        trimming or ASR, the same samples for the same seed. A key the replica does not
+        hold (another replica, a restart, evicted) or a voice another model prepared raises
+        VoiceNotPrepared (409): prepare it again, or pass the PreparedVoice itself::
+
+            voice = cloner.prepare_voice.remote(ref, sr, words, key="anna@1").result()
+            try:
+                gen = cloner.options(stream=True).synthesize_voice_stream.remote("anna@1", text)
+                chunks = list(gen)
+            except VoiceNotPrepared:
+                chunks = list(cloner.options(stream=True).synthesize_voice_stream.remote(
+                    voice, text))
     transcribe(audio: np.ndarray, sr: int) -> str   the reference's words (ASR), trimmed as
         synthesize trims it
-    describe() -> dict[str, str]
+    describe() -> dict[str, str]    models, device; ``references_prepared``,
+        ``transcriptions`` (how often the reference work ran), ``prepared_voices`` held
 
 JOB_RUNNER = "JobRunner"  (JOBS_ENABLED=1; exactly one replica, the jobs' SQLite writer)
     submit(kind: str, request: dict | None = None, *, owner: str = "",
@@ -147,9 +170,11 @@ from core.errors import (
     Overloaded,
     ServiceUnavailable,
     UnsupportedMediaType,
+    VoiceNotPrepared,
     find_api_error,
 )
 from core.jobs import JobPage, JobSubmitted, JobView, WebhookStatus, webhook_signature
+from core.prepared_voice import PreparedVoice
 from core.records import (
     DuplicateGroup,
     DuplicatePage,
@@ -199,12 +224,14 @@ __all__ = [
     "NotFound",
     "OptimizedPrompt",
     "Overloaded",
+    "PreparedVoice",
     "SearchHit",
     "SearchQuery",
     "ServiceUnavailable",
     "SpeechChunk",
     "SynthesizedSpeech",
     "UnsupportedMediaType",
+    "VoiceNotPrepared",
     "VoiceParams",
     "WebhookStatus",
     "api_error",

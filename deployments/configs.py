@@ -240,6 +240,12 @@ class VoiceClonerConfig(_Config):
         le=20.0,
         description="The reference is trimmed to this many seconds (at silences when it can)",
     )
+    prepared_voices_cached: int = Field(
+        default=defaults.VOICE_PREPARED_CACHE_SIZE,
+        ge=0,
+        le=10_000,
+        description="Prepared voices kept in memory by key, least recently used dropped first",
+    )
     limits: VoiceLimits = Field(
         default_factory=VoiceLimits,
         description="What one synthesis may cost, and the transcript's plausible speaking "

@@ -20,6 +20,7 @@ cross-faded into the next (`CrossFader`). The Ray deployment is a thin shell aro
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import re
@@ -36,7 +37,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from core.errors import ModelInputError
+from core.errors import ModelInputError, PreparedForAnotherModel
+from core.prepared_voice import FORMAT_VERSION, PreparedVoice, TranscriptSource
 from core.resample import resample
 from core.types import SpeechChunk, SynthesizedSpeech
 from core.voice_cost import (
@@ -134,6 +136,10 @@ class VoiceModel:
         # runs the chunk on a thread of its own, so the hook reads it from here).
         self._cancel: threading.Event | None = None
         self.model.transformer.register_forward_pre_hook(self._before_model_step)
+        # How often the expensive reference work ran (trimming, ASR): `describe()` shows them.
+        self._counts_lock = threading.Lock()
+        self._references_prepared = 0
+        self._transcriptions = 0
 
     def warm_up(self) -> float:
         """Synthesize a short phrase from a synthetic one-second reference with 2 steps, so
@@ -174,6 +180,25 @@ class VoiceModel:
         plan = self._plan(
             ref_audio, ref_sr, ref_text, text, nfe_steps, cfg_strength, speed, seed, False
         )
+        return self._synthesize(plan)
+
+    def synthesize_voice(
+        self,
+        voice: PreparedVoice,
+        text: str,
+        *,
+        nfe_steps: int = 32,
+        cfg_strength: float = 2.0,
+        speed: float = 1.0,
+        seed: int | None = None,
+    ) -> SynthesizedSpeech:
+        """`synthesize` from a reference `prepare_voice` made: no trimming or ASR, and the
+        same samples as `synthesize` with the unprepared reference and the same seed. A voice
+        prepared by another model raises PreparedForAnotherModel."""
+        plan = self._plan_voice(voice, text, nfe_steps, cfg_strength, speed, seed, False)
+        return self._synthesize(plan)
+
+    def _synthesize(self, plan: _Plan) -> SynthesizedSpeech:
         cancel = cancel_flag()
         with self._running(cancel):
             start = time.perf_counter()
@@ -214,6 +239,65 @@ class VoiceModel:
         )
         return self._stream(plan, cancel_flag())
 
+    def synthesize_voice_stream(
+        self,
+        voice: PreparedVoice,
+        text: str,
+        *,
+        nfe_steps: int = 32,
+        cfg_strength: float = 2.0,
+        speed: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[SpeechChunk]:
+        """`synthesize_stream` from a reference `prepare_voice` made (see `synthesize_voice`)."""
+        plan = self._plan_voice(voice, text, nfe_steps, cfg_strength, speed, seed, True)
+        return self._stream(plan, cancel_flag())
+
+    @property
+    def fingerprint(self) -> str:
+        """What a prepared voice depends on: the models, the rate, the trimming, the format.
+        A voice prepared under another fingerprint is prepared again."""
+        parts = (
+            f"f5={self.config.model_config_name}:{self.config.checkpoint}",
+            f"asr={self.config.asr_model}",
+            f"sr={self.sample_rate}",
+            f"ref_s={self.config.max_ref_seconds_used:g}",
+            f"v={FORMAT_VERSION}",
+        )
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+    def prepare_voice(
+        self,
+        ref_audio: np.ndarray,
+        ref_sr: int,
+        ref_text: str | None = None,
+        *,
+        ref_text_source: TranscriptSource = "given",
+        key: str = "",
+    ) -> PreparedVoice:
+        """The reference as the model uses it: resampled and trimmed (`prepare_reference`)
+        and, without `ref_text`, transcribed by the speech recogniser. An unusable reference
+        or no recognised speech raises ModelInputError."""
+        reference = self.prepare_reference(ref_audio, ref_sr)
+        text = (ref_text or "").strip()
+        source: TranscriptSource = ref_text_source
+        if not text:
+            text = self.transcribe(reference, self.sample_rate).strip()
+            source = "asr"
+            if not text:
+                raise ModelInputError(
+                    "no speech was recognised in the reference audio; give its transcript"
+                )
+        return PreparedVoice(
+            samples=reference,
+            sample_rate=self.sample_rate,
+            ref_text=text,
+            ref_text_source=source,
+            source_seconds=np.shape(ref_audio)[0] / ref_sr,
+            model=self.fingerprint,
+            key=key,
+        )
+
     def _stream(self, plan: _Plan, cancel: threading.Event | None) -> Iterator[SpeechChunk]:
         sr = self.sample_rate
         fader = CrossFader(int(CROSS_FADE_SECONDS * sr))
@@ -247,6 +331,53 @@ class VoiceModel:
         streaming: bool,
     ) -> _Plan:
         """The checked request: reference at the model rate, chunks, seed (ModelInputError)."""
+        seed = self._checked_params(text, ref_text, nfe_steps, cfg_strength, speed, seed)
+        reference = self.prepare_reference(ref_audio, ref_sr)
+        full_seconds = np.shape(ref_audio)[0] / ref_sr  # what a given transcript may describe
+        return self._plan_reference(
+            reference, full_seconds, ref_text, text, nfe_steps, cfg_strength, speed, seed, streaming
+        )
+
+    def _plan_voice(
+        self,
+        voice: PreparedVoice,
+        text: str,
+        nfe_steps: int,
+        cfg_strength: float,
+        speed: float,
+        seed: int | None,
+        streaming: bool,
+    ) -> _Plan:
+        """`_plan` over a prepared reference; one prepared elsewhere raises
+        PreparedForAnotherModel."""
+        if voice.model != self.fingerprint or voice.sample_rate != self.sample_rate:
+            raise PreparedForAnotherModel(
+                "the voice was prepared for another voice model; prepare it again"
+            )
+        checked = self._checked_params(text, voice.ref_text, nfe_steps, cfg_strength, speed, seed)
+        reference = _mono_float32(voice.samples, "the prepared voice's samples")
+        return self._plan_reference(
+            reference,
+            voice.source_seconds,
+            voice.ref_text,
+            text,
+            nfe_steps,
+            cfg_strength,
+            speed,
+            checked,
+            streaming,
+        )
+
+    @staticmethod
+    def _checked_params(
+        text: str,
+        ref_text: str,
+        nfe_steps: int,
+        cfg_strength: float,
+        speed: float,
+        seed: int | None,
+    ) -> int:
+        """The seed to use, once the texts and parameters are checked (ModelInputError)."""
         if not text or not text.strip():
             raise ModelInputError("text must not be empty")
         if not ref_text or not ref_text.strip():
@@ -261,10 +392,22 @@ class VoiceModel:
             seed = secrets.randbits(63)
         elif not 0 <= seed < 2**63:
             raise ModelInputError(f"seed must be in [0, 2**63), got {seed}")
+        return seed
 
+    def _plan_reference(
+        self,
+        reference: Samples,
+        full_seconds: float,
+        ref_text: str,
+        text: str,
+        nfe_steps: int,
+        cfg_strength: float,
+        speed: float,
+        seed: int,
+        streaming: bool,
+    ) -> _Plan:
+        """The plan for a trimmed reference (`full_seconds`: its untrimmed length)."""
         sr = self.sample_rate
-        reference = self.prepare_reference(ref_audio, ref_sr)
-        full_seconds = np.shape(ref_audio)[0] / ref_sr  # what a given transcript may describe
         ref_seconds = reference.shape[-1] / sr  # what the model hears
         # infer_process's chunks: the reference's bytes per second times the ~22 s budget.
         chunks = plan_chunks(ref_seconds, ref_text, text, speed, streaming=streaming)
@@ -360,6 +503,8 @@ class VoiceModel:
         if sr <= 0:
             raise ModelInputError(f"sample rate must be positive, got {sr}")
         with self._lock:
+            with self._counts_lock:
+                self._transcriptions += 1
             return self.recognizer.transcribe(samples, sr)
 
     def describe(self) -> dict[str, str]:
@@ -378,6 +523,9 @@ class VoiceModel:
             "sample_rate": str(self.sample_rate),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "fingerprint": self.fingerprint,
+            "references_prepared": str(self._references_prepared),
+            "transcriptions": str(self._transcriptions),
         }
 
     def prepare_reference(self, ref_audio: np.ndarray, ref_sr: int) -> Samples:
@@ -385,6 +533,8 @@ class VoiceModel:
         samples = _mono_float32(ref_audio, "ref_audio")
         if ref_sr <= 0:
             raise ModelInputError(f"ref_sr must be positive, got {ref_sr}")
+        with self._counts_lock:
+            self._references_prepared += 1
         sr = self.sample_rate
         samples = resample(samples, ref_sr, sr)
         trimmed = _trim_reference(samples, sr, self.config.max_ref_seconds_used)

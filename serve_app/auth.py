@@ -6,6 +6,8 @@ builder; the gateway only ever holds their SHA-256 digests with their scopes, co
 constant time, so no key sits in a config object, a log line or the dashboard.
 
 - `/healthz` is open; `/readyz` is open too, and says more to a valid key (routes/health.py).
+- The console's static files (`GET`/`HEAD` under `/ui`, serve_app/console) are open: they
+  hold no data and no secret; the calls the page makes need a key like any other.
 - Every other route: 401 without a known key (when keys are configured), 429 with
   Retry-After past the key's requests per minute, then the route, whose dependencies check
   the key's scope (serve_app/access.py).
@@ -26,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.errors import ApiError, Unauthorized
 from serve_app.access import KEY_SCOPE, KeyLimits
 from serve_app.api_keys import ApiKey, digest
+from serve_app.console import is_console_path
 from serve_app.http_errors import api_error_response
 
 __all__ = ["OPEN_PATHS", "ApiKeyMiddleware", "digest"]
@@ -35,6 +38,7 @@ logger = logging.getLogger("ray.serve")
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NO_KEY = "-"  # the audit's key name when the request has none
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 class ApiKeyMiddleware:
@@ -54,7 +58,7 @@ class ApiKeyMiddleware:
         if key is not None:
             scope[KEY_SCOPE] = key
         refusal: ApiError | None = None
-        if path in OPEN_PATHS:
+        if path in OPEN_PATHS or _is_console_read(scope, path):
             pass
         elif self._keys and key is None:
             refusal = Unauthorized(
@@ -123,6 +127,10 @@ class ApiKeyMiddleware:
             if hmac.compare_digest(offered, known):
                 matched = key
         return matched
+
+
+def _is_console_read(scope: Scope, path: str) -> bool:
+    return scope.get("method", "") in READ_METHODS and is_console_path(path)
 
 
 def _relative_path(scope: Scope) -> str:

@@ -105,6 +105,7 @@ def gateway_config(settings: Settings, placement: dict[str, str] | None = None) 
         ),
         api_keys=settings.api_key_scopes(),
         auth_disabled=settings.auth_disabled,
+        dashboard_url=settings.console_dashboard_url,
         placement=placement or {},
     )
 
@@ -243,6 +244,7 @@ def voice_cloner_config(
         torch_threads=threads,
         gpu_memory_fraction=gpu_memory_fraction,
         max_ref_seconds_used=settings.voice_ref_seconds_used,
+        prepared_voices_cached=settings.voice_prepared_cache_size,
         limits=voice_limits(settings),
         cpu_nice=settings.voice_cpu_nice,
         warm_up=settings.model_warm_up,

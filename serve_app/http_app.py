@@ -7,9 +7,11 @@ from fastapi import FastAPI
 from serve_app.access import KeyLimits
 from serve_app.auth import ApiKeyMiddleware
 from serve_app.body_limits import BodyLimitMiddleware, BodyLimits
+from serve_app.console import mount_console
 from serve_app.http_errors import install_error_handlers
 from serve_app.request_metrics import RequestMetricsMiddleware
 from serve_app.routes import (
+    console_api,
     files,
     health,
     images,
@@ -53,4 +55,6 @@ def create_http_app(services: Services) -> FastAPI:
     app.include_router(openai_compat.router)
     app.include_router(models.router)
     app.include_router(jobs.router)
+    app.include_router(console_api.router)
+    mount_console(app)  # the web console's static files at /ui (serve_app/console)
     return app

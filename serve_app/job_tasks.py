@@ -24,6 +24,7 @@ from core.errors import InvalidInput
 from core.storage import join_key
 from serve_app.image_pipeline import check_image_work, check_pixel_budget, render_image
 from serve_app.image_search import image_out, upload_images
+from serve_app.prepared_voices import saved_voice
 from serve_app.schemas import (
     PROJECT_ID_PATTERN,
     BatchUploadResponse,
@@ -37,7 +38,7 @@ from serve_app.schemas import (
 )
 from serve_app.services import Services
 from serve_app.uploads import CheckedImage, UploadedFile, check_image
-from serve_app.voice_pipeline import checked_text, load_stored_reference, speak, voice_params
+from serve_app.voice_pipeline import checked_text, speak, voice_params
 
 
 class BatchFile(BaseModel):
@@ -172,15 +173,14 @@ async def _image(services: Services, job_id: str, body: ImageGenerateRequest) ->
 
 async def _voice(services: Services, job_id: str, body: VoiceFromStorageRequest) -> JobOutcome:
     started = time.perf_counter()
-    reference = await load_stored_reference(services, body.user_id)
+    voice = await saved_voice(services, body.user_id)  # prepared once (serve_app/prepared_voices)
     spoken = await speak(
         services,
-        reference=reference,
+        reference=voice,
         ref_text=None,
         text=body.text,
         fmt=body.format,
         params=voice_params(services, body.speed, body.seed, body.nfe_steps),
-        user_id=body.user_id,
     )
     key = join_key(services.config.generated_voice_prefix, body.user_id, f"{job_id}.{body.format}")
     stored_at = time.perf_counter()

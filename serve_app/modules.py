@@ -132,6 +132,11 @@ class ModuleBoard:
         self._lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
 
+    @property
+    def app_name(self) -> str:
+        """The Serve application whose deployments this board reads."""
+        return self._app_name
+
     async def states(self, fresh: bool = False) -> dict[str, ComponentStatus]:
         """Every module's state; read from Serve first when asked `fresh` or never read."""
         if fresh or not self._states:

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from core.metrics import http_requests
+from serve_app.console import CONSOLE_PATH, is_console_path
 
 
 class RequestMetricsMiddleware:
@@ -19,6 +20,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500
+        # Before the app runs: routing into a mount rewrites the scope's root_path.
+        unrouted = _unrouted(scope)
 
         async def send_and_record(message: dict[str, Any]) -> None:
             nonlocal status
@@ -30,8 +33,17 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or unrouted
             http_requests().inc(
                 1,
                 tags={"route": template, "method": scope.get("method", ""), "status": str(status)},
             )
+
+
+def _unrouted(scope: dict[str, Any]) -> str:
+    """The label of a response no route answered: the console's files are one label."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return CONSOLE_PATH if is_console_path(path) else "unmatched"

@@ -11,6 +11,13 @@ from serve_app.relevance import Cutoff
 
 ModuleState = Literal["disabled", "loading", "ready", "failed"]
 
+# Ranges of the request fields, also told to clients (GET /v1/console/config).
+IMAGE_SIDE_MIN, IMAGE_SIDE_MAX, IMAGE_SIDE_MULTIPLE = 64, 2048, 8
+IMAGE_STEPS_MAX = 150
+IMAGE_GUIDANCE_MAX = 30.0
+VOICE_SPEED_MIN, VOICE_SPEED_MAX = 0.3, 3.0
+VOICE_NFE_STEPS_MAX = 128
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -21,10 +28,14 @@ class ImageGenerateRequest(_Strict):
 
     title: str = Field(min_length=1, max_length=300, examples=["햄릿"])
     description: str = Field(default="", max_length=4000, examples=["복수와 광기의 비극"])
-    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=8)
-    steps: int | None = Field(default=None, ge=1, le=150)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    width: int | None = Field(
+        default=None, ge=IMAGE_SIDE_MIN, le=IMAGE_SIDE_MAX, multiple_of=IMAGE_SIDE_MULTIPLE
+    )
+    height: int | None = Field(
+        default=None, ge=IMAGE_SIDE_MIN, le=IMAGE_SIDE_MAX, multiple_of=IMAGE_SIDE_MULTIPLE
+    )
+    steps: int | None = Field(default=None, ge=1, le=IMAGE_STEPS_MAX)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=IMAGE_GUIDANCE_MAX)
     negative_prompt: str | None = Field(default=None, max_length=2000)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
@@ -259,9 +270,9 @@ class VoiceFromStorageRequest(_Strict):
     user_id: str = Field(min_length=1, max_length=128, pattern=USER_ID_PATTERN, examples=["user1"])
     text: str = Field(min_length=1, max_length=100_000, examples=["반가워"])
     format: AudioFormatName = "mp3"
-    speed: float | None = Field(default=None, ge=0.3, le=3.0)
+    speed: float | None = Field(default=None, ge=VOICE_SPEED_MIN, le=VOICE_SPEED_MAX)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    nfe_steps: int | None = Field(default=None, ge=1, le=128)
+    nfe_steps: int | None = Field(default=None, ge=1, le=VOICE_NFE_STEPS_MAX)
 
 
 class VoiceTimings(BaseModel):
@@ -302,3 +313,75 @@ class SavedVoice(BaseModel):
     created: bool | None = Field(
         default=None, description="PUT: true when new, false when replaced"
     )
+
+
+# --- console --------------------------------------------------------------------------------
+
+
+class ImageFormLimits(BaseModel):
+    default_width: int
+    default_height: int
+    default_steps: int
+    default_guidance_scale: float
+    side_min: int = IMAGE_SIDE_MIN
+    side_max: int = IMAGE_SIDE_MAX
+    side_multiple: int = IMAGE_SIDE_MULTIPLE
+    steps_max: int = IMAGE_STEPS_MAX
+    guidance_max: float = IMAGE_GUIDANCE_MAX
+    max_pixels: int = Field(description="IMAGE_MAX_PIXELS: largest width x height")
+    max_pixel_steps: int = Field(description="IMAGE_MAX_PIXEL_STEPS: images x steps x pixels")
+
+
+class SearchFormLimits(BaseModel):
+    max_bytes: int = Field(description="IMAGE_SEARCH_MAX_BYTES: largest image")
+    max_pixels: int = Field(description="IMAGE_SEARCH_MAX_PIXELS")
+    max_batch_files: int = Field(description="IMAGE_SEARCH_MAX_BATCH_FILES: files per batch")
+    search_limit_max: int = 100
+
+
+class VoiceFormLimits(BaseModel):
+    max_ref_bytes: int = Field(description="VOICE_MAX_REF_BYTES")
+    max_ref_seconds: float = Field(description="VOICE_MAX_REF_SECONDS")
+    max_text_chars: int = Field(description="VOICE_MAX_TEXT_CHARS")
+    default_nfe_steps: int
+    nfe_steps_max: int = VOICE_NFE_STEPS_MAX
+    speed_min: float = VOICE_SPEED_MIN
+    speed_max: float = VOICE_SPEED_MAX
+
+
+class ConsoleConfig(BaseModel):
+    """What the web console needs to know to build its forms: modules, limits, links."""
+
+    modules: dict[str, bool] = Field(description="Which modules are enabled")
+    image: ImageFormLimits
+    image_search: SearchFormLimits
+    voice: VoiceFormLimits
+    max_upload_bytes: int = Field(description="GATEWAY_MAX_UPLOAD_BYTES: one multipart body")
+    max_json_bytes: int = Field(description="GATEWAY_MAX_JSON_BYTES: one JSON body")
+    dashboard_url: str | None = Field(
+        default=None, description="CONSOLE_DASHBOARD_URL; null: the page's host on port 8265"
+    )
+
+
+class DeploymentTraffic(BaseModel):
+    queued: float = Field(description="Requests waiting for a replica (at the callers' routers)")
+    processing: float = Field(description="Requests its replicas are processing")
+
+
+class RouteCount(BaseModel):
+    route: str = Field(description="The route template (never a raw path)")
+    method: str
+    status: str
+    count: float = Field(description="Responses since the replicas started (a counter)")
+
+
+class TrafficResponse(BaseModel):
+    """This application's queue depths and response counters, from Ray's metrics export."""
+
+    available: bool = Field(description="False when no node's metrics could be read")
+    reason: str | None = None
+    nodes: int = Field(description="Nodes whose export was read")
+    deployments: dict[str, DeploymentTraffic]
+    requests: list[RouteCount]
+    rejections: dict[str, float] = Field(description="Queue-full refusals (503) by model call")
+    read_at: float = Field(description="Unix time of the read; rates need two reads")

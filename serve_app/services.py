@@ -24,6 +24,7 @@ from serve_app.audio import AudioDecoder
 from serve_app.call_batching import CallBatcher
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import IMAGE_SEARCH, ModuleBoard
+from serve_app.prepared_voices import VoiceNotes
 
 
 class GatewayConfig(BaseModel):
@@ -83,6 +84,9 @@ class GatewayConfig(BaseModel):
         "empty: no auth, allowed on a loopback bind or with AUTH_DISABLED=1",
     )
     auth_disabled: bool = Field(default=False, description="AUTH_DISABLED=1: no keys on purpose")
+    dashboard_url: str | None = Field(
+        default=None, description="The Ray dashboard's URL for the console (CONSOLE_DASHBOARD_URL)"
+    )
 
     @property
     def generated_voice_prefix(self) -> str:
@@ -118,6 +122,11 @@ class Services:
     job_runner: Any = None  # the JobRunner (JOBS_ENABLED), whose handle the /v1/jobs routes use
     # The catalog's active embedding space as last read from the VectorIndex (None: unread).
     _active_space: EmbeddingSpace | None = field(default=None, repr=False)
+
+    @cached_property
+    def voice_notes(self) -> VoiceNotes:
+        """What this replica knows of prepared saved voices, by key (serve_app.prepared_voices)."""
+        return VoiceNotes()
 
     @cached_property
     def audio_decoder(self) -> AudioDecoder:

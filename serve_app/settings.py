@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     voice_max_ref_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     voice_max_ref_seconds: float = Field(default=60.0, gt=0, le=3600)
     voice_ref_seconds_used: float = Field(default=defaults.VOICE_REF_SECONDS_USED, gt=0, le=20)
+    voice_prepared_cache_size: int = Field(
+        default=defaults.VOICE_PREPARED_CACHE_SIZE, ge=0, le=10_000
+    )
     voice_max_text_chars: int = Field(default=2000, ge=1, le=100_000)
     voice_default_nfe_steps: int = Field(default=defaults.VOICE_NFE_STEPS, ge=1, le=128)
     voice_default_cfg_strength: float = Field(default=defaults.VOICE_CFG_STRENGTH, ge=0, le=10)
@@ -217,6 +220,9 @@ class Settings(BaseSettings):
     api_keys: SecretStr | None = None
     api_keys_file: Path | None = None
     auth_disabled: bool = False
+    # The Ray dashboard link on the console's Status page (serve_app/console); unset: the
+    # page's own host on port 8265.
+    console_dashboard_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     _api_keys: tuple[ApiKey, ...] = PrivateAttr(default=())
 
     # --- asynchronous jobs (serve_app/job_runner.py) ----------------------------------------
@@ -249,6 +255,7 @@ class Settings(BaseSettings):
         "voice_vocab",
         "model_node_resource",
         "jobs_webhook_secret",
+        "console_dashboard_url",
         mode="before",
     )
     @classmethod

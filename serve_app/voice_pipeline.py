@@ -2,10 +2,11 @@
 `routes.openai_compat`): reference -> transcript -> speech -> encoded audio.
 
 Reference decoding, transcript caching, encoding and storage happen here, on the gateway;
-the VoiceCloner replica only runs models. A missing reference transcript is looked up
-beside the reference in storage (`{VOICE_REMOTE_PREFIX}{user_id}.txt`), then in the
-transcript cache (`{VOICE_REMOTE_PREFIX}transcripts/{sha256 of the audio}.txt`), and only
-then transcribed once with the ASR model, whose answer is cached there.
+the VoiceCloner replica only runs models. An uploaded reference without its transcript is
+looked up in the transcript cache (`{VOICE_REMOTE_PREFIX}transcripts/{sha256 of the
+audio}.txt`), and only then transcribed once with the ASR model, whose answer is cached
+there. A saved voice (`SavedVoice`) is not decoded per request: its reference is prepared
+once (trimmed, transcribed) and reused by key (`serve_app.prepared_voices`).
 
 Before the model is called, the synthesis's cost is estimated from the request
 (`core.voice_cost`): a transcript that cannot match its reference, or an estimate past
@@ -31,18 +32,25 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import ApiError, InvalidInput, ModelInputError, ObjectNotFound, PayloadTooLarge
+from core.errors import ApiError, InvalidInput, ModelInputError, ObjectNotFound
+from core.prepared_voice import PreparedVoice
 from core.storage import join_key
 from core.types import SpeechChunk, SynthesizedSpeech, VoiceParams
 from core.voice_cost import VoiceCost, check_voice_request, estimate_voice_cost, plan_chunks
 from serve_app.audio import STREAM_FORMATS, AudioFormat, DecodedAudio, StreamEncoder, encode_audio
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import VOICE
+from serve_app.prepared_voices import (
+    MODEL_SAMPLE_RATE,
+    ReadyVoice,
+    SavedVoice,
+    ready_voice,
+    with_voice,
+)
 from serve_app.services import Services
 
 logger = logging.getLogger("ray.serve")
 
-MODEL_SAMPLE_RATE = 24_000  # F5-TTS's vocos front end; decoding straight to it saves a resample
 TRIM_PADDING_SECONDS = 0.05  # the model's trimmed reference ends with 50 ms of silence
 
 
@@ -59,25 +67,6 @@ class SpokenAudio:
     transcribe_ms: float
     synthesize_ms: float
     encode_ms: float
-
-
-def reference_key(services: Services, user_id: str) -> str:
-    """Where a user's reference voice lives: `{VOICE_REMOTE_PREFIX}{user_id}.mp3`."""
-    return join_key(services.config.voice_remote_prefix, f"{user_id}.mp3")
-
-
-async def load_stored_reference(services: Services, user_id: str) -> bytes:
-    """The user's reference audio from storage; 404 naming the key, 413 when too large."""
-    key = reference_key(services, user_id)
-    info = await asyncio.to_thread(services.store.head, key)
-    if info is None:
-        raise ObjectNotFound(f"no reference voice for '{user_id}': {key} does not exist", key=key)
-    if info.size > services.config.voice_max_ref_bytes:
-        raise PayloadTooLarge(
-            f"{key} is {info.size} bytes; the limit is VOICE_MAX_REF_BYTES="
-            f"{services.config.voice_max_ref_bytes}"
-        )
-    return await asyncio.to_thread(services.store.get, key)
 
 
 def voice_params(
@@ -110,36 +99,51 @@ def checked_text(services: Services, text: str) -> str:
 async def speak(
     services: Services,
     *,
-    reference: bytes,
+    reference: bytes | SavedVoice,
     ref_text: str | None,
     text: str,
     fmt: AudioFormat,
     params: VoiceParams,
-    user_id: str | None = None,
 ) -> SpokenAudio:
-    """Clone the reference voice saying `text`, encoded as `fmt`."""
+    """Clone the reference voice (uploaded bytes, or a saved voice) saying `text`, as `fmt`.
+    `ref_text` is the uploaded reference's transcript (a saved voice has its own)."""
     await services.board.require_ready(VOICE)
     config = services.config
     text = checked_text(services, text)
     started = time.perf_counter()
-    decoded = await services.audio_decoder.decode(
-        reference,
-        target_sr=MODEL_SAMPLE_RATE,
-        max_seconds=config.voice_max_ref_seconds,
-        max_bytes=config.voice_max_ref_bytes,
-    )
-    decoded_at = time.perf_counter()
-    used_text, source = await _reference_text(services, decoded, reference, ref_text, user_id)
-    check_voice_cost(services, decoded, used_text, text, params)
-    transcribed_at = time.perf_counter()
-    speech: SynthesizedSpeech = await await_deployment(
-        services.voice_cloner.synthesize.remote(
-            decoded.samples, decoded.sample_rate, used_text, text, params
-        ),
-        what="voice synthesis",
-        timeout_s=config.request_timeout_s,
-        watch=services.board.watch(VOICE),
-    )
+    if isinstance(reference, SavedVoice):
+        ready = await ready_voice(
+            services,
+            reference,
+            lambda seconds, words: check_voice_cost(services, seconds, words, text, params),
+        )
+        used_text = ready.note.ref_text
+        transcribed_at = decoded_at = time.perf_counter()
+
+        def call(voice: PreparedVoice | str) -> Awaitable[SynthesizedSpeech]:
+            return await_deployment(
+                services.voice_cloner.synthesize_voice.remote(voice, text, params),
+                what="voice synthesis",
+                timeout_s=config.request_timeout_s,
+                watch=services.board.watch(VOICE),
+            )
+
+        speech: SynthesizedSpeech = await with_voice(services, ready, call)
+        source = ready.ref_text_source
+    else:
+        decoded = await _decode(services, reference)
+        decoded_at = time.perf_counter()
+        used_text, source = await _reference_text(services, decoded, reference, ref_text)
+        check_voice_cost(services, decoded.duration_s, used_text, text, params)
+        transcribed_at = time.perf_counter()
+        speech = await await_deployment(
+            services.voice_cloner.synthesize.remote(
+                decoded.samples, decoded.sample_rate, used_text, text, params
+            ),
+            what="voice synthesis",
+            timeout_s=config.request_timeout_s,
+            watch=services.board.watch(VOICE),
+        )
     synthesized_at = time.perf_counter()
     data, content_type = await asyncio.to_thread(
         encode_audio, speech.samples, speech.sample_rate, fmt
@@ -155,6 +159,16 @@ async def speak(
         transcribe_ms=(transcribed_at - decoded_at) * 1000,
         synthesize_ms=(synthesized_at - transcribed_at) * 1000,
         encode_ms=(encoded_at - synthesized_at) * 1000,
+    )
+
+
+async def _decode(services: Services, reference: bytes) -> DecodedAudio:
+    config = services.config
+    return await services.audio_decoder.decode(
+        reference,
+        target_sr=MODEL_SAMPLE_RATE,
+        max_seconds=config.voice_max_ref_seconds,
+        max_bytes=config.voice_max_ref_bytes,
     )
 
 
@@ -203,18 +217,18 @@ class SpeechStream:
 async def open_speech_stream(
     services: Services,
     *,
-    reference: bytes,
+    reference: bytes | SavedVoice,
     ref_text: str | None,
     text: str,
     fmt: AudioFormat,
     params: VoiceParams,
-    user_id: str | None = None,
     format_field: str = "format",
 ) -> SpeechStream:
     """`speak`, streamed: checks as `speak` does (and that `fmt` can be streamed), starts
-    the VoiceCloner's `synthesize_stream` and waits for its first piece; any failure up to
-    there raises its ApiError before a byte is sent. `format_field`: the request's name
-    for the format, in the 422 of a format that cannot be streamed."""
+    the VoiceCloner's `synthesize_stream` (`synthesize_voice_stream` for a saved voice) and
+    waits for its first piece; any failure up to there raises its ApiError before a byte is
+    sent. `format_field`: the request's name for the format, in the 422 of a format that
+    cannot be streamed."""
     await services.board.require_ready(VOICE)
     if fmt not in STREAM_FORMATS:
         raise InvalidInput(
@@ -223,22 +237,39 @@ async def open_speech_stream(
         )
     config = services.config
     text = checked_text(services, text)
-    decoded = await services.audio_decoder.decode(
-        reference,
-        target_sr=MODEL_SAMPLE_RATE,
-        max_seconds=config.voice_max_ref_seconds,
-        max_bytes=config.voice_max_ref_bytes,
-    )
-    used_text, source = await _reference_text(services, decoded, reference, ref_text, user_id)
-    check_voice_cost(services, decoded, used_text, text, params, streaming=True)
-    stream = services.voice_cloner.options(stream=True).synthesize_stream.remote(
-        decoded.samples, decoded.sample_rate, used_text, text, params
-    )
-    try:
-        first = await _next_piece(stream, config.request_timeout_s, services.board.watch(VOICE))
-    except BaseException:
-        stream.cancel()
-        raise
+
+    async def opened(stream: Any) -> tuple[Any, SpeechChunk | None]:
+        try:
+            first = await _next_piece(stream, config.request_timeout_s, services.board.watch(VOICE))
+        except BaseException:
+            stream.cancel()
+            raise
+        return stream, first
+
+    if isinstance(reference, SavedVoice):
+        ready: ReadyVoice = await ready_voice(
+            services,
+            reference,
+            lambda seconds, words: check_voice_cost(
+                services, seconds, words, text, params, streaming=True
+            ),
+        )
+
+        def call(voice: PreparedVoice | str) -> Awaitable[tuple[Any, SpeechChunk | None]]:
+            handle = services.voice_cloner.options(stream=True)
+            return opened(handle.synthesize_voice_stream.remote(voice, text, params))
+
+        stream, first = await with_voice(services, ready, call)
+        source = ready.ref_text_source
+    else:
+        decoded = await _decode(services, reference)
+        used_text, source = await _reference_text(services, decoded, reference, ref_text)
+        check_voice_cost(services, decoded.duration_s, used_text, text, params, streaming=True)
+        stream, first = await opened(
+            services.voice_cloner.options(stream=True).synthesize_stream.remote(
+                decoded.samples, decoded.sample_rate, used_text, text, params
+            )
+        )
     if first is None:  # the model checks the text too: never empty here
         raise InvalidInput("text has nothing to synthesize")
     encoder = StreamEncoder(fmt, first.sample_rate)
@@ -314,20 +345,20 @@ async def _next_piece(stream: Any, timeout_s: float, watch: Awaitable[None]) -> 
 
 def check_voice_cost(
     services: Services,
-    decoded: DecodedAudio,
+    full_seconds: float,
     ref_text: str,
     text: str,
     params: VoiceParams,
     *,
     streaming: bool = False,
 ) -> VoiceCost:
-    """The synthesis's estimated cost; 422 when the transcript cannot match the reference
+    """The synthesis's estimated cost (`full_seconds`: the untrimmed reference's length);
+    422 when the transcript cannot match the reference
     or the estimate is past VOICE_MAX_OUTPUT_SECONDS / VOICE_MAX_MODEL_STEPS (the message
     names the limit and the estimate). The model trims the reference to
     VOICE_REF_SECONDS_USED at most and checks again with what it kept; the estimate here
     assumes it keeps all of that, which can only overestimate the cost."""
     config = services.config
-    full_seconds = decoded.samples.shape[0] / decoded.sample_rate
     heard = min(full_seconds, config.voice_ref_seconds_used) + TRIM_PADDING_SECONDS
     cost = estimate_voice_cost(
         ref_seconds=heard,
@@ -352,15 +383,10 @@ async def _reference_text(
     decoded: DecodedAudio,
     reference: bytes,
     given: str | None,
-    user_id: str | None,
 ) -> tuple[str, str]:
     if given and given.strip():
         return given.strip(), "request"
     prefix = services.config.voice_remote_prefix
-    if user_id is not None:
-        stored = await _get_text(services, join_key(prefix, f"{user_id}.txt"))
-        if stored:
-            return stored, "stored"
     cache_key = join_key(prefix, "transcripts", f"{hashlib.sha256(reference).hexdigest()}.txt")
     cached = await _get_text(services, cache_key)
     if cached:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
@@ -28,14 +29,27 @@ ServicesDep = Annotated[Services, Depends(get_services)]
     responses={200: {"content": {"image/png": {}}, "description": "The generated PNG"}},
 )
 async def generate_image(body: ImageGenerateRequest, services: ServicesDep) -> Response:
-    """Generate an image from a title and description; answer the PNG bytes."""
+    """Generate an image from a title and description; answer the PNG bytes. The headers
+    say how: `X-Image-Seed`, `X-Prompt-Source`, `X-Image-Prompt` (the prompt used,
+    percent-encoded UTF-8) and `Server-Timing` (prompt, generate, encode, total in ms)."""
+    started = time.perf_counter()
     rendered = await render_image(services, body)
+    total_ms = (time.perf_counter() - started) * 1000
+    timings = {
+        "prompt": rendered.prompt_ms,
+        "generate": rendered.generate_ms,
+        "encode": rendered.encode_ms,
+        "total": total_ms,
+    }
     return Response(
         content=rendered.png,
         media_type="image/png",
         headers={
             "X-Image-Seed": str(rendered.image.seed),
             "X-Prompt-Source": rendered.prompt.source,
+            # Headers are Latin-1: the prompt (at most PROMPT_MAX_CHARS) goes percent-encoded.
+            "X-Image-Prompt": quote(rendered.prompt.prompt, safe=""),
+            "Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in timings.items()),
         },
     )
 

@@ -48,6 +48,7 @@ from serve_app.openai_schemas import (
     ImagesResponse,
     SpeechRequest,
 )
+from serve_app.prepared_voices import saved_voice
 from serve_app.routes.models import model_catalog
 from serve_app.schemas import ERROR_RESPONSES, ErrorResponse
 from serve_app.served_models import CLIP_MODEL
@@ -55,7 +56,6 @@ from serve_app.services import Services, get_services
 from serve_app.voice_pipeline import (
     audio_body,
     checked_text,
-    load_stored_reference,
     open_speech_stream,
     speak,
     sse_body,
@@ -271,18 +271,17 @@ async def create_speech(body: SpeechRequest, request: Request, services: Service
     check_voice(request, body.voice)
     await services.board.require_ready(VOICE)
     checked_text(services, body.input)
-    reference = await load_stored_reference(services, body.voice)
+    voice = await saved_voice(services, body.voice)
     fmt = body.response_format or "mp3"
     params = voice_params(services, body.speed, body.seed, body.nfe_steps)
     if body.stream_format is not None:
         stream = await open_speech_stream(
             services,
-            reference=reference,
+            reference=voice,
             ref_text=None,
             text=body.input,
             fmt=fmt,
             params=params,
-            user_id=body.voice,
             format_field="response_format",
         )
         headers = {"X-Seed": str(stream.seed), "X-Sample-Rate": str(stream.sample_rate)}
@@ -296,12 +295,11 @@ async def create_speech(body: SpeechRequest, request: Request, services: Service
         return StreamingResponse(audio_body(stream), media_type=media_type, headers=headers)
     spoken = await speak(
         services,
-        reference=reference,
+        reference=voice,
         ref_text=None,
         text=body.input,
         fmt=fmt,
         params=params,
-        user_id=body.voice,
     )
     return Response(
         content=spoken.data,

@@ -4,6 +4,8 @@ A saved voice is the reference the stored-reference routes read: MP3 audio at
 `{VOICE_REMOTE_PREFIX}{voice_id}.mp3` (other formats are converted on upload) and, when
 given, its transcript beside it at `{VOICE_REMOTE_PREFIX}{voice_id}.txt`. So
 `/v1/r2/voice/generate {"user_id": voice_id}` and `/v1/audio/speech {"voice": voice_id}` use it.
+Its reference prepared for the model (`serve_app.prepared_voices`, made on first use) is kept
+at `{VOICE_REMOTE_PREFIX}{voice_id}.voice.npz`; a PUT or DELETE removes it first.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import InvalidInput, ObjectNotFound
-from core.storage import join_key
 from serve_app.access import module_access, voice_access, write_access
 from serve_app.audio import encode_audio
 from serve_app.modules import VOICE
+from serve_app.prepared_voices import (
+    MODEL_SAMPLE_RATE,
+    audio_key,
+    forget_prepared,
+    transcript_key,
+)
 from serve_app.schemas import ERROR_RESPONSES, USER_ID_PATTERN, ErrorResponse, SavedVoice
 from serve_app.services import Services, get_services
 from serve_app.uploads import read_multipart
-from serve_app.voice_pipeline import MODEL_SAMPLE_RATE, reference_key
 
 # The API key's scope: the voice module and the voice id (serve_app/access.py).
 router = APIRouter(
@@ -38,10 +44,6 @@ RESPONSES: dict[int | str, dict] = {
     413: {"model": ErrorResponse, "description": "Over VOICE_MAX_REF_BYTES/SECONDS"},
     415: {"model": ErrorResponse, "description": "Not audio"},
 }
-
-
-def _transcript_key(services: Services, voice_id: str) -> str:
-    return join_key(services.config.voice_remote_prefix, f"{voice_id}.txt")
 
 
 @router.put(
@@ -96,16 +98,18 @@ async def put_voice(voice_id: VoiceId, request: Request, services: ServicesDep) 
         audio, _ = await asyncio.to_thread(
             encode_audio, decoded.samples, decoded.sample_rate, "mp3"
         )
-    key = reference_key(services, voice_id)
+    key = audio_key(services, voice_id)
     existed = await asyncio.to_thread(services.store.head, key) is not None
-    transcript_key = _transcript_key(services, voice_id)
-    # The transcript first: a reader never pairs new audio with an old transcript.
+    text_key = transcript_key(services, voice_id)
+    # The prepared reference first, then the transcript: a reader never pairs new audio with
+    # an old transcript (and one that prepares meanwhile labels it with the old version).
+    await forget_prepared(services, voice_id)
     if transcript:
         await asyncio.to_thread(
-            services.store.put, transcript_key, transcript.encode(), "text/plain; charset=utf-8"
+            services.store.put, text_key, transcript.encode(), "text/plain; charset=utf-8"
         )
     else:
-        await asyncio.to_thread(services.store.delete, transcript_key)
+        await asyncio.to_thread(services.store.delete, text_key)
     await asyncio.to_thread(services.store.put, key, audio, "audio/mpeg")
     saved = SavedVoice(
         voice_id=voice_id,
@@ -121,12 +125,12 @@ async def put_voice(voice_id: VoiceId, request: Request, services: ServicesDep) 
 @router.get("/{voice_id}", response_model=SavedVoice, responses=RESPONSES)
 async def get_voice(voice_id: VoiceId, services: ServicesDep) -> SavedVoice:
     """What is stored for the voice: its key, size and transcript."""
-    key = reference_key(services, voice_id)
+    key = audio_key(services, voice_id)
     info = await asyncio.to_thread(services.store.head, key)
     if info is None:
         raise ObjectNotFound(f"no saved voice '{voice_id}' ({key} does not exist)", key=key)
     try:
-        raw = await asyncio.to_thread(services.store.get, _transcript_key(services, voice_id))
+        raw = await asyncio.to_thread(services.store.get, transcript_key(services, voice_id))
         transcript: str | None = raw.decode("utf-8", errors="replace")
     except ObjectNotFound:
         transcript = None
@@ -135,9 +139,11 @@ async def get_voice(voice_id: VoiceId, services: ServicesDep) -> SavedVoice:
 
 @router.delete("/{voice_id}", responses=RESPONSES, dependencies=[write_access])
 async def delete_voice(voice_id: VoiceId, services: ServicesDep) -> dict[str, object]:
-    """Remove the voice and its transcript; 404 when there is none (a second delete too)."""
-    key = reference_key(services, voice_id)
+    """Remove the voice, its transcript and its prepared reference; 404 when there is none
+    (a second delete too)."""
+    key = audio_key(services, voice_id)
     if not await asyncio.to_thread(services.store.delete, key):
         raise ObjectNotFound(f"no saved voice '{voice_id}' ({key} does not exist)", key=key)
-    await asyncio.to_thread(services.store.delete, _transcript_key(services, voice_id))
+    await asyncio.to_thread(services.store.delete, transcript_key(services, voice_id))
+    await forget_prepared(services, voice_id)
     return {"voice_id": voice_id, "deleted": True}

@@ -17,8 +17,12 @@ from pydantic import Field, ValidationError
 from core.storage import join_key
 from serve_app.access import check_voice, model_work, module_access
 from serve_app.modules import VOICE
+from serve_app.prepared_voices import saved_voice
 from serve_app.schemas import (
     ERROR_RESPONSES,
+    VOICE_NFE_STEPS_MAX,
+    VOICE_SPEED_MAX,
+    VOICE_SPEED_MIN,
     AudioFormatName,
     ErrorResponse,
     StoredVoiceResponse,
@@ -31,7 +35,6 @@ from serve_app.uploads import read_multipart
 from serve_app.voice_pipeline import (
     audio_body,
     checked_text,
-    load_stored_reference,
     open_speech_stream,
     speak,
     voice_params,
@@ -56,9 +59,9 @@ class VoiceFormFields(_Strict):
     text: str = Field(min_length=1, max_length=100_000)
     ref_text: str | None = Field(default=None, max_length=2000)
     format: AudioFormatName = "mp3"
-    speed: float | None = Field(default=None, ge=0.3, le=3.0)
+    speed: float | None = Field(default=None, ge=VOICE_SPEED_MIN, le=VOICE_SPEED_MAX)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    nfe_steps: int | None = Field(default=None, ge=1, le=128)
+    nfe_steps: int | None = Field(default=None, ge=1, le=VOICE_NFE_STEPS_MAX)
     stream: bool = Field(default=False, description="Send the audio as it is made (mp3, wav)")
 
 
@@ -161,15 +164,14 @@ async def generate_voice_from_storage(
     await services.board.require_ready(VOICE)
     checked_text(services, body.text)  # before any storage call
     started = time.perf_counter()
-    reference = await load_stored_reference(services, body.user_id)
+    voice = await saved_voice(services, body.user_id)
     spoken = await speak(
         services,
-        reference=reference,
+        reference=voice,
         ref_text=None,
         text=body.text,
         fmt=body.format,
         params=voice_params(services, body.speed, body.seed, body.nfe_steps),
-        user_id=body.user_id,
     )
     key = join_key(
         services.config.generated_voice_prefix, body.user_id, f"{uuid.uuid4().hex}.{body.format}"

@@ -256,6 +256,8 @@ def voice_settings(models: Path) -> dict[str, object]:
         "VOICE_MAX_REF_BYTES": 2 * 1024 * 1024,
         "VOICE_MAX_REF_SECONDS": 30,
         "VOICE_MAX_TEXT_CHARS": 500,
+        # Small, so that a test can push a saved voice out of the replica's memory
+        "VOICE_PREPARED_CACHE_SIZE": 2,
     }
 
 

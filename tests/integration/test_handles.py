@@ -19,7 +19,15 @@ from PIL import Image
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.api import IMAGE_GENERATOR, ApiError, InvalidInput, api_error
+from deployments.api import (
+    IMAGE_GENERATOR,
+    VOICE_CLONER,
+    ApiError,
+    InvalidInput,
+    VoiceNotPrepared,
+    VoiceParams,
+    api_error,
+)
 from tests.integration.conftest import DeployedApp, SearchApp, VoiceApp
 from tests.support.handle_client import HandleClient
 
@@ -191,6 +199,46 @@ def test_voice_synthesis_through_handles(client: DeploymentHandle) -> None:
 
     transcript = call(client, "transcribe", reference, SR)
     assert isinstance(transcript, str)  # the tiny Whisper's words are noise; the type is not
+
+
+FOUR_SENTENCES = (
+    "The weather is lovely today. We could walk along the river for an hour. "
+    "The cafe by the bridge opens at noon! Would you like to come along?"
+)
+
+
+def test_speech_streams_through_handles_from_another_app(client: DeploymentHandle) -> None:
+    client = serve.get_app_handle(CLIENT_APP)
+    reference = voice_clip(seed=4)
+    streamed = call(client, "speak_stream", reference, SR, "hello there", FOUR_SENTENCES, 5)
+    count = len(streamed["indexes"])
+    assert count >= 2 and streamed["indexes"] == list(range(count))
+    assert streamed["counts"] == {count} and streamed["last"] == [False] * (count - 1) + [True]
+    assert streamed["texts"][0] == "The weather is lovely today."
+    assert streamed["sample_rate"] == SR and streamed["samples"].size > SR
+    again = call(client, "speak_stream", reference, SR, "hello there", FOUR_SENTENCES, 5)
+    assert again["sha256"] == streamed["sha256"]  # same seed, same stream
+
+
+def test_a_prepared_voice_through_handles(client: DeploymentHandle) -> None:
+    client = serve.get_app_handle(CLIENT_APP)
+    key = f"handles-{uuid.uuid4().hex[:6]}@1"
+    text = "Nice to meet you. Shall we go?"
+    seen = call(client, "speak_prepared", voice_clip(seed=6), SR, "hello there", text, 9, key)
+    assert seen["prepared_type"] == "core.prepared_voice.PreparedVoice"
+    assert seen["prepared_key"] == key
+    assert seen["plain"] == seen["prepared"] == seen["by_key"]  # no trimming, same samples
+    assert seen["stream"]["sha256"] == seen["plain_stream"]["sha256"]
+    unknown = seen["unknown_key"]
+    assert unknown["cause_type"] == "VoiceNotPrepared" and unknown["status_code"] == 409
+
+    # from the driver: the prepared voice's key works, an unknown one is the project's error
+    voice = serve.get_deployment_handle(VOICE_CLONER, app_name="voice")
+    speech = voice.synthesize_voice.remote(key, text, VoiceParams(nfe_steps=4, seed=9))
+    assert speech.result(timeout_s=TIMEOUT_S).samples.size > 0
+    with pytest.raises(VoiceNotPrepared) as caught:
+        voice.synthesize_voice.remote("nobody@0", text).result(timeout_s=TIMEOUT_S)
+    assert caught.value.cause.code == "voice_not_prepared"
 
 
 def test_errors_cross_ray_as_the_projects_errors(client: DeploymentHandle) -> None:

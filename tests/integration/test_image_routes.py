@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -58,6 +59,12 @@ def test_seed_curl_returns_png_with_openai_prompt(app: DeployedApp) -> None:
     assert response.headers["content-type"] == "image/png"
     assert decode_png(response.content).size == (64, 64)
     assert response.headers["x-prompt-source"] == "openai"
+    # The prompt used, percent-encoded (headers are Latin-1), and the steps' times.
+    assert unquote(response.headers["x-image-prompt"]) == app.openai.reply_text
+    timings = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert list(timings) == ["prompt", "generate", "encode", "total"]
+    assert all(float(ms) >= 0 for ms in timings.values())
+    assert float(timings["total"]) >= float(timings["generate"])
     (chat,) = app.openai.chat_requests
     sent = str(chat.body["messages"])
     assert "햄릿" in sent and "복수와 광기의 비극" in sent

@@ -9,6 +9,7 @@ import io
 import json
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -186,6 +187,25 @@ def test_the_handle_api_streams_speech_chunks(voice_app: VoiceApp) -> None:
     assert len(chunks) >= 2 and [c.index for c in chunks] == list(range(chunks[0].count))
     assert chunks[0].text == "The weather is lovely today." and chunks[-1].last
     assert sum(c.samples.size for c in chunks) > SR
+
+
+def test_the_streaming_example_runs(
+    voice_app: VoiceApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/speech_stream.py against this server: a handle, httpx and the openai client."""
+    from examples import speech_stream as example
+
+    monkeypatch.setattr(example, "OUT", tmp_path)
+    reference = example.reference_clip()
+    handle_wav = example.through_a_handle(reference, app_name="voice")
+    example.save_voice(reference, server=voice_app.url)
+    httpx_wav = example.over_http_with_httpx(server=voice_app.url)
+    openai_wav = example.with_the_openai_client(server=voice_app.url)
+    for path in (handle_wav, httpx_wav, openai_wav):
+        samples, rate = sf.read(path, dtype="float32")
+        assert rate == SR and samples.size > SR, path
+    # the same request and seed: the same PCM, however the stream was read
+    assert sf.read(httpx_wav)[0].tolist() == sf.read(openai_wav)[0].tolist()
 
 
 def settled(metrics_url: str) -> dict:

@@ -128,6 +128,49 @@ class HandleClient:
             "sha256": hashlib.sha256(speech.samples.tobytes()).hexdigest(),
         }
 
+    async def speak_stream(
+        self, ref_audio: np.ndarray, ref_sr: int, ref_text: str, text: str, seed: int
+    ) -> dict[str, Any]:
+        """VoiceCloner.synthesize_stream through a streaming handle, read with `async for`."""
+        stream = self._voice.options(stream=True).synthesize_stream.remote(
+            ref_audio, ref_sr, ref_text, text, VoiceParams(nfe_steps=4, seed=seed)
+        )
+        return _chunks_described([chunk async for chunk in stream])
+
+    async def speak_prepared(
+        self, ref_audio: np.ndarray, ref_sr: int, ref_text: str, text: str, seed: int, key: str
+    ) -> dict[str, Any]:
+        """The same speech from the raw reference, from a prepared voice, by its key, and
+        streamed by its key; then the key's error once another voice is asked for by a key
+        never prepared."""
+        params = VoiceParams(nfe_steps=4, seed=seed)
+        plain = await self._voice.synthesize.remote(ref_audio, ref_sr, ref_text, text, params)
+        voice = await self._voice.prepare_voice.remote(ref_audio, ref_sr, ref_text, key=key)
+        prepared = await self._voice.synthesize_voice.remote(voice, text, params)
+        by_key = await self._voice.synthesize_voice.remote(key, text, params)
+        streamed = self._voice.options(stream=True).synthesize_voice_stream.remote(
+            key, text, params
+        )
+        plain_stream = self._voice.options(stream=True).synthesize_stream.remote(
+            ref_audio, ref_sr, ref_text, text, params
+        )
+        try:
+            await self._voice.synthesize_voice.remote(f"{key}-never-prepared", text, params)
+        except Exception as exc:  # noqa: BLE001 - describing it is the point
+            unknown = describe_error(exc)
+        else:
+            unknown = {"type": None}
+        return {
+            "prepared_type": f"{type(voice).__module__}.{type(voice).__qualname__}",
+            "prepared_key": voice.key,
+            "plain": hashlib.sha256(plain.samples.tobytes()).hexdigest(),
+            "prepared": hashlib.sha256(prepared.samples.tobytes()).hexdigest(),
+            "by_key": hashlib.sha256(by_key.samples.tobytes()).hexdigest(),
+            "stream": _chunks_described([chunk async for chunk in streamed]),
+            "plain_stream": _chunks_described([chunk async for chunk in plain_stream]),
+            "unknown_key": unknown,
+        }
+
     async def transcribe(self, audio: np.ndarray, sr: int) -> str:
         """VoiceCloner.transcribe (the ASR model)."""
         return await self._voice.transcribe.remote(audio, sr)
@@ -155,3 +198,16 @@ class HandleClient:
             else:
                 seen[name] = {"type": None}
         return seen
+
+
+def _chunks_described(chunks: list[Any]) -> dict[str, Any]:
+    samples = np.concatenate([chunk.samples for chunk in chunks])
+    return {
+        "indexes": [chunk.index for chunk in chunks],
+        "counts": {chunk.count for chunk in chunks},
+        "texts": [chunk.text for chunk in chunks],
+        "last": [chunk.last for chunk in chunks],
+        "sample_rate": chunks[0].sample_rate,
+        "samples": samples,
+        "sha256": hashlib.sha256(samples.tobytes()).hexdigest(),
+    }
