@@ -79,6 +79,13 @@ class EmbeddingSpaceChanged(Conflict):
     code = "embedding_space_changed"
 
 
+class IdempotencyKeyReused(Conflict):
+    """An Idempotency-Key sent again with a different request body (details: `job_id`,
+    the job the key made)."""
+
+    code = "idempotency_key_reused"
+
+
 class VoiceNotPrepared(Conflict):
     """A prepared voice named by its key that the VoiceCloner does not hold (not prepared
     on this replica, or evicted), or one prepared for another model: prepare it again

@@ -109,6 +109,34 @@ def voice_streams() -> Counter:
     )
 
 
+@cache
+def jobs_submitted() -> Counter:
+    return Counter(
+        "ai_jobs_submitted",
+        description="Asynchronous jobs accepted, by kind (a resubmission with the same "
+        "Idempotency-Key is not counted).",
+        tag_keys=("kind",),
+    )
+
+
+@cache
+def jobs_finished() -> Counter:
+    return Counter(
+        "ai_jobs_finished",
+        description="Asynchronous jobs finished, by kind and state (succeeded, failed, cancelled).",
+        tag_keys=("kind", "state"),  # type: ignore[arg-type]  # Ray types it as tuple[str]
+    )
+
+
+@cache
+def jobs_queued() -> Gauge:
+    return Gauge(
+        "ai_jobs_queued",
+        description="Asynchronous jobs waiting to start.",
+        tag_keys=(),  # type: ignore[arg-type]  # Ray types it as tuple[str]
+    )
+
+
 def reason_category(reason: str | None) -> str:
     """A bounded label for a fallback reason ("openai HTTP 500" -> "openai_http")."""
     text = (reason or "unknown").lower()

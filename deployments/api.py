@@ -114,6 +114,28 @@ VOICE_CLONER = "VoiceCloner"  (module: voice; one request at a time, bounded que
     describe() -> dict[str, str]    models, device; ``references_prepared``,
         ``transcriptions`` (how often the reference work ran), ``prepared_voices`` held
 
+JOB_RUNNER = "JobRunner"  (JOBS_ENABLED=1; exactly one replica, the jobs' SQLite writer)
+    submit(kind: str, request: dict | None = None, *, owner: str = "",
+           idempotency_key: str | None = None, webhook_url: str | None = None,
+           files: list[tuple[str, bytes]] | None = None, project_id: str | None = None)
+        -> JobSubmitted
+        Record an asynchronous job (committed before this returns) and run it in the
+        background. ``kind`` "image" / "voice": ``request`` is the JSON body of
+        /v1/r2/images/generate / /v1/r2/voice/generate (as a dict); "batch_upload":
+        ``project_id`` and ``files`` [(filename, bytes)]. Checked as the HTTP route checks it
+        (InvalidInput 422 and the like). ``owner`` scopes the job (over HTTP: the API key's
+        name): ``get``/``cancel`` with another owner answer NotFound. The same
+        ``idempotency_key`` and request answer the first job (``created=False``); another
+        request with that key raises IdempotencyKeyReused (409). Overloaded (503) past
+        JOBS_MAX_QUEUED.
+    get(job_id: str, owner: str = "") -> JobView    state, attempts, timings, result (the
+        HTTP route's body), result_key/result_url, error; ``job.finished``
+    list_jobs(owner="", state=None, limit=50, cursor=None) -> JobPage   newest first
+    cancel(job_id: str, owner: str = "") -> JobView   a queued or running job (its model
+        call is abandoned); Conflict (409) once finished
+    stats() -> dict[str, int]              jobs by state
+    Webhook receivers check ``X-Signature`` with ``webhook_signature(secret, t, body)``.
+
 GATEWAY = "Gateway" is the HTTP ingress (``serve.get_app_handle("ai")`` returns it); it has
 no model methods. Use the HTTP API for what it adds: storage, PNG/audio encoding, uploads.
 
@@ -139,14 +161,19 @@ from __future__ import annotations
 
 from core.errors import (
     ApiError,
+    Conflict,
     EmbeddingSpaceChanged,
+    IdempotencyKeyReused,
     InvalidInput,
     ModelFailed,
+    NotFound,
+    Overloaded,
     ServiceUnavailable,
     UnsupportedMediaType,
     VoiceNotPrepared,
     find_api_error,
 )
+from core.jobs import JobPage, JobSubmitted, JobView, WebhookStatus, webhook_signature
 from core.prepared_voice import PreparedVoice
 from core.records import (
     DuplicateGroup,
@@ -173,22 +200,30 @@ __all__ = [
     "DEPLOYMENTS",
     "GATEWAY",
     "IMAGE_GENERATOR",
+    "JOB_RUNNER",
     "PROMPT_OPTIMIZER",
     "VECTOR_INDEX",
     "VOICE_CLONER",
     "ApiError",
+    "Conflict",
     "DuplicateGroup",
     "DuplicatePage",
     "EmbeddingSpace",
     "EmbeddingSpaceChanged",
     "GeneratedImage",
+    "IdempotencyKeyReused",
     "ImagePage",
     "ImageParams",
     "ImageRecord",
     "InvalidInput",
+    "JobPage",
+    "JobSubmitted",
+    "JobView",
     "ModelFailed",
     "NewImage",
+    "NotFound",
     "OptimizedPrompt",
+    "Overloaded",
     "PreparedVoice",
     "SearchHit",
     "SearchQuery",
@@ -198,7 +233,9 @@ __all__ = [
     "UnsupportedMediaType",
     "VoiceNotPrepared",
     "VoiceParams",
+    "WebhookStatus",
     "api_error",
+    "webhook_signature",
 ]
 
 APP_NAME = "ai"
@@ -210,6 +247,7 @@ IMAGE_GENERATOR = "ImageGenerator"
 CLIP_EMBEDDER = "ClipEmbedder"
 VECTOR_INDEX = "VectorIndex"
 VOICE_CLONER = "VoiceCloner"
+JOB_RUNNER = "JobRunner"
 
 DEPLOYMENTS: dict[str, tuple[str, ...]] = {
     "image": (PROMPT_OPTIMIZER, IMAGE_GENERATOR),

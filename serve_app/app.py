@@ -106,9 +106,18 @@ def build_graph(settings: Settings) -> Application:
             ),
         )
     placement: dict[str, str] = {module: describe(plan) for module, plan in plans.items()}
-    return on_head_node(Gateway, settings).bind(
-        deploy_configs.gateway_config(settings, placement), **handles
-    )
+    gateway_config = deploy_configs.gateway_config(settings, placement)
+    model_handles = dict(handles)
+    if settings.jobs_enabled:
+        from serve_app.job_runner import JobRunner
+
+        # One replica: the single writer of the jobs' SQLite file, on the head's disk.
+        handles["job_runner"] = (
+            on_head_node(JobRunner, settings)
+            .options(num_replicas=1)
+            .bind(deploy_configs.job_runner_config(settings, gateway_config), **model_handles)
+        )
+    return on_head_node(Gateway, settings).bind(gateway_config, **handles)
 
 
 def check_exposure(settings: Settings) -> None:

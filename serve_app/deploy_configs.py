@@ -20,6 +20,7 @@ from deployments.configs import (
     VectorIndexConfig,
     VoiceClonerConfig,
 )
+from serve_app.job_runner import JobRunnerConfig
 from serve_app.placement import model_max_ongoing
 from serve_app.services import GatewayConfig
 from serve_app.settings import Settings, SettingsError
@@ -59,6 +60,7 @@ def gateway_config(settings: Settings, placement: dict[str, str] | None = None) 
             "image": settings.image_enabled,
             "image_search": settings.image_search_enabled,
             "voice": settings.voice_enabled,
+            "jobs": settings.jobs_enabled,
         },
         storage=storage_config(settings),
         image_remote_prefix=settings.image_remote_prefix,
@@ -105,6 +107,23 @@ def gateway_config(settings: Settings, placement: dict[str, str] | None = None) 
         auth_disabled=settings.auth_disabled,
         dashboard_url=settings.console_dashboard_url,
         placement=placement or {},
+    )
+
+
+def job_runner_config(settings: Settings, gateway: GatewayConfig) -> JobRunnerConfig:
+    """The JobRunner's config (JOBS_*), with the Gateway's for the pipelines it runs."""
+    return JobRunnerConfig(
+        gateway=gateway,
+        db_path=settings.jobs_db_path,
+        remote_prefix=settings.jobs_remote_prefix,
+        max_queued=settings.jobs_max_queued,
+        max_attempts=settings.jobs_max_attempts,
+        retry_delay_s=settings.jobs_retry_delay_seconds,
+        retention_s=settings.jobs_retention_seconds,
+        webhook_secret=settings.jobs_webhook_secret,
+        webhook_max_attempts=settings.jobs_webhook_max_attempts,
+        webhook_backoff_s=settings.jobs_webhook_backoff_seconds,
+        webhook_allow_private=settings.jobs_webhook_allow_private,
     )
 
 

@@ -32,6 +32,7 @@ class Gateway:
         clip_embedder: DeploymentHandle | None = None,
         vector_index: DeploymentHandle | None = None,
         voice_cloner: DeploymentHandle | None = None,
+        job_runner: DeploymentHandle | None = None,
     ):
         app_name = serve.get_replica_context().app_name
         require_auth_where_exposed(config)
@@ -45,6 +46,7 @@ class Gateway:
             clip_embedder=clip_embedder,
             vector_index=vector_index,
             voice_cloner=voice_cloner,
+            job_runner=job_runner,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -15,6 +15,7 @@ from serve_app.routes import (
     files,
     health,
     images,
+    jobs,
     models,
     openai_compat,
     projects,
@@ -53,6 +54,7 @@ def create_http_app(services: Services) -> FastAPI:
     app.include_router(files.router)
     app.include_router(openai_compat.router)
     app.include_router(models.router)
+    app.include_router(jobs.router)
     app.include_router(console_api.router)
     mount_console(app)  # the web console's static files at /ui (serve_app/console)
     return app

@@ -35,7 +35,8 @@ class ModuleSpec:
 IMAGE = ModuleSpec("image", "IMAGE_ENABLED", ("PromptOptimizer", "ImageGenerator"))
 IMAGE_SEARCH = ModuleSpec("image_search", "IMAGE_SEARCH_ENABLED", ("ClipEmbedder", "VectorIndex"))
 VOICE = ModuleSpec("voice", "VOICE_ENABLED", ("VoiceCloner",))
-MODULES: tuple[ModuleSpec, ...] = (IMAGE, IMAGE_SEARCH, VOICE)
+JOBS = ModuleSpec("jobs", "JOBS_ENABLED", ("JobRunner",))
+MODULES: tuple[ModuleSpec, ...] = (IMAGE, IMAGE_SEARCH, VOICE, JOBS)
 # Reading and deleting what the image index holds needs the VectorIndex only: it keeps
 # answering while the CLIP model is away (e.g. its GPU node was lost).
 IMAGE_CATALOG = ModuleSpec("image_search", "IMAGE_SEARCH_ENABLED", ("VectorIndex",))

@@ -119,6 +119,7 @@ class Services:
     clip_embedder: Any = None
     vector_index: Any = None
     voice_cloner: Any = None
+    job_runner: Any = None  # the JobRunner (JOBS_ENABLED), whose handle the /v1/jobs routes use
     # The catalog's active embedding space as last read from the VectorIndex (None: unread).
     _active_space: EmbeddingSpace | None = field(default=None, repr=False)
 

@@ -37,6 +37,7 @@ _STORE_PREFIXES = (
     "image_search_remote_prefix",
     "voice_remote_prefix",
     "image_search_db_backup_prefix",
+    "jobs_remote_prefix",
 )
 
 
@@ -224,6 +225,20 @@ class Settings(BaseSettings):
     console_dashboard_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     _api_keys: tuple[ApiKey, ...] = PrivateAttr(default=())
 
+    # --- asynchronous jobs (serve_app/job_runner.py) ----------------------------------------
+    # Off by default: it adds a replica and a SQLite file that must live on a lasting disk.
+    jobs_enabled: bool = False
+    jobs_db_path: Path = Path("app/jobs.db")
+    jobs_remote_prefix: str = "AI/JOBS/"  # batch-upload files wait here until their job ends
+    jobs_max_queued: int = Field(default=100, ge=1, le=100_000)  # queued + running; 503 past it
+    jobs_max_attempts: int = Field(default=3, ge=1, le=20)
+    jobs_retry_delay_seconds: float = Field(default=5.0, ge=0, le=3600)
+    jobs_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    jobs_webhook_secret: SecretStr | None = None  # HMAC key; webhook_url is refused without it
+    jobs_webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    jobs_webhook_backoff_seconds: float = Field(default=2.0, gt=0, le=3600)
+    jobs_webhook_allow_private: bool = False  # loopback/private/link-local receivers (SSRF)
+
     # --- cluster placement ----------------------------------------------------------------
     # A custom Ray resource the model deployments require (e.g. "gpu_node"), so that they
     # land on the nodes that declare it (`ray start --resources '{"gpu_node": 1}'`).
@@ -239,6 +254,7 @@ class Settings(BaseSettings):
         "api_keys_file",
         "voice_vocab",
         "model_node_resource",
+        "jobs_webhook_secret",
         "console_dashboard_url",
         mode="before",
     )

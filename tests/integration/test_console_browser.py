@@ -480,7 +480,7 @@ def test_status_page_shows_each_module(browser: Any, console_app: ConsoleApp) ->
 
     open_console(browser, console_app, "status")
     rows = lambda d: d.find_elements(By.CSS_SELECTOR, "#status-modules tbody tr[data-module]")  # noqa: E731
-    wait_for(browser, lambda d: len(rows(d)) == 4, "status-error")
+    wait_for(browser, lambda d: len(rows(d)) == 5, "status-error")
     states = {
         row.get_attribute("data-module"): row.find_element(By.CLASS_NAME, "state").text
         for row in rows(browser)
@@ -489,6 +489,7 @@ def test_status_page_shows_each_module(browser: Any, console_app: ConsoleApp) ->
         "image": "ready",
         "image_search": "ready",
         "voice": "ready",
+        "jobs": "disabled",
         "storage": "ready (local)",
     }
     assert "ImageGenerator HEALTHY" in by_id(browser, "status-modules").text

@@ -48,6 +48,7 @@ def test_readyz_lists_every_module(app: DeployedApp) -> None:
         "deployments": {},
     }
     assert body["modules"]["voice"]["state"] == "disabled"
+    assert body["modules"]["jobs"]["state"] == "disabled"
     assert body["storage"]["state"] == "ready"
     assert body["storage"]["backend"] == "local"
 

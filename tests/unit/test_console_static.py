@@ -82,6 +82,11 @@ def test_the_console_config_has_the_servers_limits(client: TestClient) -> None:
     assert config["image"]["default_width"] == 320
     assert config["image"]["side_min"] == 64 and config["image"]["side_multiple"] == 8
     assert config["image_search"]["max_batch_files"] == 5
-    assert config["modules"] == {"image": False, "image_search": False, "voice": False}
+    assert config["modules"] == {
+        "image": False,
+        "image_search": False,
+        "voice": False,
+        "jobs": False,
+    }
     assert config["dashboard_url"] == "https://ray.example.test:8265/"
     assert KEY not in response.text

@@ -109,7 +109,7 @@ def test_r2_endpoint_is_derived_from_account_or_overridden(monkeypatch: pytest.M
 def test_gateway_config_carries_defaults_and_switches() -> None:
     settings = load_settings(None, {"VOICE_ENABLED": False, "IMAGE_DEFAULT_STEPS": 3})
     config = gateway_config(settings)
-    assert config.enabled == {"image": True, "image_search": True, "voice": False}
+    assert config.enabled == {"image": True, "image_search": True, "voice": False, "jobs": False}
     assert config.image_defaults.steps == 3
 
 
