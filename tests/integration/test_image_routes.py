@@ -228,4 +228,5 @@ def test_disabled_module_names_its_variable(imageless_app_url: str) -> None:
         "image": "disabled",
         "image_search": "disabled",
         "voice": "disabled",
+        "jobs": "disabled",
     }

@@ -158,11 +158,19 @@ def switch_app(serve_url: str) -> Iterator[str]:
 
 
 def search_once(url: str, query: str) -> list[tuple[str, float]]:
-    response = httpx.post(
-        f"{url}/v1/projects/{PROJECT}/images/search",
-        json={"query": query, "limit": TOP},
-        timeout=60,
-    )
+    """One search. Serve replaces a one-replica deployment by stopping the old replica
+    before the new one has loaded, so a 503 model_not_ready in that window is waited out."""
+    deadline = time.monotonic() + 120
+    while True:
+        response = httpx.post(
+            f"{url}/v1/projects/{PROJECT}/images/search",
+            json={"query": query, "limit": TOP},
+            timeout=60,
+        )
+        if response.status_code != 503 or time.monotonic() > deadline:
+            break
+        assert response.json()["error"]["code"] == "model_not_ready", response.text
+        time.sleep(0.1)
     assert response.status_code == 200, response.text
     return [(r["id"], r["score"]) for r in response.json()["results"]]
 
@@ -199,8 +207,8 @@ def test_model_change_re_embeds_in_the_background_without_mixing(
             assert time.monotonic() < deadline, status
             time.sleep(0.1)
         assert status["state"] == "waiting" and status["done"] == 0, status
-        # Search answers meanwhile (a rolling update: the old replicas serve until the new
-        # ones have loaded), from the old model's vectors with the old model's queries.
+        # Search answers meanwhile (once the new ClipEmbedder is up), from the old model's
+        # vectors with the old model's queries.
         for query in QUERIES:
             assert which(search_once(url, query), query, rankings) == "old"
         s3.start()

@@ -106,7 +106,12 @@ def test_a_nodes_export_is_read_within_its_bounds(
     assert read_export("http://127.0.0.1:9/metrics") is None  # nothing listens: left out
 
 
-def test_the_route_needs_a_key_and_says_when_nothing_is_readable(tmp_path: Path) -> None:
+def test_the_route_needs_a_key_and_says_when_nothing_is_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node list comes from whatever Ray this process joined (another test's, in a full
+    # run): name a node whose export nobody serves instead.
+    monkeypatch.setattr(cluster_traffic, "metrics_urls", lambda: ["http://127.0.0.1:9/metrics"])
     client = make_client(tmp_path, API_KEYS="traffic-key-0123456789")
     assert client.get("/v1/console/traffic").status_code == 401
     response = client.get(
