@@ -77,10 +77,7 @@ class VoiceCloner:
             ref_sr,
             ref_text,
             text,
-            nfe_steps=params.nfe_steps,
-            cfg_strength=params.cfg_strength,
-            speed=params.speed,
-            seed=params.seed,
+            **params.model_dump(),  # nfe_steps, cfg_strength, speed, seed
         )
         voice_synthesis_seconds().observe(speech.elapsed_ms / 1000, tags={"device": self._device})
         audio_seconds_produced().inc(speech.duration_s, tags={})
@@ -110,10 +107,7 @@ class VoiceCloner:
                 ref_sr,
                 ref_text,
                 text,
-                nfe_steps=params.nfe_steps,
-                cfg_strength=params.cfg_strength,
-                speed=params.speed,
-                seed=params.seed,
+                **params.model_dump(),  # nfe_steps, cfg_strength, speed, seed
             )
 
         async with contextlib.aclosing(self._stream(chunks)) as stream:
@@ -161,10 +155,7 @@ class VoiceCloner:
             self._model.synthesize_voice,
             prepared,
             text,
-            nfe_steps=params.nfe_steps,
-            cfg_strength=params.cfg_strength,
-            speed=params.speed,
-            seed=params.seed,
+            **params.model_dump(),  # nfe_steps, cfg_strength, speed, seed
         )
         voice_synthesis_seconds().observe(speech.elapsed_ms / 1000, tags={"device": self._device})
         audio_seconds_produced().inc(speech.duration_s, tags={})
@@ -182,10 +173,7 @@ class VoiceCloner:
             return self._model.synthesize_voice_stream(
                 prepared,
                 text,
-                nfe_steps=params.nfe_steps,
-                cfg_strength=params.cfg_strength,
-                speed=params.speed,
-                seed=params.seed,
+                **params.model_dump(),  # nfe_steps, cfg_strength, speed, seed
             )
 
         async with contextlib.aclosing(self._stream(chunks)) as stream:

@@ -16,7 +16,7 @@ from core.storage import join_key
 from core.types import GeneratedImage, ImageParams, OptimizedPrompt
 from serve_app.deployment_calls import await_deployment
 from serve_app.modules import IMAGE
-from serve_app.schemas import ImageGenerateRequest
+from serve_app.schemas import ImageGenerateRequest, StoredImageResponse, Timings
 from serve_app.services import GatewayConfig, Services
 
 logger = logging.getLogger("ray.serve")
@@ -90,13 +90,13 @@ async def encode_png(image: GeneratedImage) -> bytes:
     return await asyncio.to_thread(image.to_png)
 
 
-async def store_png(services: Services, png: bytes) -> tuple[str, str]:
-    """Store a PNG under IMAGE_REMOTE_PREFIX{uuid}.png; answer (key, url).
+async def store_png(services: Services, png: bytes, name: str | None = None) -> tuple[str, str]:
+    """Store a PNG under IMAGE_REMOTE_PREFIX{name or a uuid}.png; answer (key, url).
 
     The URL is the store's: public or presigned for S3/R2, this server's `/v1/storage/{key}`
     route (a path, relative to the server) for the local store.
     """
-    key = join_key(services.config.image_remote_prefix, f"{uuid.uuid4().hex}.png")
+    key = join_key(services.config.image_remote_prefix, f"{name or uuid.uuid4().hex}.png")
     await asyncio.to_thread(services.store.put, key, png, "image/png")
     url = await asyncio.to_thread(services.store.url, key)
     return key, url
@@ -150,3 +150,37 @@ async def _optimize(
             fallback_reason=f"prompt optimizer unavailable: {exc.message}",
             elapsed_ms=(time.perf_counter() - started) * 1000,
         )
+
+
+async def render_and_store(
+    services: Services, request: ImageGenerateRequest, name: str | None = None
+) -> StoredImageResponse:
+    """Generate an image and store its PNG (`store_png`): the answer of
+    `/v1/r2/images/generate` and of an image job (which names the key after itself)."""
+    started = time.perf_counter()
+    rendered = await render_image(services, request)
+    stored_at = time.perf_counter()
+    key, url = await store_png(services, rendered.png, name)
+    done = time.perf_counter()
+    params = rendered.params
+    return StoredImageResponse(
+        key=key,
+        url=url,
+        storage=services.store.kind,  # type: ignore[arg-type]
+        bytes=len(rendered.png),
+        prompt=rendered.prompt.prompt,
+        prompt_source=rendered.prompt.source,
+        prompt_fallback_reason=rendered.prompt.fallback_reason,
+        seed=rendered.image.seed,
+        width=rendered.image.width,
+        height=rendered.image.height,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        timings=Timings(
+            prompt_ms=rendered.prompt_ms,
+            generate_ms=rendered.generate_ms,
+            encode_ms=rendered.encode_ms,
+            store_ms=(done - stored_at) * 1000,
+            total_ms=(done - started) * 1000,
+        ),
+    )

@@ -14,31 +14,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
 from core.errors import InvalidInput
-from core.storage import join_key
-from serve_app.image_pipeline import check_image_work, check_pixel_budget, render_image
+from serve_app.image_pipeline import check_image_work, check_pixel_budget, render_and_store
 from serve_app.image_search import image_out, upload_images
-from serve_app.prepared_voices import saved_voice
 from serve_app.schemas import (
     PROJECT_ID_PATTERN,
     BatchUploadResponse,
     ImageGenerateRequest,
-    StoredImageResponse,
-    StoredVoiceResponse,
-    Timings,
     VoiceFromStorageRequest,
-    VoiceTimings,
     _Strict,
 )
 from serve_app.services import Services
 from serve_app.uploads import CheckedImage, UploadedFile, check_image
-from serve_app.voice_pipeline import checked_text, speak, voice_params
+from serve_app.voice_pipeline import checked_text, speak_and_store
 
 
 class BatchFile(BaseModel):
@@ -139,78 +132,13 @@ async def run_job(
 
 
 async def _image(services: Services, job_id: str, body: ImageGenerateRequest) -> JobOutcome:
-    started = time.perf_counter()
-    rendered = await render_image(services, body)
-    stored_at = time.perf_counter()
-    key = join_key(services.config.image_remote_prefix, f"{job_id}.png")
-    await asyncio.to_thread(services.store.put, key, rendered.png, "image/png")
-    url = await asyncio.to_thread(services.store.url, key)
-    done = time.perf_counter()
-    params = rendered.params
-    response = StoredImageResponse(
-        key=key,
-        url=url,
-        storage=services.store.kind,  # type: ignore[arg-type]
-        bytes=len(rendered.png),
-        prompt=rendered.prompt.prompt,
-        prompt_source=rendered.prompt.source,
-        prompt_fallback_reason=rendered.prompt.fallback_reason,
-        seed=rendered.image.seed,
-        width=rendered.image.width,
-        height=rendered.image.height,
-        steps=params.steps,
-        guidance_scale=params.guidance_scale,
-        timings=Timings(
-            prompt_ms=rendered.prompt_ms,
-            generate_ms=rendered.generate_ms,
-            encode_ms=rendered.encode_ms,
-            store_ms=(done - stored_at) * 1000,
-            total_ms=(done - started) * 1000,
-        ),
-    )
-    return JobOutcome(result=response.model_dump(mode="json"), result_key=key)
+    response = await render_and_store(services, body, name=job_id)
+    return JobOutcome(result=response.model_dump(mode="json"), result_key=response.key)
 
 
 async def _voice(services: Services, job_id: str, body: VoiceFromStorageRequest) -> JobOutcome:
-    started = time.perf_counter()
-    voice = await saved_voice(services, body.user_id)  # prepared once (serve_app/prepared_voices)
-    spoken = await speak(
-        services,
-        reference=voice,
-        ref_text=None,
-        text=body.text,
-        fmt=body.format,
-        params=voice_params(services, body.speed, body.seed, body.nfe_steps),
-    )
-    key = join_key(services.config.generated_voice_prefix, body.user_id, f"{job_id}.{body.format}")
-    stored_at = time.perf_counter()
-    await asyncio.to_thread(services.store.put, key, spoken.data, spoken.content_type)
-    url = await asyncio.to_thread(services.store.url, key)
-    done = time.perf_counter()
-    speech = spoken.speech
-    response = StoredVoiceResponse(
-        key=key,
-        url=url,
-        storage=services.store.kind,  # type: ignore[arg-type]
-        user_id=body.user_id,
-        format=body.format,
-        content_type=spoken.content_type,
-        bytes=len(spoken.data),
-        duration_s=speech.duration_s,
-        sample_rate=speech.sample_rate,
-        seed=speech.seed,
-        ref_text=spoken.ref_text,
-        ref_text_source=spoken.ref_text_source,  # type: ignore[arg-type]
-        timings=VoiceTimings(
-            reference_ms=spoken.reference_ms,
-            transcribe_ms=spoken.transcribe_ms,
-            synthesize_ms=spoken.synthesize_ms,
-            encode_ms=spoken.encode_ms,
-            store_ms=(done - stored_at) * 1000,
-            total_ms=(done - started) * 1000,
-        ),
-    )
-    return JobOutcome(result=response.model_dump(mode="json"), result_key=key)
+    response = await speak_and_store(services, body, name=job_id)  # the voice prepared once
+    return JobOutcome(result=response.model_dump(mode="json"), result_key=response.key)
 
 
 async def _batch_upload(services: Services, body: BatchUploadInput) -> JobOutcome:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,8 +46,10 @@ from serve_app.prepared_voices import (
     ReadyVoice,
     SavedVoice,
     ready_voice,
+    saved_voice,
     with_voice,
 )
+from serve_app.schemas import StoredVoiceResponse, VoiceFromStorageRequest, VoiceTimings
 from serve_app.services import Services
 
 logger = logging.getLogger("ray.serve")
@@ -415,3 +418,53 @@ async def _get_text(services: Services, key: str) -> str | None:
     except ObjectNotFound:
         return None
     return data.decode("utf-8", errors="replace").strip() or None
+
+
+async def speak_and_store(
+    services: Services, body: VoiceFromStorageRequest, name: str | None = None
+) -> StoredVoiceResponse:
+    """Speak `body.text` in the saved voice `body.user_id` (prepared once) and store the
+    audio under `{VOICE_REMOTE_PREFIX}generated/{user_id}/{name or a uuid}.{format}`: the
+    answer of `/v1/r2/voice/generate` and of a voice job (which names the key after itself)."""
+    started = time.perf_counter()
+    voice = await saved_voice(services, body.user_id)
+    spoken = await speak(
+        services,
+        reference=voice,
+        ref_text=None,
+        text=body.text,
+        fmt=body.format,
+        params=voice_params(services, body.speed, body.seed, body.nfe_steps),
+    )
+    key = join_key(
+        services.config.generated_voice_prefix,
+        body.user_id,
+        f"{name or uuid.uuid4().hex}.{body.format}",
+    )
+    stored_at = time.perf_counter()
+    await asyncio.to_thread(services.store.put, key, spoken.data, spoken.content_type)
+    url = await asyncio.to_thread(services.store.url, key)
+    done = time.perf_counter()
+    speech = spoken.speech
+    return StoredVoiceResponse(
+        key=key,
+        url=url,
+        storage=services.store.kind,  # type: ignore[arg-type]
+        user_id=body.user_id,
+        format=body.format,
+        content_type=spoken.content_type,
+        bytes=len(spoken.data),
+        duration_s=speech.duration_s,
+        sample_rate=speech.sample_rate,
+        seed=speech.seed,
+        ref_text=spoken.ref_text,
+        ref_text_source=spoken.ref_text_source,  # type: ignore[arg-type]
+        timings=VoiceTimings(
+            reference_ms=spoken.reference_ms,
+            transcribe_ms=spoken.transcribe_ms,
+            synthesize_ms=spoken.synthesize_ms,
+            encode_ms=spoken.encode_ms,
+            store_ms=(done - stored_at) * 1000,
+            total_ms=(done - started) * 1000,
+        ),
+    )

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from serve_app.access import model_work, module_access
-from serve_app.image_pipeline import render_image, store_png
-from serve_app.schemas import ERROR_RESPONSES, ImageGenerateRequest, StoredImageResponse, Timings
+from serve_app.image_pipeline import render_and_store, render_image
+from serve_app.schemas import ERROR_RESPONSES, ImageGenerateRequest, StoredImageResponse
 from serve_app.services import Services, get_services
 
 # The API key's scope: the image module; its concurrent model work (serve_app/access.py).
@@ -59,30 +59,4 @@ async def generate_and_store_image(
     body: ImageGenerateRequest, services: ServicesDep
 ) -> StoredImageResponse:
     """Generate an image, store the PNG under IMAGE_REMOTE_PREFIX and answer where it is."""
-    started = time.perf_counter()
-    rendered = await render_image(services, body)
-    stored_at = time.perf_counter()
-    key, url = await store_png(services, rendered.png)
-    done = time.perf_counter()
-    params = rendered.params
-    return StoredImageResponse(
-        key=key,
-        url=url,
-        storage=services.store.kind,  # type: ignore[arg-type]
-        bytes=len(rendered.png),
-        prompt=rendered.prompt.prompt,
-        prompt_source=rendered.prompt.source,
-        prompt_fallback_reason=rendered.prompt.fallback_reason,
-        seed=rendered.image.seed,
-        width=rendered.image.width,
-        height=rendered.image.height,
-        steps=params.steps,
-        guidance_scale=params.guidance_scale,
-        timings=Timings(
-            prompt_ms=rendered.prompt_ms,
-            generate_ms=rendered.generate_ms,
-            encode_ms=rendered.encode_ms,
-            store_ms=(done - stored_at) * 1000,
-            total_ms=(done - started) * 1000,
-        ),
-    )
+    return await render_and_store(services, body)

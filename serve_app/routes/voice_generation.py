@@ -4,9 +4,6 @@ from the user's stored reference (stored result, JSON back). The flow itself is
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -14,10 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import Field, ValidationError
 
-from core.storage import join_key
 from serve_app.access import check_voice, model_work, module_access
 from serve_app.modules import VOICE
-from serve_app.prepared_voices import saved_voice
 from serve_app.schemas import (
     ERROR_RESPONSES,
     VOICE_NFE_STEPS_MAX,
@@ -27,7 +22,6 @@ from serve_app.schemas import (
     ErrorResponse,
     StoredVoiceResponse,
     VoiceFromStorageRequest,
-    VoiceTimings,
     _Strict,
 )
 from serve_app.services import Services, get_services
@@ -37,6 +31,7 @@ from serve_app.voice_pipeline import (
     checked_text,
     open_speech_stream,
     speak,
+    speak_and_store,
     voice_params,
 )
 
@@ -163,43 +158,4 @@ async def generate_voice_from_storage(
     check_voice(request, body.user_id)
     await services.board.require_ready(VOICE)
     checked_text(services, body.text)  # before any storage call
-    started = time.perf_counter()
-    voice = await saved_voice(services, body.user_id)
-    spoken = await speak(
-        services,
-        reference=voice,
-        ref_text=None,
-        text=body.text,
-        fmt=body.format,
-        params=voice_params(services, body.speed, body.seed, body.nfe_steps),
-    )
-    key = join_key(
-        services.config.generated_voice_prefix, body.user_id, f"{uuid.uuid4().hex}.{body.format}"
-    )
-    stored_at = time.perf_counter()
-    await asyncio.to_thread(services.store.put, key, spoken.data, spoken.content_type)
-    url = await asyncio.to_thread(services.store.url, key)
-    done = time.perf_counter()
-    speech = spoken.speech
-    return StoredVoiceResponse(
-        key=key,
-        url=url,
-        storage=services.store.kind,  # type: ignore[arg-type]
-        user_id=body.user_id,
-        format=body.format,
-        content_type=spoken.content_type,
-        bytes=len(spoken.data),
-        duration_s=speech.duration_s,
-        sample_rate=speech.sample_rate,
-        seed=speech.seed,
-        ref_text=spoken.ref_text,
-        ref_text_source=spoken.ref_text_source,  # type: ignore[arg-type]
-        timings=VoiceTimings(
-            reference_ms=spoken.reference_ms,
-            transcribe_ms=spoken.transcribe_ms,
-            synthesize_ms=spoken.synthesize_ms,
-            encode_ms=spoken.encode_ms,
-            store_ms=(done - stored_at) * 1000,
-            total_ms=(done - started) * 1000,
-        ),
-    )
+    return await speak_and_store(services, body)
