@@ -269,16 +269,17 @@ async def _known_transcript(
 ) -> tuple[str | None, TranscriptSource]:
     """The saved transcript, else one an earlier ASR left in the transcript cache, else None
     (the VoiceCloner transcribes)."""
-    stored = await _get_text(services, saved.transcript_key)
+    stored = await stored_text(services, saved.transcript_key)
     if stored:
         return stored, "stored"
-    cached = await _get_text(services, cache_key)
+    cached = await stored_text(services, cache_key)
     if cached:
         return cached, "cached"
     return None, "given"
 
 
-async def _get_text(services: Services, key: str) -> str | None:
+async def stored_text(services: Services, key: str) -> str | None:
+    """The stripped UTF-8 text stored at `key`, or None when it is absent or blank."""
     try:
         data = await asyncio.to_thread(services.store.get, key)
     except ObjectNotFound:

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import ApiError, InvalidInput, ModelInputError, ObjectNotFound
+from core.errors import ApiError, InvalidInput, ModelInputError
 from core.prepared_voice import PreparedVoice
 from core.storage import join_key
 from core.types import SpeechChunk, SynthesizedSpeech, VoiceParams
@@ -47,6 +47,7 @@ from serve_app.prepared_voices import (
     SavedVoice,
     ready_voice,
     saved_voice,
+    stored_text,
     with_voice,
 )
 from serve_app.schemas import StoredVoiceResponse, VoiceFromStorageRequest, VoiceTimings
@@ -391,7 +392,7 @@ async def _reference_text(
         return given.strip(), "request"
     prefix = services.config.voice_remote_prefix
     cache_key = join_key(prefix, "transcripts", f"{hashlib.sha256(reference).hexdigest()}.txt")
-    cached = await _get_text(services, cache_key)
+    cached = await stored_text(services, cache_key)
     if cached:
         return cached, "cached"
     transcript: str = await await_deployment(
@@ -410,14 +411,6 @@ async def _reference_text(
         services.store.put, cache_key, transcript.encode("utf-8"), "text/plain; charset=utf-8"
     )
     return transcript, "asr"
-
-
-async def _get_text(services: Services, key: str) -> str | None:
-    try:
-        data = await asyncio.to_thread(services.store.get, key)
-    except ObjectNotFound:
-        return None
-    return data.decode("utf-8", errors="replace").strip() or None
 
 
 async def speak_and_store(
