@@ -4,7 +4,11 @@ A webhook URL comes from a client, and the server POSTs to it: a way into the se
 network (SSRF). So a URL must be http(s) with a host, and every address its host resolves
 to must be public, unless JOBS_WEBHOOK_ALLOW_PRIVATE=1 (tests, or a receiver on the same
 private network on purpose). The check is made at submission (a 422 the client sees) and
-again before each delivery (DNS may have changed). Redirects are not followed.
+again before each delivery (DNS may have changed). A delivery then connects to an address it
+checked, not to the name: a name that resolves to a public address for the check and to a
+private one for the connection (DNS rebinding) reaches only the checked one. The request keeps
+the URL's Host header and, over TLS, its name for SNI and the certificate check. Redirects are
+not followed.
 
 The body is the job's JSON (`core.jobs.JobView`), signed with `core.jobs.webhook_signature`.
 """
@@ -16,6 +20,7 @@ import ipaddress
 import socket
 import time
 import urllib.parse
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -57,22 +62,48 @@ def _public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def resolve_checked(url: str, allow_private: bool) -> None:
-    """Raise WebhookRefused unless every address of the URL's host may be called (blocking:
-    resolves the name)."""
+def resolve_checked(url: str, allow_private: bool) -> list[str]:
+    """The addresses of the URL's host, every one of which may be called; WebhookRefused
+    otherwise (blocking: resolves the name)."""
     host, port = parse_webhook_url(url)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         raise WebhookRefused(f"the webhook host '{host}' does not resolve") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise WebhookRefused(f"the webhook host '{host}' does not resolve")
     if allow_private:
-        return
-    private = sorted({str(info[4][0]) for info in infos if not _public(str(info[4][0]))})
+        return addresses
+    private = sorted(address for address in addresses if not _public(address))
     if private:
         raise WebhookRefused(
             f"the webhook host '{host}' resolves to a non-public address ({private[0]}); "
             "JOBS_WEBHOOK_ALLOW_PRIVATE=1 allows that"
         )
+    return addresses
+
+
+class PinnedTarget(NamedTuple):
+    """A webhook request aimed at one checked address with the URL's own name kept."""
+
+    url: str
+    host_header: str
+    extensions: dict[str, Any]
+
+
+def pin_to_address(url: str, address: str) -> PinnedTarget:
+    """The URL with its host replaced by `address`, plus the Host header and (https) the SNI
+    name that keep the request what it was for the receiver."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parse_webhook_url(url)
+    literal = f"[{address}]" if ":" in address else address
+    default_port = 443 if parts.scheme == "https" else 80
+    named_host = f"[{host}]" if ":" in host else host
+    host_header = named_host if port == default_port else f"{named_host}:{port}"
+    pinned = parts._replace(netloc=f"{literal}:{port}")
+    extensions: dict[str, Any] = {"sni_hostname": host} if parts.scheme == "https" else {}
+    return PinnedTarget(urllib.parse.urlunsplit(pinned), host_header, extensions)
 
 
 async def check_webhook_url(url: str, allow_private: bool) -> None:
@@ -89,15 +120,24 @@ async def deliver(
 ) -> None:
     """POST the signed job to `url`; raise WebhookRefused or httpx.HTTPError on failure
     (a non-2xx answer is a failure too)."""
-    await asyncio.to_thread(resolve_checked, url, allow_private)
+    addresses = await asyncio.to_thread(resolve_checked, url, allow_private)
+    target = pin_to_address(url, addresses[0])
     body = job.model_dump_json().encode()
     headers = {
+        "Host": target.host_header,
         "Content-Type": "application/json",
         SIGNATURE_HEADER: webhook_signature(secret, int(time.time()), body),
         "X-Job-Id": job.id,
+        # The pool keys connections by address: one made with another name's SNI is not reused.
+        "Connection": "close",
     }
     response = await client.post(
-        url, content=body, headers=headers, timeout=DELIVERY_TIMEOUT_S, follow_redirects=False
+        target.url,
+        content=body,
+        headers=headers,
+        extensions=target.extensions,
+        timeout=DELIVERY_TIMEOUT_S,
+        follow_redirects=False,
     )
     if not 200 <= response.status_code < 300:
         raise httpx.HTTPStatusError(
