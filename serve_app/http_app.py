@@ -56,5 +56,5 @@ def create_http_app(services: Services) -> FastAPI:
     app.include_router(models.router)
     app.include_router(jobs.router)
     app.include_router(console_api.router)
-    mount_console(app)  # the web console's static files at /ui (serve_app/console)
+    mount_console(app, services.store)  # the web console's static files at /ui (serve_app/console)
     return app

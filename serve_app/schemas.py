@@ -159,6 +159,12 @@ class ImageOut(BaseModel):
     )
 
 
+class FileLink(BaseModel):
+    """Where a stored file is, instead of a redirect to it (`?redirect=false`)."""
+
+    url: str = Field(description="The object store's presigned or public URL of the file")
+
+
 class ImageListResponse(BaseModel):
     project_id: str
     items: list[ImageOut]

@@ -12,12 +12,13 @@ import mimetypes
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, Response
 
 from core.errors import ObjectNotFound
 from core.storage import validate_key
 from serve_app.access import check_stored_object
-from serve_app.schemas import ErrorResponse
+from serve_app.file_links import RedirectParam, link_to_stored
+from serve_app.schemas import ErrorResponse, FileLink
 from serve_app.services import Services, get_services
 
 router = APIRouter(tags=["storage"])
@@ -27,13 +28,20 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 @router.get(
     "/v1/storage/{key:path}",
     responses={
+        200: {
+            "content": {"*/*": {}, "application/json": {"schema": FileLink.model_json_schema()}},
+            "description": "The file (local store), or with `redirect=false` on R2/S3 its URL",
+        },
         307: {"description": "Redirect to the object in S3/R2"},
         404: {"model": ErrorResponse, "description": "No such object"},
         422: {"model": ErrorResponse, "description": "Invalid key"},
     },
 )
-async def get_stored_object(key: str, request: Request, services: ServicesDep) -> Response:
-    """Return (local store) or redirect to (S3/R2) a stored result object."""
+async def get_stored_object(
+    key: str, request: Request, services: ServicesDep, redirect: RedirectParam = True
+) -> Response:
+    """Return (local store) or redirect to (S3/R2; with `redirect=false` the URL as JSON) a
+    stored result object."""
     key = validate_key(key)
     if not key.startswith(services.config.public_prefixes):
         raise ObjectNotFound("no such object", key=key)
@@ -42,7 +50,7 @@ async def get_stored_object(key: str, request: Request, services: ServicesDep) -
     if store.kind != "local":
         if await asyncio.to_thread(store.head, key) is None:
             raise ObjectNotFound("no such object", key=key)
-        return RedirectResponse(await asyncio.to_thread(store.url, key), status_code=307)
+        return await link_to_stored(store, key, redirect)
     path = store.path_for(key)  # type: ignore[attr-defined]
     if not path.is_file():
         raise ObjectNotFound("no such object", key=key)

@@ -8,7 +8,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from core.errors import ObjectNotFound
 from core.image_keys import media_type_for_key
@@ -20,6 +20,7 @@ from core.records import (
 )
 from serve_app.access import model_work, module_access, project_access, write_access
 from serve_app.deployment_calls import await_deployment
+from serve_app.file_links import RedirectParam, link_to_stored
 from serve_app.image_search import (
     delete_image,
     duplicate_groups,
@@ -49,6 +50,7 @@ from serve_app.schemas import (
     DeleteResponse,
     DuplicatesResponse,
     ErrorResponse,
+    FileLink,
     ImageListResponse,
     ImageOut,
     SearchCut,
@@ -292,15 +294,22 @@ async def duplicate_images(
 @router.get(
     "/{image_id}/file",
     responses={
-        200: {"content": {"image/*": {}}, "description": "The original (local store)"},
+        200: {
+            "content": {
+                "image/*": {},
+                "application/json": {"schema": FileLink.model_json_schema()},
+            },
+            "description": "The original (local store), or with `redirect=false` on R2/S3 its URL",
+        },
         307: {"description": "Redirect to a presigned or public URL (R2/S3)"},
         **ERROR_RESPONSES,
     },
 )
 async def get_image_file(
-    project_id: ProjectId, image_id: ImageId, services: ServicesDep
+    project_id: ProjectId, image_id: ImageId, services: ServicesDep, redirect: RedirectParam = True
 ) -> Response:
-    """The original upload: a 307 to R2 (presigned), or the bytes from the local store."""
+    """The original upload: a 307 to R2 (presigned; with `redirect=false` that URL as JSON),
+    or the bytes from the local store."""
     record = await get_image(services, project_id, image_id)
     problem = own_key_problem(services, record)
     media_type = media_type_for_key(record.object_key)
@@ -314,7 +323,7 @@ async def get_image_file(
         raise ObjectNotFound("the image's file is not available", id=image_id)
     store = services.store
     if store.kind != "local":
-        return RedirectResponse(await asyncio.to_thread(store.url, record.object_key), 307)
+        return await link_to_stored(store, record.object_key, redirect)
     path = store.path_for(record.object_key)  # type: ignore[attr-defined]
     if not path.is_file():
         raise ObjectNotFound("the image's file is missing from storage", id=image_id)

@@ -28,7 +28,13 @@ from ray import serve
 
 from serve_app.app import build_app
 from serve_app.audio import encode_audio
-from tests.integration.conftest import CLIP_ID, voice_settings, wait_until_ready
+from tests.integration.conftest import (
+    CLIP_ID,
+    SearchApp,
+    VoiceApp,
+    voice_settings,
+    wait_until_ready,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -368,6 +374,42 @@ def test_search_page_uploads_finds_and_deletes(
     ]
 
 
+def test_with_r2_thumbnails_load_from_the_stores_links(
+    browser: Any, search_app: SearchApp, tmp_path: Path
+) -> None:
+    """The search app stores in S3 (moto on loopback, as R2): a thumbnail's file route would
+    redirect the keyed request to another origin, so the page asks for the store's link and
+    shows the image from there, under a policy that names that origin."""
+    from selenium.webdriver.common.by import By
+
+    project = f"console_r2_{int(time.time() * 1000)}"
+    colors = {"r2-red.png": (220, 30, 30), "r2-blue.png": (20, 40, 230)}
+    files = [png_file(tmp_path, name, color) for name, color in colors.items()]
+    upload = httpx.post(
+        f"{search_app.url}/v1/projects/{project}/images/batch",
+        files=[("files", (f.name, f.read_bytes(), "image/png")) for f in files],
+        timeout=120,
+    )
+    assert upload.status_code == 201, upload.text
+    open_console(browser, ConsoleApp(url=search_app.url, storage=tmp_path), "search", key=None)
+    by_id(browser, "project-id").send_keys(project)
+    by_id(browser, "search-query").send_keys("a red picture")
+    by_id(browser, "search-run").click()
+    summary = by_id(browser, "search-summary")
+    wait_for(browser, lambda _: "results for" in summary.text, "search-error")
+
+    def shown(driver: Any) -> list[str] | None:
+        images = driver.find_elements(By.CSS_SELECTOR, "#search-results .card img")
+        loaded = [driver.execute_script("return arguments[0].naturalWidth", i) for i in images]
+        if len(images) != len(colors) or not all(loaded):
+            return None
+        return [str(image.get_attribute("src")) for image in images]
+
+    sources = wait_for(browser, shown, "search-error")
+    assert all(src.startswith(f"{search_app.s3.endpoint}/") for src in sources), sources
+    assert not browser.find_elements(By.CSS_SELECTOR, "#search-results .no-preview")
+
+
 def test_a_bad_upload_shows_the_servers_error(
     browser: Any, console_app: ConsoleApp, tmp_path: Path
 ) -> None:
@@ -446,6 +488,39 @@ def test_voices_page_saves_and_synthesizes_a_playable_voice(
     by_id(browser, "voice-store").click()
     facts = by_id(browser, "voice-facts")
     wait_for(browser, lambda _: "AI/VOICE/generated/console-narrator/" in facts.text, "voice-error")
+
+
+def test_with_r2_stored_speech_plays_from_the_stores_link(
+    browser: Any, voice_app: VoiceApp, tmp_path: Path
+) -> None:
+    """The voice app stores in S3 (moto on loopback, as R2): speech stored by
+    /v1/r2/voice/generate is played from its presigned URL, which the page's policy allows."""
+    from selenium.webdriver.common.by import By
+
+    voice = f"console-r2-{int(time.time() * 1000)}"
+    open_console(browser, ConsoleApp(url=voice_app.url, storage=tmp_path), "voices", key=None)
+    by_id(browser, "voice-file").send_keys(str(reference_wav(tmp_path / "me.wav")))
+    by_id(browser, "voice-transcript").send_keys("hello there my friend")
+    by_id(browser, "voice-id").send_keys(voice)
+    by_id(browser, "voice-save").click()
+    wait_for(
+        browser,
+        lambda d: d.find_elements(By.CSS_SELECTOR, f"#voice-list li[data-voice='{voice}']"),
+        "voice-save-error",
+    )
+    by_id(browser, "voice-text").send_keys("Hello. Nice to meet you.")
+    by_id(browser, "voice-store").click()
+    facts = by_id(browser, "voice-facts")
+    wait_for(browser, lambda _: f"AI/VOICE/generated/{voice}/" in facts.text, "voice-error")
+    audio = by_id(browser, "voice-audio")
+    wait_for(
+        browser,
+        lambda d: d.execute_script(
+            "return arguments[0].readyState >= 1 && arguments[0].duration > 0", audio
+        ),
+        "voice-error",
+    )
+    assert str(audio.get_attribute("src")).startswith(f"{voice_app.s3_endpoint}/")
 
 
 def test_a_reference_recorded_in_the_browser_is_saved(

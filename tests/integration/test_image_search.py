@@ -149,6 +149,18 @@ def test_file_redirects_to_presigned_url(search_app: SearchApp) -> None:
     assert response.headers["location"].startswith(search_app.s3.endpoint)
     assert httpx.get(response.headers["location"]).content == data
 
+    # Pages that cannot follow a redirect with the key ask for the link itself, and the
+    # console's policy lets its images and audio load from that link's origin.
+    link = httpx.get(
+        f"{search_app.url}/v1/projects/{pid}/images/{image_id}/file", params={"redirect": "false"}
+    )
+    assert link.status_code == 200 and link.headers["content-type"] == "application/json"
+    (url,) = link.json().values()
+    assert url.startswith(search_app.s3.endpoint) and httpx.get(url).content == data
+    policy = httpx.get(f"{search_app.url}/ui/").headers["content-security-policy"]
+    assert f"img-src 'self' blob: data: {search_app.s3.endpoint}" in policy
+    assert "connect-src 'self';" in policy
+
 
 def test_delete_removes_object_row_and_vector(search_app: SearchApp) -> None:
     pid = project()

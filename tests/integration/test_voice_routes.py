@@ -122,6 +122,13 @@ def test_stored_reference_is_transcribed_once(voice_app: VoiceApp) -> None:
     assert stored["ContentType"] == "audio/mpeg"
     assert sf.info(io.BytesIO(stored["Body"].read())).samplerate == SR
     assert body["key"].startswith(f"AI/VOICE/generated/{user}/")
+    # This server's storage route hands out the same file as a redirect or as its link.
+    route = f"{voice_app.url}/v1/storage/{body['key']}"
+    redirect = httpx.get(route)
+    assert redirect.status_code == 307
+    link = httpx.get(route, params={"redirect": "false"})
+    assert link.status_code == 200 and list(link.json()) == ["url"]
+    assert httpx.get(link.json()["url"]).content == httpx.get(redirect.headers["location"]).content
 
     second = httpx.post(
         f"{voice_app.url}/v1/r2/voice/generate",

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.console import CONTENT_SECURITY_POLICY, STATIC_DIR
+from core.storage import LocalObjectStore
+from core.storage.s3 import S3ObjectStore
+from serve_app.console import STATIC_DIR, content_security_policy, storage_origin
 from tests.unit.test_api_keys import make_client
 
 KEY = "console-key-0123456789"
@@ -34,17 +37,55 @@ def test_the_page_is_open_and_carries_the_policy(client: TestClient) -> None:
     for path in ("/ui/", "/ui/index.html", "/ui/app.js", "/ui/style.css"):
         response = client.get(path)  # no key
         assert response.status_code == 200, path
-        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert response.headers["content-security-policy"] == content_security_policy(None)
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
     assert client.get("/ui/app.js").headers["content-type"].split(";")[0] in {
         "text/javascript",
         "application/javascript",
     }
-    policy = dict(part.split(" ", 1) for part in CONTENT_SECURITY_POLICY.split("; "))
+    policy = directives(response.headers["content-security-policy"])
     assert policy["default-src"] == "'self'"
     assert policy["script-src"] == "'self'" and policy["connect-src"] == "'self'"
-    assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY
+    assert policy["img-src"] == "'self' blob: data:" and policy["media-src"] == "'self' blob:"
+    assert "'unsafe-inline'" not in response.headers["content-security-policy"]
+
+
+def directives(policy: str) -> dict[str, str]:
+    return dict(part.split(" ", 1) for part in policy.split("; "))
+
+
+def s3_store(**kwargs: object) -> S3ObjectStore:
+    return S3ObjectStore(
+        bucket="results", endpoint_url="http://127.0.0.1:9", region="auto",
+        access_key_id="id", secret_access_key="secret", **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("store", "origin"),
+    [
+        (lambda tmp: LocalObjectStore(tmp), None),
+        (lambda _tmp: s3_store(), "http://127.0.0.1:9"),
+        (lambda _tmp: s3_store(public_base_url="https://cdn.example.test/r/"),
+         "https://cdn.example.test"),
+    ],
+)  # fmt: skip
+def test_images_and_audio_may_come_from_the_object_stores_links_only(
+    tmp_path: Path, store: Any, origin: str | None
+) -> None:
+    """With R2/S3 the page shows files from the store's presigned or public links: that
+    origin, and nothing more, joins the image and media sources."""
+    assert storage_origin(store(tmp_path)) == origin
+    policy = directives(content_security_policy(origin))
+    if origin is None:
+        assert policy == directives(content_security_policy())
+        return
+    assert policy["img-src"] == f"'self' blob: data: {origin}"
+    assert policy["media-src"] == f"'self' blob: {origin}"
+    others = {k: v for k, v in policy.items() if k not in {"img-src", "media-src"}}
+    assert all(origin not in value for value in others.values())
+    assert others == {k: v for k, v in directives(content_security_policy()).items() if k in others}
 
 
 def test_the_files_have_no_inline_script_style_or_remote_resource() -> None:

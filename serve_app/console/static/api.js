@@ -117,8 +117,14 @@ export function uploadForm(path, form, onProgress) {
   });
 }
 
-/** An object URL for a file this server serves behind the key (images, audio). */
-export async function blobUrl(path) {
-  const response = await call(path);
-  return URL.createObjectURL(await response.blob());
+/**
+ * Where to show a stored file from: {url, owned}. The local store's files come with the key,
+ * as an object URL the caller owns (and revokes); with R2/S3 the server answers the store's
+ * own link (`redirect=false`), which the page's policy lets images and audio load from.
+ */
+export async function fileSource(path) {
+  const response = await call(`${path}${path.includes("?") ? "&" : "?"}redirect=false`);
+  const type = response.headers.get("Content-Type") || "";
+  if (type.startsWith("application/json")) return { url: (await response.json()).url, owned: false };
+  return { url: URL.createObjectURL(await response.blob()), owned: true };
 }

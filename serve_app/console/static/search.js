@@ -1,7 +1,7 @@
 // Search page: /v1/projects/{project_id}/images[...]: batch upload with progress, list,
 // text search, search by image, similar images, duplicates and delete.
 
-import { blobUrl, call, callJson, uploadForm } from "./api.js";
+import { call, callJson, fileSource, uploadForm } from "./api.js";
 import { $, RememberedList, clearError, el, formatBytes, plural, showError } from "./ui.js";
 
 const projects = new RememberedList("commonAiServer.projects");
@@ -38,9 +38,14 @@ export function setupSearch() {
 
   function card(item, label) {
     const image = el("img", { alt: item.filename, loading: "lazy" });
-    blobUrl(item.file_url)
-      .then((url) => {
-        objectUrls.push(url);
+    fileSource(item.file_url)
+      .then(({ url, owned }) => {
+        if (owned) objectUrls.push(url);
+        image.addEventListener(
+          "error",
+          () => image.replaceWith(el("div", { class: "no-preview" }, "no preview")),
+          { once: true },
+        );
         image.src = url;
       })
       .catch(() => image.replaceWith(el("div", { class: "no-preview" }, "no preview")));

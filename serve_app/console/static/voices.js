@@ -174,12 +174,13 @@ export function setupVoices() {
     return Object.fromEntries(Object.entries(out).filter(([, v]) => v !== undefined));
   }
 
-  function play(blob, pairs) {
+  /** Play a Blob (fetched with the key) or a URL (the object store's own link). */
+  function play(source, pairs) {
     const player = $("voice-audio");
-    if (blob) {
+    if (source) {
       if (audioUrl) URL.revokeObjectURL(audioUrl);
-      audioUrl = URL.createObjectURL(blob);
-      player.src = audioUrl;
+      audioUrl = typeof source === "string" ? null : URL.createObjectURL(source);
+      player.src = audioUrl ?? source;
       // The duration as the browser decodes it (the speech route sends no duration header).
       player.addEventListener(
         "loadedmetadata",
@@ -256,9 +257,9 @@ export function setupVoices() {
           ["Transcript", `${answer.ref_text} (${answer.ref_text_source})`],
         ];
         // This server's own link (the local store) needs the key: fetch it and play it.
-        // A presigned or public URL (R2) is another origin: a link to open.
+        // A presigned or public URL (R2) plays from the store, which the page's policy allows.
         if (answer.url.startsWith("/")) play(await (await call(answer.url)).blob(), pairs);
-        else play(null, pairs);
+        else play(answer.url, pairs);
       } catch (error) {
         showError(errorBox, error);
       }
