@@ -117,6 +117,7 @@ def job_runner_config(settings: Settings, gateway: GatewayConfig) -> JobRunnerCo
         db_path=settings.jobs_db_path,
         remote_prefix=settings.jobs_remote_prefix,
         max_queued=settings.jobs_max_queued,
+        max_queued_per_key=settings.jobs_max_queued_per_key,
         max_attempts=settings.jobs_max_attempts,
         retry_delay_s=settings.jobs_retry_delay_seconds,
         retention_s=settings.jobs_retention_seconds,

@@ -66,6 +66,7 @@ class JobRunnerConfig(BaseModel):
     db_path: Path
     remote_prefix: str = Field(description="Where batch-upload files wait (JOBS_REMOTE_PREFIX)")
     max_queued: int = Field(ge=1)
+    max_queued_per_key: int = Field(ge=1)
     max_attempts: int = Field(ge=1)
     retry_delay_s: float = Field(ge=0)
     retention_s: float = Field(gt=0)
@@ -180,7 +181,12 @@ class JobRunner:
             inputs=tuple(inputs),
         )
         try:
-            row = await self._call(self._store.insert, job, max_active=config.max_queued)
+            row = await self._call(
+                self._store.insert,
+                job,
+                max_active=config.max_queued,
+                max_active_per_owner=config.max_queued_per_key,
+            )
         except sqlite3.IntegrityError:  # the same key won meanwhile (an earlier await)
             await self._delete_inputs(inputs)
             existing = await self._call(self._store.find_idempotent, owner, idempotency_key, print_)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.errors import Conflict, IdempotencyKeyReused, NotFound, Overloaded
+from core.errors import Conflict, IdempotencyKeyReused, NotFound, Overloaded, TooManyRequests
 from core.jobs import FINISHED_STATES, JobView, WebhookStatus
 
 SCHEMA = """
@@ -234,13 +234,29 @@ class JobStore:
             )
         return row
 
-    def insert(self, job: NewJob, *, max_active: int) -> JobRow:
-        """Record a queued job; 503 when `max_active` jobs are queued or running already.
+    def insert(
+        self, job: NewJob, *, max_active: int, max_active_per_owner: int | None = None
+    ) -> JobRow:
+        """Record a queued job; 429 when its owner has `max_active_per_owner` jobs queued or
+        running already, 503 when everyone together has `max_active`.
 
         Raises sqlite3.IntegrityError when the idempotency key was taken meanwhile.
         """
         now = self._clock()
         with self._write() as db:
+            if max_active_per_owner is not None:
+                (owned,) = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE owner=? AND state IN ('queued', 'running')",
+                    (job.owner,),
+                ).fetchone()
+                if owned >= max_active_per_owner:
+                    raise TooManyRequests(
+                        f"this API key has {owned} jobs waiting or running, its limit "
+                        f"(JOBS_MAX_QUEUED_PER_KEY={max_active_per_owner}); retry when one "
+                        "has finished",
+                        headers={"Retry-After": "30"},
+                        limit="JOBS_MAX_QUEUED_PER_KEY",
+                    )
             (active,) = db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')"
             ).fetchone()

@@ -231,6 +231,9 @@ class Settings(BaseSettings):
     jobs_db_path: Path = Path("app/jobs.db")
     jobs_remote_prefix: str = "AI/JOBS/"  # batch-upload files wait here until their job ends
     jobs_max_queued: int = Field(default=100, ge=1, le=100_000)  # queued + running; 503 past it
+    # One API key's share (the keyless server's one user too): 429 past it, so that one
+    # client cannot fill the queue for everyone.
+    jobs_max_queued_per_key: int = Field(default=50, ge=1, le=100_000)
     jobs_max_attempts: int = Field(default=3, ge=1, le=20)
     jobs_retry_delay_seconds: float = Field(default=5.0, ge=0, le=3600)
     jobs_retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)

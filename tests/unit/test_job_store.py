@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import Conflict, IdempotencyKeyReused, InvalidInput, NotFound, Overloaded
+from core.errors import (
+    Conflict,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    TooManyRequests,
+)
 from core.jobs import webhook_backoff_s, webhook_signature
 from serve_app.job_store import JobStore, NewJob
 from serve_app.job_tasks import fingerprint
@@ -117,6 +124,26 @@ def test_the_queue_is_bounded(store: JobStore) -> None:
     store.claim("image")
     assert store.succeed(new_job(1).id, {}, None) is not None
     store.insert(new_job(3), max_active=2)  # a finished job frees its place
+
+
+def test_one_key_holds_at_most_its_share_of_the_queue(store: JobStore) -> None:
+    share = {"max_active": 5, "max_active_per_owner": 2}
+    store.insert(new_job(1, owner="k1"), **share)
+    store.insert(new_job(2, owner="k1", kind="voice"), **share)
+    with pytest.raises(TooManyRequests) as over:
+        store.insert(new_job(3, owner="k1"), **share)
+    assert over.value.status_code == 429 and over.value.headers["Retry-After"]
+    assert over.value.details["limit"] == "JOBS_MAX_QUEUED_PER_KEY"
+    store.insert(new_job(4, owner="k2"), **share)  # another key still gets its place
+    store.insert(new_job(5, owner="k2"), **share)
+    store.claim("voice")  # a running job still counts
+    with pytest.raises(TooManyRequests):
+        store.insert(new_job(6, owner="k1"), **share)
+    store.cancel(new_job(1).id, "k1")  # a finished one does not
+    store.insert(new_job(6, owner="k1"), **share)
+    store.insert(new_job(7, owner="k3"), **share)
+    with pytest.raises(Overloaded):  # the whole queue: 5 queued or running
+        store.insert(new_job(8, owner="k3"), **share)
 
 
 def test_cancel_queued_running_and_finished(store: JobStore) -> None:
