@@ -117,3 +117,21 @@ def test_app_args_reject_unknown_keys() -> None:
     with pytest.raises(ValueError):
         AppArgs.model_validate({"env_file": ".env"})
     assert AppArgs.model_validate({}).env_files == [".env"]
+
+
+def test_every_setting_has_a_row_in_the_readmes_configuration_table() -> None:
+    """The README's table is the operator's reference: a setting added without a row there
+    is a setting nobody can find."""
+    import re
+
+    from serve_app.settings import Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("\n## Configuration") : readme.index("\n## Production profile")]
+    named = {
+        name
+        for line in table.splitlines()
+        if line.startswith("| `")
+        for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", line.split(" | ")[0])
+    }
+    assert sorted({field.upper() for field in Settings.model_fields} - named) == []
