@@ -72,6 +72,28 @@ class SearchHit(BaseModel):
     score: float
 
 
+class ProjectSummary(BaseModel):
+    """A project as a listing shows it: its live image count and when it was made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    project_id: str
+    images: int = Field(ge=0, description="Live images (not being deleted)")
+    created_at: datetime
+    last_added_at: datetime | None = Field(
+        default=None, description="When its newest live image was added; None when it has none"
+    )
+
+
+class ProjectPage(BaseModel):
+    """One page of projects by id; pass `next_cursor` back for the next page."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[ProjectSummary]
+    next_cursor: str | None = None
+
+
 class ImagePage(BaseModel):
     """One page of a newest-first listing; pass `next_cursor` back for the next page."""
 

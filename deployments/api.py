@@ -61,6 +61,10 @@ VECTOR_INDEX = "VectorIndex"  (module: image_search; exactly one replica, the ca
         back for the next page. The first page scans the project (seconds at 50k images).
     get(project_id: str, image_id: str) -> ImageRecord | None
     list(project_id: str, limit: int, cursor: str | None = None) -> ImagePage  (newest first)
+    list_projects(limit: int, after: str | None = None, scope: list[str] | None = None)
+        -> ProjectPage
+        Projects by id with their live image counts; pass ``next_cursor`` back as ``after``.
+        ``scope``: only ids these patterns allow (exact, ``prefix*`` or ``*``).
     project_exists(project_id: str) -> bool
     find_duplicate(project_id: str, sha256: str) -> ImageRecord | None
     stats() -> dict[str, int]             live images per project
@@ -182,6 +186,8 @@ from core.records import (
     ImagePage,
     ImageRecord,
     NewImage,
+    ProjectPage,
+    ProjectSummary,
     SearchHit,
     SearchQuery,
 )
@@ -223,6 +229,8 @@ __all__ = [
     "NewImage",
     "NotFound",
     "OptimizedPrompt",
+    "ProjectPage",
+    "ProjectSummary",
     "Overloaded",
     "PreparedVoice",
     "SearchHit",

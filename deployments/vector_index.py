@@ -40,6 +40,7 @@ from core.records import (
     ImagePage,
     ImageRecord,
     NewImage,
+    ProjectPage,
     SearchHit,
     SearchQuery,
 )
@@ -185,6 +186,12 @@ class VectorIndex:
     def list(self, project_id: str, limit: int, cursor: str | None = None) -> ImagePage:
         """A newest-first page of the project's images."""
         return self._catalog.list_images(project_id, limit, cursor)
+
+    def list_projects(
+        self, limit: int, after: str | None = None, scope: builtins.list[str] | None = None
+    ) -> ProjectPage:
+        """Projects by id with their image counts; `scope`: an API key's project patterns."""
+        return self._catalog.list_projects(limit, after, scope)
 
     def search(
         self,

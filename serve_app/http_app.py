@@ -48,6 +48,7 @@ def create_http_app(services: Services) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(images.router)
+    app.include_router(projects.listing)
     app.include_router(projects.router)
     app.include_router(voice_generation.router)
     app.include_router(saved_voices.router)

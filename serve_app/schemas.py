@@ -165,6 +165,20 @@ class FileLink(BaseModel):
     url: str = Field(description="The object store's presigned or public URL of the file")
 
 
+class ProjectOut(BaseModel):
+    """A project in the listing."""
+
+    project_id: str
+    images: int = Field(description="Its images (not counting ones being deleted)")
+    created_at: str = Field(description="ISO 8601, UTC: its first upload")
+    last_added_at: str | None = Field(description="ISO 8601, UTC: its newest image; null if none")
+
+
+class ProjectListResponse(BaseModel):
+    items: list[ProjectOut]
+    next_cursor: str | None = Field(description="Pass back as `cursor` for the next page")
+
+
 class ImageListResponse(BaseModel):
     project_id: str
     items: list[ImageOut]

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, false, func, or_, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -55,6 +55,8 @@ from core.records import (
     ImagePage,
     ImageRecord,
     NewImage,
+    ProjectPage,
+    ProjectSummary,
     SearchHit,
 )
 from deployments.vector_store import duplicates as dup
@@ -416,6 +418,40 @@ class VectorCatalog:
             q.encode_cursor(items[-1].created_at, items[-1].id) if len(rows) > limit else None
         )
         return ImagePage(items=items, total=total, next_cursor=next_cursor)
+
+    def list_projects(
+        self, limit: int, after: str | None = None, scope: Sequence[str] | None = None
+    ) -> ProjectPage:
+        """Projects by id, each with its live image count, keyset-paginated: `after` is the
+        `next_cursor` of the previous page (the last id it listed). `scope`: only the ids
+        these patterns allow (an exact id, a `prefix*` or `*`), as an API key's projects."""
+        if limit < 1:
+            raise InvalidInput("limit must be at least 1", limit=limit)
+        statement = q.PROJECT_SUMMARIES.limit(limit + 1)
+        if after is not None:
+            statement = statement.where(q.PROJECT.c.id > after)
+        if scope is not None and "*" not in scope:
+            project_id = q.PROJECT.c.id
+            allowed = [
+                func.substr(project_id, 1, len(p) - 1) == p[:-1]
+                if p.endswith("*")
+                else project_id == p
+                for p in scope
+            ]
+            statement = statement.where(or_(false(), *allowed))
+        with self._reader() as conn:
+            rows = conn.execute(statement).all()
+        items = [
+            ProjectSummary(
+                project_id=row.id,
+                images=row.images,
+                created_at=row.created_at,
+                last_added_at=row.last_added_at,
+            )
+            for row in rows[:limit]
+        ]
+        next_cursor = items[-1].project_id if len(rows) > limit else None
+        return ProjectPage(items=items, next_cursor=next_cursor)
 
     def search(
         self, project_id: str, vector: Any, limit: int, space_key: str | None = None

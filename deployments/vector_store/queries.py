@@ -74,6 +74,7 @@ __all__ = [
     "PAGE_FIRST",
     "PROJECT",
     "PROJECT_IDS",
+    "PROJECT_SUMMARIES",
     "RECORD_COLUMNS",
     "TOMBSTONED",
     "decode_cursor",
@@ -191,6 +192,19 @@ LIVE_PER_PROJECT = (
     .group_by(IMAGE.c.project_id)
 )
 PROJECT_IDS = select(PROJECT.c.id)
+# Projects by id with their live image counts; the caller adds the cursor, scope and limit.
+_LIVE_IN_PROJECT = (IMAGE.c.project_id == PROJECT.c.id) & (IMAGE.c.deleting == false())
+PROJECT_SUMMARIES = (
+    select(
+        PROJECT.c.id,
+        PROJECT.c.created_at,
+        func.count(IMAGE.c.id).label("images"),
+        func.max(IMAGE.c.created_at).label("last_added_at"),
+    )
+    .select_from(PROJECT.outerjoin(IMAGE, _LIVE_IN_PROJECT))
+    .group_by(PROJECT.c.id)
+    .order_by(PROJECT.c.id)
+)
 # Count one change of a project in the current transaction; returns the new generation.
 BUMP_GENERATION = (
     sqlite_insert(INDEX_STATE)

@@ -18,7 +18,13 @@ from core.records import (
     EmbeddingSpace,
     SearchHit,
 )
-from serve_app.access import model_work, module_access, project_access, write_access
+from serve_app.access import (
+    model_work,
+    module_access,
+    project_access,
+    request_key,
+    write_access,
+)
 from serve_app.deployment_calls import await_deployment
 from serve_app.file_links import RedirectParam, link_to_stored
 from serve_app.image_search import (
@@ -33,7 +39,7 @@ from serve_app.image_search import (
     similar_images,
     upload_images,
 )
-from serve_app.modules import IMAGE_SEARCH
+from serve_app.modules import IMAGE_CATALOG, IMAGE_SEARCH
 from serve_app.relevance import (
     MAX_SEARCH_DEPTH,
     candidates_for,
@@ -53,6 +59,8 @@ from serve_app.schemas import (
     FileLink,
     ImageListResponse,
     ImageOut,
+    ProjectListResponse,
+    ProjectOut,
     SearchCut,
     SearchRequest,
     SearchResponse,
@@ -66,6 +74,10 @@ router = APIRouter(
     prefix="/v1/projects/{project_id}/images",
     tags=["image search"],
     dependencies=[module_access("image_search"), project_access],
+)
+# GET /v1/projects: the projects this key may see, for the image_search module.
+listing = APIRouter(
+    prefix="/v1/projects", tags=["image search"], dependencies=[module_access("image_search")]
 )
 ServicesDep = Annotated[Services, Depends(get_services)]
 ProjectId = Annotated[
@@ -154,6 +166,37 @@ async def upload_image_batch(
         items=[image_out(record) for record in records],
         created=len(records) - duplicates,
         duplicates=duplicates,
+    )
+
+
+@listing.get("", response_model=ProjectListResponse, responses=ERROR_RESPONSES)
+async def list_projects(
+    request: Request,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(pattern=PROJECT_ID_PATTERN)] = None,
+) -> ProjectListResponse:
+    """Projects by id, each with its image count; an API key scoped to some projects sees
+    only those. Follow `next_cursor` for more. Needs only the index, not the CLIP model."""
+    await services.board.require_ready(IMAGE_CATALOG)
+    key = request_key(request)
+    scope = None if key is None else list(key.projects)
+    page = await await_deployment(
+        services.vector_index.list_projects.remote(limit, cursor, scope),
+        what="the image index",
+        timeout_s=services.config.request_timeout_s,
+    )
+    return ProjectListResponse(
+        items=[
+            ProjectOut(
+                project_id=item.project_id,
+                images=item.images,
+                created_at=item.created_at.isoformat(),
+                last_added_at=item.last_added_at and item.last_added_at.isoformat(),
+            )
+            for item in page.items
+        ],
+        next_cursor=page.next_cursor,
     )
 
 

@@ -211,6 +211,7 @@ def test_403_outside_the_scope_names_the_reason(scoped_app: ScopedApp) -> None:
         (WRITER, "DELETE", "/v1/voices/bob", "voice", "may not touch voice 'bob'"),
         (WRITER, "GET", "/v1/projects/team-b/images", "project", "may not touch project"),
         (SINGLE, "GET", "/v1/voices/alice", "module", "may not use the voice module"),
+        (SINGLE, "GET", "/v1/projects", "module", "may not use the image_search module"),
     ]:
         error = error_of(
             httpx.request(method, f"{url}{path}", headers=bearer(key), timeout=30), 403, "forbidden"
@@ -239,6 +240,8 @@ def test_inside_the_scope_reads_and_writes_go_through(scoped_app: ScopedApp) -> 
     # a module that is off answers 503 only once the key may use it
     listing = httpx.get(f"{url}/v1/projects/team-a-1/images", headers=bearer(READER), timeout=30)
     error_of(listing, 503, "module_disabled")
+    projects = httpx.get(f"{url}/v1/projects", headers=bearer(READER), timeout=30)
+    error_of(projects, 503, "module_disabled")
 
 
 def test_429_with_retry_after_past_requests_per_minute(scoped_app: ScopedApp) -> None:

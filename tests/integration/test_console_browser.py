@@ -323,6 +323,11 @@ def test_search_page_uploads_finds_and_deletes(
         """
     )
     wait_for(browser, lambda _: status.text.startswith("Uploaded 1 file: 1 new"), "upload-error")
+    # The project field offers the server's projects (GET /v1/projects) with their counts.
+    offered = (
+        "return document.querySelector(`#project-list option[value='${arguments[0]}']`)?.label"
+    )
+    wait_for(browser, lambda d: d.execute_script(offered, project) == "4 images", "upload-error")
 
     cards = lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results .card")  # noqa: E731
     by_id(browser, "search-query").send_keys("a red picture")

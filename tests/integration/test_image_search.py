@@ -666,3 +666,27 @@ def test_duplicate_groups_of_re_encoded_resized_and_cropped_images(search_app: S
     fresh = duplicates(threshold=0.999).json()
     assert fresh["total_groups"] == 1 and fresh["scanned"] == 6
     assert [i["filename"] for i in fresh["groups"][0]["images"]] == groups[0]
+
+
+def test_projects_are_listed_with_their_image_counts(search_app: SearchApp) -> None:
+    pid = project()
+    for n in (61, 62, 63):
+        upload(search_app, pid, make_image(n))
+    seen: dict[str, dict] = {}
+    cursor = None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{search_app.url}/v1/projects", params=params, timeout=30)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert len(body["items"]) <= 2
+        seen.update((item["project_id"], item) for item in body["items"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert list(seen) == sorted(seen)  # by id, across pages, each once
+    mine = seen[pid]
+    assert mine["images"] == 3
+    assert mine["created_at"] <= mine["last_added_at"]
+    bad = httpx.get(f"{search_app.url}/v1/projects", params={"cursor": "../x"}, timeout=30)
+    assert bad.status_code == 422 and "cursor" in bad.text

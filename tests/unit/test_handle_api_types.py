@@ -23,6 +23,8 @@ from deployments.api import (
     InvalidInput,
     NewImage,
     OptimizedPrompt,
+    ProjectPage,
+    ProjectSummary,
     SearchHit,
     SynthesizedSpeech,
     UnsupportedMediaType,
@@ -66,6 +68,20 @@ PYDANTIC_VALUES: dict[str, BaseModel] = {
     "SearchHit": SearchHit(record=record(), score=0.875),
     "ImagePage": ImagePage(items=[record("a"), record("b")], total=5, next_cursor="c2"),
     "ImagePage-last": ImagePage(items=[], total=0),
+    "ProjectPage": ProjectPage(
+        items=[
+            ProjectSummary(
+                project_id="posters",
+                images=3,
+                created_at=datetime(2026, 1, 2, tzinfo=UTC),
+                last_added_at=datetime(2026, 1, 3, 4, 5, 6, 7, tzinfo=UTC),
+            ),
+            ProjectSummary(
+                project_id="empty", images=0, created_at=datetime(2026, 1, 2, tzinfo=UTC)
+            ),
+        ],
+        next_cursor="posters",
+    ),
     "DuplicatePage": DuplicatePage(
         groups=[
             DuplicateGroup(

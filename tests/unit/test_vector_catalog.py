@@ -492,3 +492,60 @@ def test_similar_is_a_search_by_the_stored_vector_without_the_image_itself(
     assert "img-5" not in [h.record.id for h in catalog.similar("p1", "img-3", 100) or []]
     with pytest.raises(InvalidInput):
         catalog.similar("p1", "img-3", 0)
+
+
+def fill_project(catalog: VectorCatalog, project: str, n: int) -> None:
+    for i, vector in enumerate(unit_vectors(n, seed=len(project))):
+        catalog.add(new_image(f"{project}-{i}", vector, project))
+
+
+def test_projects_are_listed_by_id_with_their_live_counts(catalog: VectorCatalog) -> None:
+    for project, n in (("b_2", 3), ("a-1", 2), ("abc", 1), ("c", 2)):
+        fill_project(catalog, project, n)
+    catalog.begin_delete("c", "img-c-0")  # being deleted: not counted
+    catalog.begin_delete("c", "img-c-1")
+    catalog.finish_delete("c", "img-c-1")
+
+    page = catalog.list_projects(limit=10)
+    assert [(p.project_id, p.images) for p in page.items] == [
+        ("a-1", 2),
+        ("abc", 1),
+        ("b_2", 3),
+        ("c", 0),
+    ]
+    assert page.next_cursor is None
+    newest = catalog.list_images("b_2", 1).items[0]
+    (b2,) = [p for p in page.items if p.project_id == "b_2"]
+    assert b2.last_added_at == newest.created_at and b2.created_at <= newest.created_at
+    assert page.items[-1].last_added_at is None  # no live image left
+
+    first = catalog.list_projects(limit=3)
+    assert [p.project_id for p in first.items] == ["a-1", "abc", "b_2"]
+    assert first.next_cursor == "b_2"
+    rest = catalog.list_projects(limit=3, after=first.next_cursor)
+    assert [p.project_id for p in rest.items] == ["c"] and rest.next_cursor is None
+
+
+@pytest.mark.parametrize(
+    ("scope", "listed"),
+    [
+        (["*"], ["a-1", "a_x", "abc", "b"]),
+        (["a*"], ["a-1", "a_x", "abc"]),
+        (["a_*"], ["a_x"]),  # '_' is a character here, not SQL LIKE's wildcard
+        (["abc", "b"], ["abc", "b"]),
+        (["b*", "a-1"], ["a-1", "b"]),
+        ([], []),
+        (["zzz"], []),
+    ],
+)
+def test_projects_are_listed_within_a_keys_scope(
+    catalog: VectorCatalog, scope: list[str], listed: list[str]
+) -> None:
+    for project in ("a-1", "a_x", "abc", "b"):
+        fill_project(catalog, project, 1)
+    page = catalog.list_projects(limit=2, scope=scope)
+    seen = [p.project_id for p in page.items]
+    while page.next_cursor is not None:
+        page = catalog.list_projects(limit=2, after=page.next_cursor, scope=scope)
+        seen += [p.project_id for p in page.items]
+    assert seen == listed

@@ -24,8 +24,27 @@ export function setupSearch() {
     return false;
   }
 
+  let serverProjects = new Map(); // project id -> image count, from GET /v1/projects
+
+  /** The projects this key may see on the server (the first 200), then the list again. */
+  async function loadProjects() {
+    try {
+      const page = await callJson("/v1/projects?limit=200");
+      serverProjects = new Map(page.items.map((item) => [item.project_id, item.images]));
+    } catch {
+      serverProjects = new Map(); // no key yet, or the module is off: the remembered ones
+    }
+    showProjects();
+  }
+
+  /** The choices for the project field: the ones used here first, then the server's. */
   function showProjects() {
-    $("project-list").replaceChildren(...projects.all().map((name) => el("option", { value: name })));
+    const names = [...new Set([...projects.all(), ...serverProjects.keys()])];
+    const option = (name) =>
+      serverProjects.has(name)
+        ? el("option", { value: name, label: plural(serverProjects.get(name), "image") })
+        : el("option", { value: name });
+    $("project-list").replaceChildren(...names.map(option));
   }
 
   function clearResults() {
@@ -196,7 +215,7 @@ export function setupSearch() {
       }
       status.textContent = `Uploaded ${plural(files.length, "file")}: ${created} new, ${duplicates} already there.`;
       projects.add(project());
-      showProjects();
+      await loadProjects();
       await listImages();
     } catch (error) {
       status.textContent = `Stopped: ${created} new, ${duplicates} already there before the error.`;
@@ -269,6 +288,7 @@ export function setupSearch() {
         ? `JPEG, PNG, WEBP or GIF, up to ${formatBytes(limits.max_bytes)} each; sent ${limits.max_batch_files} per request.`
         : "";
       $("search-limit").max = limits ? limits.search_limit_max : 100;
+      if (config?.modules.image_search) loadProjects();
     },
   };
 }
