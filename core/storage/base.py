@@ -69,8 +69,17 @@ class ObjectStore(Protocol):
         """Cheap health ping; raise `StorageUnavailable` with a reason when unhealthy."""
         ...
 
-    def list(self, prefix: str = "", limit: int | None = None) -> list[ObjectInfo]:
-        """Objects whose key starts with `prefix`, sorted by key, at most `limit` of them."""
+    def list(
+        self,
+        prefix: str = "",
+        limit: int | None = None,
+        *,
+        start_after: str | None = None,
+        recursive: bool = True,
+    ) -> list[ObjectInfo]:
+        """Objects whose key starts with `prefix`, sorted by key, at most `limit` of them;
+        only keys after `start_after` (to page on); with `recursive=False`, only keys with no
+        `/` past the prefix (S3's delimiter '/': one folder's own files)."""
         ...
 
 

@@ -166,8 +166,16 @@ class LocalObjectStore:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StorageUnavailable("local storage root is not writable")
 
-    def list(self, prefix: str = "", limit: int | None = None) -> list[ObjectInfo]:
-        """Objects whose key starts with `prefix`, sorted by key, at most `limit` of them.
+    def list(
+        self,
+        prefix: str = "",
+        limit: int | None = None,
+        *,
+        start_after: str | None = None,
+        recursive: bool = True,
+    ) -> list[ObjectInfo]:
+        """Objects whose key starts with `prefix`, sorted by key, at most `limit` of them,
+        after `start_after`; with `recursive=False` only the files of the prefix's folder.
 
         Only regular files with valid keys are listed: temp files, symlinks and other stray
         entries are skipped.
@@ -180,8 +188,8 @@ class LocalObjectStore:
         start = self.root / complete if complete else self.root
         found: dict[str, os.stat_result] = {}
         try:
-            for key, st in self._walk(start, complete):
-                if key.startswith(prefix):
+            for key, st in self._walk(start, complete, recursive):
+                if key.startswith(prefix) and (start_after is None or key > start_after):
                     found[key] = st
         except OSError as exc:
             raise StorageUnavailable(f"local storage listing failed: {_reason(exc)}") from exc
@@ -192,7 +200,9 @@ class LocalObjectStore:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _walk(self, directory: Path, rel: str) -> Iterator[tuple[str, os.stat_result]]:
+    def _walk(
+        self, directory: Path, rel: str, recursive: bool = True
+    ) -> Iterator[tuple[str, os.stat_result]]:
         try:
             entries = list(os.scandir(directory))
         except (FileNotFoundError, NotADirectoryError):
@@ -203,7 +213,8 @@ class LocalObjectStore:
             key = f"{rel}/{entry.name}" if rel else entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    yield from self._walk(Path(entry.path), key)
+                    if recursive:
+                        yield from self._walk(Path(entry.path), key)
                 elif entry.is_file(follow_symlinks=False):
                     validate_key(key)
                     yield key, entry.stat(follow_symlinks=False)

@@ -190,11 +190,20 @@ class S3ObjectStore:
         except BotoCoreError as exc:
             raise _unavailable("HeadBucket", exc) from exc
 
-    def list(self, prefix: str = "", limit: int | None = None) -> list[ObjectInfo]:
-        """Objects whose key starts with `prefix`, sorted by key, at most `limit` of them.
+    def list(
+        self,
+        prefix: str = "",
+        limit: int | None = None,
+        *,
+        start_after: str | None = None,
+        recursive: bool = True,
+    ) -> list[ObjectInfo]:
+        """Objects whose key starts with `prefix`, sorted by key, at most `limit` of them,
+        after `start_after`; with `recursive=False` only the files of the prefix's folder.
 
-        Pages through ListObjectsV2. Keys that `validate_key` refuses (written by other tools)
-        are skipped, so every listed key can be passed back to get/head/delete.
+        Pages through ListObjectsV2 (`StartAfter`; `Delimiter='/'` when not recursive). Keys
+        that `validate_key` refuses (written by other tools) are skipped,
+        so every listed key can be passed back to get/head/delete.
         """
         validate_prefix(prefix)
         if limit is not None and limit <= 0:
@@ -204,8 +213,16 @@ class S3ObjectStore:
             found: list[ObjectInfo] = []
             paginator = self._client.get_paginator("list_objects_v2")
             page_size = min(limit, 1000) if limit is not None else 1000
+            options: dict[str, str] = {}
+            if start_after is not None:
+                options["StartAfter"] = start_after
+            if not recursive:
+                options["Delimiter"] = "/"  # deeper keys come back as CommonPrefixes: skipped
             pages = paginator.paginate(
-                Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+                Bucket=self.bucket,
+                Prefix=prefix,
+                PaginationConfig={"PageSize": page_size},
+                **options,
             )
             for page in pages:
                 for item in page.get("Contents", ()):

@@ -142,6 +142,22 @@ def test_list_by_prefix_is_sorted_and_scoped(store: ObjectStore) -> None:
     assert len(store.list()) == 6
 
 
+def test_list_one_folder_and_after_a_key(store: ObjectStore) -> None:
+    for key in ["v/b.mp3", "v/a.mp3", "v/a.txt", "v/gen/a/1.mp3", "v/gen.mp3", "w/c.mp3"]:
+        store.put(key, key.encode(), "application/octet-stream")
+    top = [i.key for i in store.list("v/", recursive=False)]
+    assert top == ["v/a.mp3", "v/a.txt", "v/b.mp3", "v/gen.mp3"]
+    assert [i.key for i in store.list("v/", start_after="v/a.txt")] == [
+        "v/b.mp3",
+        "v/gen.mp3",
+        "v/gen/a/1.mp3",
+    ]
+    paged = store.list("v/", limit=2, start_after="v/a.mp3", recursive=False)
+    assert [i.key for i in paged] == ["v/a.txt", "v/b.mp3"]
+    assert store.list("v/", start_after="v/zzz", recursive=False) == []
+    assert [i.key for i in store.list("v/g", recursive=False)] == ["v/gen.mp3"]
+
+
 def test_overwrite_replaces(store: ObjectStore) -> None:
     store.put("o/k.bin", b"first version, longer", "application/octet-stream")
     store.put("o/k.bin", b"second", "application/octet-stream")
