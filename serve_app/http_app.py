@@ -51,6 +51,7 @@ def create_http_app(services: Services) -> FastAPI:
     app.include_router(projects.listing)
     app.include_router(projects.router)
     app.include_router(voice_generation.router)
+    app.include_router(saved_voices.listing)
     app.include_router(saved_voices.router)
     app.include_router(files.router)
     app.include_router(openai_compat.router)

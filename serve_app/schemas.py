@@ -335,6 +335,22 @@ class SavedVoice(BaseModel):
     )
 
 
+class SavedVoiceSummary(BaseModel):
+    """A saved voice in the listing (GET /v1/voices/{id} has its transcript)."""
+
+    voice_id: str
+    bytes: int = Field(description="Size of its reference audio")
+    last_modified: str | None = Field(description="ISO 8601, UTC, when the store reports it")
+
+
+class VoiceListResponse(BaseModel):
+    items: list[SavedVoiceSummary]
+    next_cursor: str | None = Field(
+        description="Pass back as `cursor` for more; null at the end. A page may hold fewer "
+        "than `limit` voices (each request looks at a bounded number of stored files)"
+    )
+
+
 # --- console --------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Saved voices: `PUT/GET/DELETE /v1/voices/{voice_id}`.
+"""Saved voices: `GET /v1/voices` (the listing), `PUT/GET/DELETE /v1/voices/{voice_id}`.
 
 A saved voice is the reference the stored-reference routes read: MP3 audio at
 `{VOICE_REMOTE_PREFIX}{voice_id}.mp3` (other formats are converted on upload) and, when
@@ -11,13 +11,16 @@ at `{VOICE_REMOTE_PREFIX}{voice_id}.voice.npz`; a PUT or DELETE removes it first
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from core.errors import InvalidInput, ObjectNotFound
-from serve_app.access import module_access, voice_access, write_access
+from core.storage import ObjectStore
+from serve_app.access import module_access, request_key, voice_access, write_access
 from serve_app.audio import encode_audio
 from serve_app.modules import VOICE
 from serve_app.prepared_voices import (
@@ -26,7 +29,14 @@ from serve_app.prepared_voices import (
     forget_prepared,
     transcript_key,
 )
-from serve_app.schemas import ERROR_RESPONSES, USER_ID_PATTERN, ErrorResponse, SavedVoice
+from serve_app.schemas import (
+    ERROR_RESPONSES,
+    USER_ID_PATTERN,
+    ErrorResponse,
+    SavedVoice,
+    SavedVoiceSummary,
+    VoiceListResponse,
+)
 from serve_app.services import Services, get_services
 from serve_app.uploads import read_multipart
 
@@ -34,9 +44,71 @@ from serve_app.uploads import read_multipart
 router = APIRouter(
     prefix="/v1/voices", tags=["voice"], dependencies=[module_access("voice"), voice_access]
 )
+# GET /v1/voices: the voices this key may use, for the voice module.
+listing = APIRouter(prefix="/v1/voices", tags=["voice"], dependencies=[module_access("voice")])
 ServicesDep = Annotated[Services, Depends(get_services)]
 VoiceId = Annotated[str, Path(min_length=1, max_length=128, pattern=USER_ID_PATTERN)]
 MAX_TRANSCRIPT_CHARS = 2000
+# A listing request looks at most at this many stored files (each voice has up to three:
+# audio, transcript, prepared reference); past it the page ends early with a cursor.
+LIST_SCAN_FILES = 3000
+LIST_BATCH_FILES = 1000
+# A cursor is the name (under VOICE_REMOTE_PREFIX) of the last file a page looked at.
+VOICE_CURSOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+AUDIO_SUFFIX = ".mp3"
+
+
+@listing.get("", response_model=VoiceListResponse, responses=ERROR_RESPONSES)
+async def list_voices(
+    request: Request,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(pattern=VOICE_CURSOR_PATTERN)] = None,
+) -> VoiceListResponse:
+    """Saved voices by id; an API key scoped to some voices sees only those. Follow
+    `next_cursor` until it is null."""
+    key = request_key(request)
+    allowed: Callable[[str], bool] = (lambda _: True) if key is None else key.allows_voice
+    items, next_cursor = await asyncio.to_thread(
+        _voice_page, services.store, services.config.voice_remote_prefix, limit, cursor, allowed
+    )
+    return VoiceListResponse(items=items, next_cursor=next_cursor)
+
+
+def _voice_page(
+    store: ObjectStore, prefix: str, limit: int, cursor: str | None, allowed: Callable[[str], bool]
+) -> tuple[list[SavedVoiceSummary], str | None]:
+    """Up to `limit` voices after `cursor`, looking at no more than LIST_SCAN_FILES files of
+    the voice folder itself (generated speech and cached transcripts live in sub-folders)."""
+    after = None if cursor is None else prefix + cursor
+    items: list[SavedVoiceSummary] = []
+    looked = 0
+    while looked < LIST_SCAN_FILES:
+        wanted = min(LIST_BATCH_FILES, LIST_SCAN_FILES - looked)
+        batch = store.list(prefix, wanted, start_after=after, recursive=False)
+        for info in batch:
+            looked += 1
+            after = info.key
+            name = info.key[len(prefix) :]
+            voice_id = name.removesuffix(AUDIO_SUFFIX)
+            if voice_id == name or not re.fullmatch(USER_ID_PATTERN, voice_id):
+                continue  # a transcript, a prepared reference, or no voice's name
+            if not allowed(voice_id):
+                continue
+            modified = info.last_modified
+            items.append(
+                SavedVoiceSummary(
+                    voice_id=voice_id,
+                    bytes=info.size,
+                    last_modified=None if modified is None else modified.isoformat(),
+                )
+            )
+            if len(items) == limit:
+                return items, name
+        if len(batch) < wanted:
+            return items, None
+    return items, None if after is None else after[len(prefix) :]
+
 
 RESPONSES: dict[int | str, dict] = {
     **ERROR_RESPONSES,

@@ -495,6 +495,29 @@ def test_voices_page_saves_and_synthesizes_a_playable_voice(
     wait_for(browser, lambda _: "AI/VOICE/generated/console-narrator/" in facts.text, "voice-error")
 
 
+def test_voices_saved_elsewhere_are_offered(
+    browser: Any, console_app: ConsoleApp, tmp_path: Path
+) -> None:
+    """A voice saved through the API (another client) shows in a fresh browser's list."""
+    from selenium.webdriver.common.by import By
+
+    reference = reference_wav(tmp_path / "elsewhere.wav").read_bytes()
+    saved = console_app.api(
+        "PUT", "/v1/voices/saved-elsewhere", files={"audio": ("elsewhere.wav", reference)}
+    )
+    assert saved.status_code in (200, 201), saved.text
+    open_console(browser, console_app, "voices")  # localStorage cleared: only the server knows
+    wait_for(
+        browser,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#voice-list li[data-voice='saved-elsewhere']"),
+        "voice-save-error",
+    )
+    offered = [o.get_attribute("value") for o in by_id(browser, "voice-select").find_elements(
+        By.TAG_NAME, "option"
+    )]  # fmt: skip
+    assert "saved-elsewhere" in offered
+
+
 def test_with_r2_stored_speech_plays_from_the_stores_link(
     browser: Any, voice_app: VoiceApp, tmp_path: Path
 ) -> None:

@@ -40,6 +40,17 @@ def test_saved_voice_lifecycle_and_use(voice_app: VoiceApp) -> None:
 
     got = httpx.get(f"{voice_app.url}/v1/voices/{voice_id}").json()
     assert got["transcript"] == "안녕하세요"
+    # Listed (S3's delimiter listing: the transcript beside it and generated speech are not).
+    listed: dict[str, dict] = {}
+    cursor = None
+    while True:
+        params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{voice_app.url}/v1/voices", params=params, timeout=30).json()
+        listed.update((item["voice_id"], item) for item in page["items"])
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert listed[voice_id]["bytes"] == stored["ContentLength"]
+    assert not any(name.endswith((".txt", ".mp3")) or "/" in name for name in listed)
 
     replaced = put_voice(voice_app, voice_id, reference_audio(seed=5, fmt="mp3"), name="r.mp3")
     assert replaced.status_code == 200 and replaced.json()["created"] is False

@@ -16,7 +16,7 @@ import {
   storedLink,
 } from "./ui.js";
 
-// The API has no route listing voices: the ones saved from this browser are remembered here.
+// The voices saved from this browser, remembered here; the server's come from GET /v1/voices.
 const voices = new RememberedList("commonAiServer.voices");
 
 export function setupVoices() {
@@ -50,10 +50,22 @@ export function setupVoices() {
     player.hidden = false;
   }
 
+  let serverVoices = []; // the ids GET /v1/voices answered (the first 200)
+
+  /** The voices this key may use on the server, then the lists again. */
+  async function loadVoices() {
+    try {
+      serverVoices = (await callJson("/v1/voices?limit=200")).items.map((item) => item.voice_id);
+    } catch {
+      serverVoices = []; // no key yet, or the module is off: the remembered ones
+    }
+    showVoices();
+  }
+
   function showVoices() {
     const select = $("voice-select");
     const chosen = select.value;
-    const names = voices.all();
+    const names = [...new Set([...voices.all(), ...serverVoices])];
     select.replaceChildren(
       el("option", { value: "" }, "the reference file or recording (not saved)"),
       ...names.map((name) => el("option", { value: name }, name)),
@@ -90,6 +102,7 @@ export function setupVoices() {
       try {
         await call(`/v1/voices/${encodeURIComponent(name)}`, { method: "DELETE" });
         voices.remove(name);
+        serverVoices = serverVoices.filter((voice) => voice !== name);
       } catch (error) {
         if (error.status === 404) voices.remove(name); // gone already: forget it here too
         showError(saveErrorBox, error);
@@ -275,6 +288,7 @@ export function setupVoices() {
       Object.assign($("voice-speed"), { min: limits.speed_min, max: limits.speed_max });
       Object.assign($("voice-steps"), { max: limits.nfe_steps_max, placeholder: `default ${limits.default_nfe_steps}` });
       $("voice-text").maxLength = limits.max_text_chars;
+      if (config.modules.voice) loadVoices();
     },
   };
 }
