@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,17 @@ def test_korean_and_japanese_text_gets_real_ids_not_unk(model: ClipModel) -> Non
         ids = _ids(model, text)
         assert ids[0] == 0 and ids[-1] == 2, text  # <s> ... </s>
         assert len(ids) > 2 and unk not in ids, (text, ids)
+
+
+@pytest.mark.parametrize("text", ["고양이", "소파 위의 고양이", "ねこ ガギグ", "café"])
+def test_decomposed_text_is_the_same_query_as_composed(model: ClipModel, text: str) -> None:
+    """Hangul as separate jamo (NFD: macOS file names, some PDFs) and kana with a separate
+    voicing mark search the same as their composed forms: open_clip cleans every text with
+    ftfy (NFC) before the tokenizer, whose own normalizer the stand-in does not have."""
+    composed, decomposed = (unicodedata.normalize(form, text) for form in ("NFC", "NFD"))
+    assert composed != decomposed
+    vectors = model.embed_texts([composed, decomposed])
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-6)
 
 
 def test_different_scripts_give_different_token_sequences(model: ClipModel) -> None:
