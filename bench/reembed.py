@@ -37,6 +37,7 @@ import io
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ from bench.tables import fmt, md_table
 from core import defaults
 
 PROJECT = "bench"
+USER_GAP_S = 0.25  # between a simulated user's calls during re-embedding
 OLD_MODEL, OLD_DIM = "old-model", 16
 IMAGE_SIDE = 256
 BATCHES = (1, 8, 32)
@@ -212,6 +214,86 @@ def pipeline_once(
         catalog.close(save=False)
 
 
+def users_during_once(
+    db: Path, store: Any, model: Any, space: tuple[str, str], n: int, batch: int, probe: bytes
+) -> dict[str, Any]:
+    """A re-embedding in batches of `batch` while a user embeds one image every USER_GAP_S
+    through the same model (its lock stands for the replica's one request at a time):
+    how long each user call took, and the re-embedding's rate."""
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def user() -> None:
+        while not done.is_set():
+            t0 = time.perf_counter()
+            model.embed_images([probe])
+            latencies.append(time.perf_counter() - t0)
+            done.wait(USER_GAP_S)
+
+    thread = threading.Thread(target=user, name="bench-user", daemon=True)
+    thread.start()
+    try:
+        figures = pipeline_once(db, store, model, space, n, batch)
+    finally:
+        done.set()
+        thread.join()
+    return {
+        "images_per_s": n / figures["s"],
+        "user_p50_s": float(np.median(latencies)),
+        "user_p90_s": float(np.percentile(latencies, 90)),
+        "user_max_s": max(latencies),
+        "user_calls": len(latencies),
+    }
+
+
+def user_alone(model: Any, probe: bytes, calls: int = 10) -> float:
+    """Median seconds of one single-image embedding with nothing else running."""
+    seconds = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        model.embed_images([probe])
+        seconds.append(time.perf_counter() - t0)
+    return float(np.median(seconds))
+
+
+def run_users(
+    work: Path,
+    name: str,
+    model: Any,
+    space: tuple[str, str],
+    originals: Sequence[bytes],
+    store: Any,
+    rounds: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The server's two batch sizes (idle, users active) with a user calling, interleaved."""
+    n = len(originals)
+    probe = png_originals(1, seed + 1)[0]  # not one of the catalog's images
+    sizes = {
+        "idle": defaults.IMAGE_SEARCH_REEMBED_BATCH,
+        "busy": defaults.IMAGE_SEARCH_REEMBED_BUSY_BATCH,
+    }
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sizes}
+    alone: list[float] = []
+    for r in range(rounds):
+        alone.append(user_alone(model, probe))
+        for kind in ("idle", "busy") if r % 2 == 0 else ("busy", "idle"):
+            db = work / f"{name}-users-{kind}-r{r}" / "catalog.db"
+            make_old_catalog(db, originals, seed)
+            runs[kind].append(users_during_once(db, store, model, space, n, sizes[kind], probe))
+    out: dict[str, Any] = {"alone_s": float(np.median(alone)), "n": n}
+    for kind, batch in sizes.items():
+        med = {k: float(np.median([x[k] for x in runs[kind]])) for k in runs[kind][0]}
+        out[kind] = {"batch": batch, **med}
+        print(
+            f"  {name} users, batch {batch}: user p50 {med['user_p50_s'] * 1000:.0f} ms, max "
+            f"{med['user_max_s'] * 1000:.0f} ms (alone {out['alone_s'] * 1000:.0f} ms), "
+            f"re-embedding {med['images_per_s']:.1f} images/s (load {load_average()})",
+            flush=True,
+        )
+    return out
+
+
 def bare_once(model: Any, data: Sequence[bytes], batch: int) -> float:
     """Seconds for `model.embed_images` over `data` in batches of `batch`."""
     t0 = time.perf_counter()
@@ -246,8 +328,11 @@ def run_model(
     device: str,
     threads: int,
     seed: int,
+    users: bool = False,
 ) -> dict[str, Any]:
-    """Pipeline and bare model at each batch size, interleaved; medians over `rounds`."""
+    """Pipeline and bare model at each batch size, interleaved; medians over `rounds`. With
+    `users`, also a user's single-image calls during re-embedding at the server's two batch
+    sizes."""
     n = len(originals)
     t0 = time.perf_counter()
     model = load_clip(path, device, threads)
@@ -293,6 +378,8 @@ def run_model(
             flush=True,
         )
     out["batches"] = per_batch
+    if users:
+        out["users"] = run_users(work, name, model, space, originals, store, rounds, seed)
     out["load_after"] = load_average()
     return out
 
@@ -323,9 +410,12 @@ def run_all(
     threads: int | None = None,
     seed: int = 0,
     real_n: int | None = None,
+    users: Sequence[str] = ("real",),
 ) -> dict[str, Any]:
     """Every model's figures. `tiny`: the tiny multilingual CLIP's directory; `real`: the
-    real-sized ViT-B-32's, or None to skip it."""
+    real-sized ViT-B-32's, or None to skip it. `users`: the models ("tiny", "real") also
+    measured with a user calling during re-embedding (the tiny model is too fast to keep
+    anyone waiting, so by default only the real-sized one)."""
     threads = threads or os.cpu_count() or 1
     result: dict[str, Any] = {
         "n": n,
@@ -341,7 +431,9 @@ def run_all(
     level = catalog_log.level
     catalog_log.setLevel(logging.ERROR)
     try:
-        _run_models(result, work, tiny, real, n, batches, rounds, device, threads, seed, real_n)
+        _run_models(
+            result, work, tiny, real, n, batches, rounds, device, threads, seed, real_n, users
+        )
     finally:
         catalog_log.setLevel(level)
     if real:
@@ -362,6 +454,7 @@ def _run_models(
     threads: int,
     seed: int,
     real_n: int | None,
+    users: Sequence[str],
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="reembed-bench-", dir=work) as tmp:
         root = Path(tmp)
@@ -380,7 +473,17 @@ def _run_models(
             )
             print(f"  {name}: {count} images ...", flush=True)
             figures = run_model(
-                root, kind, path, originals, store, batches, rounds, device, threads, seed
+                root,
+                kind,
+                path,
+                originals,
+                store,
+                batches,
+                rounds,
+                device,
+                threads,
+                seed,
+                users=kind in users,
             )
             figures["label"], figures["n"] = name, count
             result["models"].append(figures)
@@ -449,9 +552,57 @@ def markdown(r: dict[str, Any]) -> str:
             "rest (bookkeeping; the switch is its own column). The tiny model is almost free, "
             "so its rows show the machinery's own cost; the real-sized rows show what a model "
             "change costs.",
+            *_users_markdown(r),
             f"Load average (1/5/15 min): {loads}.",
         ]
     )
+
+
+def _users_markdown(r: dict[str, Any]) -> list[str]:
+    measured = [m for m in r["models"] if "users" in m]
+    if not measured:
+        return []
+    rows = []
+    for m in measured:
+        u = m["users"]
+        rows.append([m["label"], "none running", "—", fmt(u["alone_s"] * 1000, 0), "—", "—"])
+        for kind, setting in (
+            ("idle", "IMAGE_SEARCH_REEMBED_BATCH"),
+            ("busy", "IMAGE_SEARCH_REEMBED_BUSY_BATCH"),
+        ):
+            k = u[kind]
+            rows.append(
+                [
+                    m["label"],
+                    f"`{setting}`={k['batch']}",
+                    fmt(k["images_per_s"], 1),
+                    fmt(k["user_p50_s"] * 1000, 0),
+                    fmt(k["user_p90_s"] * 1000, 0),
+                    fmt(k["user_max_s"] * 1000, 0),
+                ]
+            )
+    table = md_table(
+        [
+            "model",
+            "re-embedding batch",
+            "re-embedding, images/s",
+            "user call p50 (ms)",
+            "p90 (ms)",
+            "max (ms)",
+        ],
+        rows,
+    )
+    return [
+        "### A user during re-embedding",
+        f"A user embeds one image (a search by image, an upload) every {USER_GAP_S} s through "
+        "the same model while the catalog is re-embedded, at the server's batch size when no "
+        "one searches or uploads and at the one it switches to while someone does (the "
+        "VectorIndex saw a search or upload in the last "
+        f"{defaults.IMAGE_SEARCH_REEMBED_BUSY_WINDOW_S:.0f} s). The model runs one call at a "
+        "time (its lock here, the replica's queue in the server), so a user's call waits for "
+        "the batch in progress. Medians over the rounds of each run's p50, p90 and max.",
+        table,
+    ]
 
 
 def run(ctx: Context, real_models: Path | None = None) -> Section:

@@ -36,6 +36,10 @@ IMAGE_SEARCH_LEGACY_PRETRAINED: Final = "laion2b_s34b_b79k"
 # trying an image whose original could not be read (the store failing) again.
 IMAGE_SEARCH_REEMBED_BATCH: Final = 32
 IMAGE_SEARCH_REEMBED_RETRY_S: Final = 30.0
+# While searches or uploads came within this many seconds, re-embedding sends this many images
+# per CLIP request instead: a search waits behind at most one such batch.
+IMAGE_SEARCH_REEMBED_BUSY_BATCH: Final = 4
+IMAGE_SEARCH_REEMBED_BUSY_WINDOW_S: Final = 10.0
 CLIP_MAX_BATCH_SIZE: Final = 32
 CLIP_MAX_QUEUED_REQUESTS: Final = 16
 EMBEDDINGS_MAX_TOTAL_CHARS: Final = 65_536  # all inputs of one /v1/embeddings request

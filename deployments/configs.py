@@ -133,6 +133,11 @@ class VectorIndexConfig(_Config):
         ge=1,
         description="IMAGE_SEARCH_REEMBED_BATCH: images per CLIP request when re-embedding",
     )
+    reembed_busy_batch_size: int = Field(
+        default=defaults.IMAGE_SEARCH_REEMBED_BUSY_BATCH,
+        ge=1,
+        description="IMAGE_SEARCH_REEMBED_BUSY_BATCH: the same while users search or upload",
+    )
     reembed_retry_s: float = Field(
         default=defaults.IMAGE_SEARCH_REEMBED_RETRY_S,
         gt=0,

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from core import defaults
 from core.errors import ApiError
 from core.image_keys import image_key_problem
 from core.metrics import index_images
@@ -149,12 +150,15 @@ class VectorIndex:
             )
             self._saver_thread.start()
         self._reembedder: Reembedder | None = None
+        self._user_seen_at = -float("inf")  # the last search or upload (they embed with CLIP)
         if self._catalog.reembedding and clip_embedder is not None:
             self._reembedder = Reembedder(
                 self._catalog,
                 self._store.get,
                 self._embed_in_target,
                 batch_size=config.reembed_batch_size,
+                busy_batch_size=config.reembed_busy_batch_size,
+                users_active=self._users_active,
                 retry_s=config.reembed_retry_s,
             )
             threading.Thread(
@@ -202,6 +206,7 @@ class VectorIndex:
     ) -> builtins.list[SearchHit]:
         """The `limit` images closest to `vector` (cosine), best first. With `space_key` (the
         space `vector` was embedded in), a switched catalog answers EmbeddingSpaceChanged."""
+        self._user_seen_at = time.monotonic()
         return self._catalog.search(project_id, vector, limit, space_key)
 
     def active_space(self) -> EmbeddingSpace:
@@ -214,6 +219,7 @@ class VectorIndex:
     ) -> builtins.list[builtins.list[SearchHit] | None]:
         """Several searches in one call (the Gateway gathers concurrent ones): each query's
         hits, or None when its project does not exist."""
+        self._user_seen_at = time.monotonic()
         return [
             self._catalog.search(query.project_id, query.vector, query.limit, query.space_key)
             if self._catalog.project_exists(query.project_id)
@@ -274,12 +280,14 @@ class VectorIndex:
 
     def add(self, image: NewImage) -> ImageRecord:
         """Index one image (row and vector together); known bytes return the existing record."""
+        self._user_seen_at = time.monotonic()
         record = self._catalog.add(image)
         self._publish_sizes()
         return record
 
     def add_many(self, images: builtins.list[NewImage]) -> builtins.list[ImageRecord]:
         """Index a batch in one transaction; records come back in input order."""
+        self._user_seen_at = time.monotonic()
         records = self._catalog.add_many(images)
         self._publish_sizes()
         return records
@@ -310,6 +318,10 @@ class VectorIndex:
         """The configured model's vectors of encoded images (through the ClipEmbedder)."""
         call = self._clip.embed_images.remote(images, self._catalog.target_space)
         return np.asarray(call.result(timeout_s=self.reembed_timeout_s), dtype=np.float32)
+
+    def _users_active(self) -> bool:
+        """Whether searches or uploads came in lately: re-embedding then takes small batches."""
+        return time.monotonic() - self._user_seen_at < defaults.IMAGE_SEARCH_REEMBED_BUSY_WINDOW_S
 
     def _reembed(self) -> None:
         assert self._reembedder is not None

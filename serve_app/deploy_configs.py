@@ -138,6 +138,7 @@ def vector_index_config(settings: Settings) -> VectorIndexConfig:
         legacy_model=settings.image_search_legacy_model,
         legacy_pretrained=settings.image_search_legacy_pretrained,
         reembed_batch_size=settings.image_search_reembed_batch,
+        reembed_busy_batch_size=settings.image_search_reembed_busy_batch,
         max_elements=settings.image_search_max_elements,
         hnsw_m=settings.image_search_hnsw_m,
         ef_construction=settings.image_search_hnsw_ef_construction,

@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     image_search_reembed_batch: int = Field(
         default=defaults.IMAGE_SEARCH_REEMBED_BATCH, ge=1, le=256
     )
+    image_search_reembed_busy_batch: int = Field(
+        default=defaults.IMAGE_SEARCH_REEMBED_BUSY_BATCH, ge=1, le=256
+    )
     image_search_max_pixels: int = Field(default=defaults.IMAGE_SEARCH_MAX_PIXELS, ge=1)
     image_search_max_batch_files: int = Field(default=32, ge=1, le=256)
     # The characters of all inputs of one /v1/embeddings request together

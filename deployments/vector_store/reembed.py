@@ -105,6 +105,8 @@ class Reembedder:
         embed: EmbedImages,
         *,
         batch_size: int = 32,
+        busy_batch_size: int | None = None,
+        users_active: Callable[[], bool] | None = None,
         retry_s: float = 30.0,
         switch: bool = True,
         log_every_s: float = 30.0,
@@ -113,6 +115,10 @@ class Reembedder:
         self.read_original = read_original
         self.embed = embed
         self.batch_size = max(1, batch_size)
+        # While users search or upload (`users_active()`), smaller batches: their CLIP calls
+        # share the model's queue with these and wait at most one batch.
+        self.busy_batch_size = max(1, min(busy_batch_size or self.batch_size, self.batch_size))
+        self.users_active = users_active or (lambda: False)
         self.retry_s = retry_s
         self.switch = switch  # False: only fill the pending vectors (the CLI, ahead of time)
         self.log_every_s = log_every_s
@@ -161,8 +167,9 @@ class Reembedder:
         now = time.monotonic()
         self._retry_at = {i: t for i, t in self._retry_at.items() if t > now}
         skip = self._retry_at.keys() | self._given_up
-        found = self.catalog.reembed_todo(self.batch_size + len(skip))
-        return [image for image in found if image.id not in skip][: self.batch_size]
+        size = self.busy_batch_size if self.users_active() else self.batch_size
+        found = self.catalog.reembed_todo(size + len(skip))
+        return [image for image in found if image.id not in skip][:size]
 
     def _embed_batch(self, batch: list[ImageToEmbed]) -> int:
         """Embed a batch and store its vectors; returns how many were stored."""

@@ -31,5 +31,27 @@ def test_the_reembedding_benchmark_runs_and_renders_its_section(
     assert list(tmp_path.iterdir()) == []  # the catalogs and the store were temporary
 
 
+def test_a_user_during_re_embedding_is_measured_at_both_batch_sizes(
+    tmp_path: Path, tiny_models_dir: Path
+) -> None:
+    result = reembed.run_all(
+        tmp_path,
+        tiny_models_dir / "clip-multilingual",
+        None,
+        n=12,
+        batches=[4],
+        rounds=1,
+        users=("tiny",),
+    )
+    users = result["models"][0]["users"]
+    assert users["idle"]["batch"] > users["busy"]["batch"]
+    for kind in ("idle", "busy"):
+        assert users[kind]["user_calls"] >= 1 and users[kind]["images_per_s"] > 0
+        assert 0 < users[kind]["user_p50_s"] <= users[kind]["user_max_s"]
+    text = reembed.markdown(result)
+    assert "### A user during re-embedding" in text
+    assert "`IMAGE_SEARCH_REEMBED_BUSY_BATCH`=4" in text
+
+
 def test_the_real_sized_clip_has_the_default_models_image_tower() -> None:
     assert reembed.same_image_tower_as_default()

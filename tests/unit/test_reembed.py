@@ -277,3 +277,30 @@ def test_an_empty_catalog_takes_the_new_model_at_once(tmp_path: Path) -> None:
     with open_catalog(db, NEW_DIM, "new-model") as catalog:
         assert not catalog.reembedding
         assert catalog.active_space.dim == NEW_DIM
+
+
+def test_batches_shrink_while_users_search_or_upload(db: Path, originals: Originals) -> None:
+    """Users' CLIP calls wait behind one re-embedding batch: while they are active the
+    batches are small, and full again once they are gone."""
+    active = [False]
+    sizes: list[int] = []
+
+    def model(images: list[bytes]) -> np.ndarray:
+        sizes.append(len(images))
+        active[0] = len(sizes) in (1, 2)  # a user shows up after the first batch, for two
+        return new_model()(images)
+
+    catalog = open_catalog(db, NEW_DIM, "new-model")
+    worker = Reembedder(
+        catalog,
+        originals.read,
+        model,
+        batch_size=5,
+        busy_batch_size=2,
+        users_active=lambda: active[0],
+        retry_s=0.01,
+    )
+    assert worker.run() is True
+    assert sizes == [5, 2, 2, 5, 3]  # 17 images
+    assert not catalog.reembedding
+    catalog.close()
