@@ -47,7 +47,7 @@ RUN_LIMIT_S = 420  # the whole schemathesis run of one app
 VOICE_ROUTES = "audio/|voices?(/|$)|r2/voice/"  # plus everything tagged "voice"
 JOBS_ROUTES = "jobs(/|$)"  # JOBS_ENABLED=0 in both apps (test_jobs.py runs its own)
 SKIPPED_ROUTES = {
-    "image": rf"^/v1/(projects/|embeddings|{VOICE_ROUTES}|{JOBS_ROUTES})",
+    "image": rf"^/v1/(projects(/|$)|embeddings|{VOICE_ROUTES}|{JOBS_ROUTES})",
     "search": rf"^/v1/(images/generat|r2/images/|{VOICE_ROUTES}|{JOBS_ROUTES})",
 }
 
