@@ -204,6 +204,36 @@ def open_console(driver: Any, app: ConsoleApp, page: str, key: str | None = KEY)
     by_id(driver, f"tab-{page}").click()
 
 
+def save_voice_in_page(
+    driver: Any, reference: Path, voice: str, transcript: str = "hello there my friend"
+) -> None:
+    """Save a reference voice through the Voices page and wait until it is listed."""
+    from selenium.webdriver.common.by import By
+
+    by_id(driver, "voice-file").send_keys(str(reference))
+    by_id(driver, "voice-transcript").send_keys(transcript)
+    by_id(driver, "voice-id").send_keys(voice)
+    by_id(driver, "voice-save").click()
+    wait_for(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, f"#voice-list li[data-voice='{voice}']"),
+        "voice-save-error",
+    )
+
+
+def wait_for_audio(driver: Any) -> Any:
+    """The page's <audio> once it has loaded the speech's metadata (a duration)."""
+    audio = by_id(driver, "voice-audio")
+    wait_for(
+        driver,
+        lambda d: d.execute_script(
+            "return arguments[0].readyState >= 1 && arguments[0].duration > 0", audio
+        ),
+        "voice-error",
+    )
+    return audio
+
+
 def png_file(directory: Path, name: str, color: tuple[int, int, int]) -> Path:
     image = Image.new("RGB", (64, 48), color)
     for x in range(0, 64, 8):  # some structure, so that each image embeds differently
@@ -444,20 +474,10 @@ def test_a_bad_upload_shows_the_servers_error(
 def test_voices_page_saves_and_synthesizes_a_playable_voice(
     browser: Any, console_app: ConsoleApp, tmp_path: Path
 ) -> None:
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    reference = reference_wav(tmp_path / "me.wav")
     open_console(browser, console_app, "voices")
-    by_id(browser, "voice-file").send_keys(str(reference))
-    by_id(browser, "voice-transcript").send_keys("hello there my friend")
-    by_id(browser, "voice-id").send_keys("console-narrator")
-    by_id(browser, "voice-save").click()
-    wait_for(
-        browser,
-        lambda d: d.find_elements(By.CSS_SELECTOR, "#voice-list li[data-voice='console-narrator']"),
-        "voice-save-error",
-    )
+    save_voice_in_page(browser, reference_wav(tmp_path / "me.wav"), "console-narrator")
     saved = console_app.api("GET", "/v1/voices/console-narrator").json()
     assert saved["transcript"] == "hello there my friend"
     assert Select(by_id(browser, "voice-select")).first_selected_option.text == "console-narrator"
@@ -465,14 +485,7 @@ def test_voices_page_saves_and_synthesizes_a_playable_voice(
     by_id(browser, "voice-text").send_keys("Hello. Nice to meet you.")
     by_id(browser, "voice-seed").send_keys("3")
     by_id(browser, "voice-speak").click()
-    audio = by_id(browser, "voice-audio")
-    wait_for(
-        browser,
-        lambda d: d.execute_script(
-            "return arguments[0].readyState >= 1 && arguments[0].duration > 0", audio
-        ),
-        "voice-error",
-    )
+    audio = wait_for_audio(browser)
     duration = browser.execute_script("return arguments[0].duration", audio)
     assert 0.1 < duration < 60
     # Playable: play() starts it (autoplay is allowed in the test browser) and time moves.
@@ -523,31 +536,15 @@ def test_with_r2_stored_speech_plays_from_the_stores_link(
 ) -> None:
     """The voice app stores in S3 (moto on loopback, as R2): speech stored by
     /v1/r2/voice/generate is played from its presigned URL, which the page's policy allows."""
-    from selenium.webdriver.common.by import By
 
     voice = f"console-r2-{int(time.time() * 1000)}"
     open_console(browser, ConsoleApp(url=voice_app.url, storage=tmp_path), "voices", key=None)
-    by_id(browser, "voice-file").send_keys(str(reference_wav(tmp_path / "me.wav")))
-    by_id(browser, "voice-transcript").send_keys("hello there my friend")
-    by_id(browser, "voice-id").send_keys(voice)
-    by_id(browser, "voice-save").click()
-    wait_for(
-        browser,
-        lambda d: d.find_elements(By.CSS_SELECTOR, f"#voice-list li[data-voice='{voice}']"),
-        "voice-save-error",
-    )
+    save_voice_in_page(browser, reference_wav(tmp_path / "me.wav"), voice)
     by_id(browser, "voice-text").send_keys("Hello. Nice to meet you.")
     by_id(browser, "voice-store").click()
     facts = by_id(browser, "voice-facts")
     wait_for(browser, lambda _: f"AI/VOICE/generated/{voice}/" in facts.text, "voice-error")
-    audio = by_id(browser, "voice-audio")
-    wait_for(
-        browser,
-        lambda d: d.execute_script(
-            "return arguments[0].readyState >= 1 && arguments[0].duration > 0", audio
-        ),
-        "voice-error",
-    )
+    audio = wait_for_audio(browser)
     assert str(audio.get_attribute("src")).startswith(f"{voice_app.s3_endpoint}/")
 
 
