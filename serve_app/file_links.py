@@ -26,6 +26,13 @@ RedirectParam = Annotated[
 ]
 
 
+async def store_and_link(store: ObjectStore, key: str, data: bytes, content_type: str) -> str:
+    """Store a result at `key` and answer its link: public or presigned for S3/R2, this
+    server's `/v1/storage/{key}` route (a path, relative to the server) for the local store."""
+    await asyncio.to_thread(store.put, key, data, content_type)
+    return await asyncio.to_thread(store.url, key)
+
+
 async def link_to_stored(store: ObjectStore, key: str, redirect: bool) -> Response:
     """A 307 to the store's (presigned or public) URL of `key`, or that URL as JSON."""
     url = await asyncio.to_thread(store.url, key)

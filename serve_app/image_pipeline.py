@@ -15,6 +15,7 @@ from core.prompt_text import fallback_prompt
 from core.storage import join_key
 from core.types import GeneratedImage, ImageParams, OptimizedPrompt
 from serve_app.deployment_calls import await_deployment
+from serve_app.file_links import store_and_link
 from serve_app.modules import IMAGE
 from serve_app.schemas import ImageGenerateRequest, StoredImageResponse, Timings
 from serve_app.services import GatewayConfig, Services
@@ -91,15 +92,9 @@ async def encode_png(image: GeneratedImage) -> bytes:
 
 
 async def store_png(services: Services, png: bytes, name: str | None = None) -> tuple[str, str]:
-    """Store a PNG under IMAGE_REMOTE_PREFIX{name or a uuid}.png; answer (key, url).
-
-    The URL is the store's: public or presigned for S3/R2, this server's `/v1/storage/{key}`
-    route (a path, relative to the server) for the local store.
-    """
+    """Store a PNG under IMAGE_REMOTE_PREFIX{name or a uuid}.png; answer (key, its link)."""
     key = join_key(services.config.image_remote_prefix, f"{name or uuid.uuid4().hex}.png")
-    await asyncio.to_thread(services.store.put, key, png, "image/png")
-    url = await asyncio.to_thread(services.store.url, key)
-    return key, url
+    return key, await store_and_link(services.store, key, png, "image/png")
 
 
 async def render_image(services: Services, request: ImageGenerateRequest) -> RenderedImage:

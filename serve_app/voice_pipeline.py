@@ -40,6 +40,7 @@ from core.types import SpeechChunk, SynthesizedSpeech, VoiceParams
 from core.voice_cost import VoiceCost, check_voice_request, estimate_voice_cost, plan_chunks
 from serve_app.audio import STREAM_FORMATS, AudioFormat, DecodedAudio, StreamEncoder, encode_audio
 from serve_app.deployment_calls import await_deployment
+from serve_app.file_links import store_and_link
 from serve_app.modules import VOICE
 from serve_app.prepared_voices import (
     MODEL_SAMPLE_RATE,
@@ -435,8 +436,7 @@ async def speak_and_store(
         f"{name or uuid.uuid4().hex}.{body.format}",
     )
     stored_at = time.perf_counter()
-    await asyncio.to_thread(services.store.put, key, spoken.data, spoken.content_type)
-    url = await asyncio.to_thread(services.store.url, key)
+    url = await store_and_link(services.store, key, spoken.data, spoken.content_type)
     done = time.perf_counter()
     speech = spoken.speech
     return StoredVoiceResponse(
