@@ -212,6 +212,7 @@ def bucket_has(rehearsal: Rehearsal, key: str) -> bool:
 def upload_and_delete(rehearsal: Rehearsal, curls: dict[str, Any], cwd: Path, search: bool) -> None:
     """Seed 5.2: upload, (list, search, download,) delete; each checked in the bucket."""
     upload = json_body(curls["POST /v1/projects/{project_id}/images"].run(cwd), "upload")
+    assert "id" in upload, upload
     image_id = upload["id"]
     assert upload["filename"] == "test.jpg" and upload["content_type"] == "image/jpeg", upload
     key = f"AI/SEARCH/{PROJECT}/{image_id}.jpg"
