@@ -4,7 +4,10 @@ Schemathesis (its CLI, in a subprocess, bounded by --max-examples, per-request t
 a wall-clock limit) sends schema-derived and schema-violating requests to every route of the
 image app and of the search app (each without the routes of its disabled module, which
 answer 503 `module_disabled` by design): no 5xx, no response slower than
-`--max-response-time`.
+`--max-response-time`. It draws ids from the schema only, never from earlier answers
+(`extra-data-sources.responses = false` in every phase): with them it learns the seed
+project from `GET /v1/projects` and may delete or add images there through the API, as any
+client may, and the drill could no longer tell that from hostile input losing data.
 
 The hand-made cases are the ones a generator does not think of: polyglot files (a PNG with a
 ZIP appended, a GIF whose header is also JavaScript), multipart bodies without or with a
@@ -43,6 +46,11 @@ from tests.support.drills import (
 MAX_EXAMPLES = int(os.environ.get("DRILL_SCHEMATHESIS_MAX_EXAMPLES", "8"))
 SEED = os.environ.get("DRILL_SCHEMATHESIS_SEED", "20261125")
 RUN_LIMIT_S = 420  # the whole schemathesis run of one app
+# Values captured from answers (ids from listings and uploads) stay out of every phase.
+NO_LEARNED_VALUES = "".join(
+    f"[phases.{phase}.extra-data-sources]\nresponses = false\n"
+    for phase in ("examples", "coverage", "fuzzing")
+)
 # Routes of the modules each app disables: they answer 503 module_disabled by design.
 VOICE_ROUTES = "audio/|voices?(/|$)|r2/voice/"  # plus everything tagged "voice"
 JOBS_ROUTES = "jobs(/|$)"  # JOBS_ENABLED=0 in both apps (test_jobs.py runs its own)
@@ -54,10 +62,14 @@ SKIPPED_ROUTES = {
 
 def schemathesis(base_url: str, exclude_path_regex: str, workdir: Path) -> tuple[int, str]:
     """Run schemathesis against one app; (number of generated cases, output)."""
+    config = workdir / "schemathesis.toml"
+    config.write_text(NO_LEARNED_VALUES)
     command = [
         sys.executable,
         "-m",
         "schemathesis.cli",
+        "--config-file",
+        str(config),
         "run",
         f"{base_url}/openapi.json",
         "--url",
