@@ -119,7 +119,10 @@ class ModuleBoard:
     Reading Serve's status takes tens of milliseconds, so once the cache is `ttl_s` old it
     is refreshed in the background while routes go on with the states they have (they used
     to wait for the read, every request arriving meanwhile with them); only the first read,
-    and a `fresh` one, wait for Serve.
+    and a `fresh` one, wait for Serve. A refusal never rests on a stale state: a module the
+    cache says is not ready is read again first when the cache is older than `ttl_s` (with
+    several Gateway replicas, the one a request reaches may not have read Serve's status
+    since the models were loading, minutes ago, though /readyz answered 200 from another).
     """
 
     def __init__(self, app_name: str, enabled: dict[str, bool], ttl_s: float = 1.0):
@@ -140,18 +143,23 @@ class ModuleBoard:
     async def states(self, fresh: bool = False) -> dict[str, ComponentStatus]:
         """Every module's state; read from Serve first when asked `fresh` or never read."""
         if fresh or not self._states:
-            async with self._lock:
-                if fresh or not self._states:
-                    self._keep(await asyncio.to_thread(self._read_serve_status))
-        elif time.monotonic() - self._read_at > self._ttl_s and (
-            self._refresh is None or self._refresh.done()
-        ):
+            await self._read_if_older_than(0.0 if fresh else float("inf"))
+        elif self._age_s() > self._ttl_s and (self._refresh is None or self._refresh.done()):
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_in_background())
         return dict(self._states)
 
+    def _age_s(self) -> float:
+        return time.monotonic() - self._read_at
+
+    async def _read_if_older_than(self, max_age_s: float) -> None:
+        # Callers queued on the lock behind a read skip their own when it is recent enough.
+        async with self._lock:
+            if not self._states or self._age_s() > max_age_s:
+                self._keep(await asyncio.to_thread(self._read_serve_status))
+
     async def _refresh_in_background(self) -> None:
         try:
-            self._keep(await asyncio.to_thread(self._read_serve_status))
+            await self._read_if_older_than(self._ttl_s)
         except Exception as exc:  # noqa: BLE001 - the next request tries again
             logger.warning("cannot read Serve's status: %s", exc)
 
@@ -181,6 +189,9 @@ class ModuleBoard:
             )
         await self.states()
         state = module_state(spec, True, self._deployment_states)
+        if state.state != "ready" and self._age_s() > self._ttl_s:
+            await self._read_if_older_than(self._ttl_s)  # refuse on a recent state only
+            state = module_state(spec, True, self._deployment_states)
         if state.state != "ready":
             raise _not_ready(spec, state)
 

@@ -1,5 +1,6 @@
 """The module board reads Serve's status once, then refreshes it in the background: a route
-never waits for a status read once there is one, and one refresh runs at a time."""
+let through never waits for a status read once there is one, and one refresh runs at a time.
+A route refused waits for a read unless the state it is refused on is recent."""
 
 from __future__ import annotations
 
@@ -66,3 +67,54 @@ def test_a_rolling_update_with_running_replicas_is_ready_and_a_first_start_is_lo
     assert state(DeploymentState("UPDATING", "", running=0)) == "loading"
     assert state(DeploymentState("HEALTHY", "", running=1)) == "ready"
     assert state(DeploymentState("DEPLOY_FAILED", "boom", running=1)) == "failed"
+
+
+class ScriptedBoard(ModuleBoard):
+    """Serve's status read replaced by one that answers `status` for the ClipEmbedder."""
+
+    def __init__(self, ttl_s: float) -> None:
+        super().__init__("ai", {"image_search": True}, ttl_s=ttl_s)
+        self.reads = 0
+        self.status = "UPDATING"
+
+    def _read_serve_status(self) -> dict[str, DeploymentState]:
+        self.reads += 1
+        time.sleep(0.02)  # a read takes a moment: concurrent callers overlap it
+        return {
+            "ClipEmbedder": DeploymentState(self.status, "", 1 if self.status == "HEALTHY" else 0),
+            "VectorIndex": DeploymentState("HEALTHY", "", 1),
+        }
+
+
+def test_a_refusal_rests_on_a_recent_state_never_on_a_stale_one() -> None:
+    """A Gateway replica that last read Serve's status while the model loaded, and has not
+    been asked since, lets the first request through once the model is up: it reads again
+    before refusing. Within `ttl_s` a refusal needs no read, and many refused at once share
+    one read."""
+    from core.errors import ModelNotReady
+    from serve_app.modules import IMAGE_SEARCH
+
+    board = ScriptedBoard(ttl_s=1.0)
+
+    async def refused() -> bool:
+        try:
+            await board.require_ready(IMAGE_SEARCH)
+        except ModelNotReady:
+            return True
+        return False
+
+    async def main() -> list[tuple[list[bool], int]]:
+        seen = []
+        assert (await board.states())["image_search"].state == "loading"  # read 1
+        seen.append(([await refused() for _ in range(5)], board.reads))  # recent: no read
+        await asyncio.sleep(1.2)  # stale, still loading: 20 refusals share one read
+        seen.append((list(await asyncio.gather(*(refused() for _ in range(20)))), board.reads))
+        await asyncio.sleep(1.2)
+        board.status = "HEALTHY"  # the model came up while nobody asked this replica
+        seen.append(([await refused()], board.reads))
+        return seen
+
+    recent, stale_loading, came_up = asyncio.run(main())
+    assert recent == ([True] * 5, 1)
+    assert stale_loading == ([True] * 20, 2)
+    assert came_up == ([False], 3)
