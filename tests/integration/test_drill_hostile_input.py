@@ -335,12 +335,47 @@ def cases() -> list[Case]:
         path = f"/v1/projects/{{pid}}/images/{image}"
         listed.append(Case(f"image id {label}: file", "GET", f"{path}/file", statuses=(404, 422)))
         listed.append(Case(f"image id {label}: delete", "DELETE", path, statuses=(404, 422)))
+    for value in ("maybe", "", "1" * 100, "tru%00e"):
+        listed.append(
+            Case(
+                f"real image file ?redirect={value[:8]}",
+                "GET",
+                "/v1/projects/{pid}/images/{iid}/file",
+                kwargs=(("params", {"redirect": value}),),
+            )
+        )
+    for cursor in ("../..", "a%00b", LONG, "\u0000", "' OR 1=1 --"):
+        listed.append(
+            Case(
+                f"projects ?cursor={cursor[:8]}",
+                "GET",
+                "/v1/projects",
+                kwargs=(("params", {"cursor": cursor}),),
+            )
+        )
     for value in ("-1", "0", "-99999999999999999999", "1" + "0" * 30, "1e3", "NaN"):
         listed.append(
             Case(
                 f"list ?limit={value[:12]}",
                 "GET",
                 "/v1/projects/{pid}/images",
+                kwargs=(("params", {"limit": value}),),
+            )
+        )
+        # The fuzzer draws no real ids (see the module's docstring): these reach a real image.
+        listed.append(
+            Case(
+                f"similar ?limit={value[:12]}",
+                "GET",
+                "/v1/projects/{pid}/images/{iid}/similar",
+                kwargs=(("params", {"limit": value}),),
+            )
+        )
+        listed.append(
+            Case(
+                f"projects ?limit={value[:12]}",
+                "GET",
+                "/v1/projects",
                 kwargs=(("params", {"limit": value}),),
             )
         )
