@@ -531,6 +531,38 @@ def test_voices_saved_elsewhere_are_offered(
     assert "saved-elsewhere" in offered
 
 
+def test_the_console_reads_every_page_of_a_listing(
+    browser: Any, console_app: ConsoleApp, tmp_path: Path
+) -> None:
+    """The project and voice lists follow `next_cursor` (pages of 200, up to 1,000 items):
+    run here with pages of 2, the page's own reader gets what one large page holds."""
+    image = png_file(tmp_path, "p.png", (90, 90, 200)).read_bytes()
+    reference = reference_wav(tmp_path / "paged.wav").read_bytes()
+    for n in range(3):
+        uploaded = console_app.api(
+            "POST", f"/v1/projects/paged-{n}/images", files={"file": ("p.png", image)}
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        saved = console_app.api(
+            "PUT", f"/v1/voices/paged-{n}", files={"audio": ("paged.wav", reference)}
+        )
+        assert saved.status_code in (200, 201), saved.text
+    open_console(browser, console_app, "search")
+    read_in_page = """
+        const [path, options, done] = arguments;
+        import(new URL("api.js", location.href))
+          .then((api) => api.callAllItems(path, options))
+          .then((items) => done(items), (error) => done(String(error)));
+    """
+    for path, key in (("/v1/projects", "project_id"), ("/v1/voices", "voice_id")):
+        whole = [item[key] for item in console_app.api("GET", f"{path}?limit=200").json()["items"]]
+        assert len(whole) >= 3 and len(whole) < 200, whole
+        paged = browser.execute_async_script(read_in_page, path, {"pageSize": 2})
+        assert [item[key] for item in paged] == whole, paged
+        capped = browser.execute_async_script(read_in_page, path, {"pageSize": 2, "max": 3})
+        assert [item[key] for item in capped] == whole[:3], capped
+
+
 def test_with_r2_stored_speech_plays_from_the_stores_link(
     browser: Any, voice_app: VoiceApp, tmp_path: Path
 ) -> None:

@@ -92,6 +92,23 @@ export async function callJson(path, options) {
 }
 
 /**
+ * Every item of a listing route (`{items, next_cursor}`), page by page until `next_cursor` is
+ * null or `max` items have come.
+ */
+export async function callAllItems(path, { pageSize = 200, max = 1000 } = {}) {
+  const items = [];
+  let cursor = null;
+  do {
+    const query = new URLSearchParams({ limit: String(Math.min(pageSize, max - items.length)) });
+    if (cursor) query.set("cursor", cursor);
+    const page = await callJson(`${path}?${query}`);
+    items.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor && items.length < max);
+  return items;
+}
+
+/**
  * POST a multipart form with upload progress (fetch() has none): onProgress(sentBytes,
  * totalBytes). Resolves to the parsed JSON answer; rejects with ApiError or NetworkError.
  */

@@ -1,7 +1,7 @@
 // Search page: /v1/projects/{project_id}/images[...]: batch upload with progress, list,
 // text search, search by image, similar images, duplicates and delete.
 
-import { call, callJson, fileSource, uploadForm } from "./api.js";
+import { call, callAllItems, callJson, fileSource, uploadForm } from "./api.js";
 import { $, RememberedList, clearError, el, formatBytes, plural, showError } from "./ui.js";
 
 const projects = new RememberedList("commonAiServer.projects");
@@ -26,11 +26,11 @@ export function setupSearch() {
 
   let serverProjects = new Map(); // project id -> image count, from GET /v1/projects
 
-  /** The projects this key may see on the server (the first 200), then the list again. */
+  /** The projects this key may see on the server (up to 1,000), then the list again. */
   async function loadProjects() {
     try {
-      const page = await callJson("/v1/projects?limit=200");
-      serverProjects = new Map(page.items.map((item) => [item.project_id, item.images]));
+      const items = await callAllItems("/v1/projects");
+      serverProjects = new Map(items.map((item) => [item.project_id, item.images]));
     } catch {
       serverProjects = new Map(); // no key yet, or the module is off: the remembered ones
     }

@@ -2,7 +2,7 @@
 // PUT /v1/voices/{id}; speech from a saved voice (POST /v1/audio/speech), from the
 // reference directly (POST /v1/voice/generate), or stored (POST /v1/r2/voice/generate).
 
-import { call, callJson } from "./api.js";
+import { call, callAllItems, callJson } from "./api.js";
 import {
   $,
   RememberedList,
@@ -50,12 +50,12 @@ export function setupVoices() {
     player.hidden = false;
   }
 
-  let serverVoices = []; // the ids GET /v1/voices answered (the first 200)
+  let serverVoices = []; // the ids GET /v1/voices answered (up to 1,000)
 
   /** The voices this key may use on the server, then the lists again. */
   async function loadVoices() {
     try {
-      serverVoices = (await callJson("/v1/voices?limit=200")).items.map((item) => item.voice_id);
+      serverVoices = (await callAllItems("/v1/voices")).map((item) => item.voice_id);
     } catch {
       serverVoices = []; // no key yet, or the module is off: the remembered ones
     }
