@@ -190,7 +190,10 @@ class ModuleBoard:
         await self.states()
         state = module_state(spec, True, self._deployment_states)
         if state.state != "ready" and self._age_s() > self._ttl_s:
-            await self._read_if_older_than(self._ttl_s)  # refuse on a recent state only
+            try:  # refuse on a recent state only
+                await self._read_if_older_than(self._ttl_s)
+            except Exception as exc:  # noqa: BLE001 - Serve unreadable: the cached state stands
+                logger.warning("cannot read Serve's status: %s", exc)
             state = module_state(spec, True, self._deployment_states)
         if state.state != "ready":
             raise _not_ready(spec, state)

@@ -118,3 +118,27 @@ def test_a_refusal_rests_on_a_recent_state_never_on_a_stale_one() -> None:
     assert recent == ([True] * 5, 1)
     assert stale_loading == ([True] * 20, 2)
     assert came_up == ([False], 3)
+
+
+def test_a_refusal_when_serve_cannot_be_read_is_the_cached_503() -> None:
+    from core.errors import ModelNotReady
+    from serve_app.modules import IMAGE_SEARCH
+
+    class UnreadableBoard(ScriptedBoard):
+        def _read_serve_status(self) -> dict[str, DeploymentState]:
+            if self.reads:
+                raise ConnectionError("the Serve controller is away")
+            return super()._read_serve_status()
+
+    board = UnreadableBoard(ttl_s=0.01)
+
+    async def main() -> str:
+        await board.states()  # loading
+        await asyncio.sleep(0.05)
+        try:
+            await board.require_ready(IMAGE_SEARCH)
+        except ModelNotReady as exc:
+            return exc.message
+        return "let through"
+
+    assert "loading" in asyncio.run(main())
