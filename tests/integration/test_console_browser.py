@@ -165,10 +165,17 @@ def wait_for(
     error_box: str | None = None,
     timeout: float = WAIT_S,
 ) -> Any:
-    """Wait for `condition`; fail at once with the page's error when `error_box` shows one."""
+    """Wait for `condition`; fail at once with the page's error when `error_box` shows one.
+    An element that went stale meanwhile (the page drew its table again between the lookup
+    and the read) counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition(driver)
+        try:
+            value = condition(driver)
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if error_box is not None:
@@ -612,11 +619,16 @@ def test_status_page_shows_each_module(browser: Any, console_app: ConsoleApp) ->
 
     open_console(browser, console_app, "status")
     rows = lambda d: d.find_elements(By.CSS_SELECTOR, "#status-modules tbody tr[data-module]")  # noqa: E731
-    wait_for(browser, lambda d: len(rows(d)) == 5, "status-error")
-    states = {
-        row.get_attribute("data-module"): row.find_element(By.CLASS_NAME, "state").text
-        for row in rows(browser)
-    }
+
+    def module_states(driver: Any) -> dict[str, str] | None:
+        # Read in one go (a refresh draws the table again); all five rows or not yet.
+        found = {
+            row.get_attribute("data-module"): row.find_element(By.CLASS_NAME, "state").text
+            for row in rows(driver)
+        }
+        return found if len(found) == 5 else None
+
+    states = wait_for(browser, module_states, "status-error")
     assert states == {
         "image": "ready",
         "image_search": "ready",
@@ -630,18 +642,15 @@ def test_status_page_shows_each_module(browser: Any, console_app: ConsoleApp) ->
     # Traffic from Ray's metrics export: the page's own keyed calls are counted by route
     # (exported every second here), and a second read gives a rate.
     route = "#traffic-routes tbody tr[data-route='/v1/console/config']"
+    # The table is drawn again on every refresh: each read looks the row up afresh.
+    cells = lambda d: [  # noqa: E731
+        td.text for td in d.find_element(By.CSS_SELECTOR, route).find_elements(By.TAG_NAME, "td")
+    ]
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, route), "status-error", 120)
-    cells = browser.find_element(By.CSS_SELECTOR, route).find_elements(By.TAG_NAME, "td")
-    assert cells[0].text == "GET /v1/console/config" and cells[1].text == "200"
-    assert float(cells[2].text) >= 1
-    wait_for(
-        browser,
-        lambda d: (
-            d.find_element(By.CSS_SELECTOR, route).find_elements(By.TAG_NAME, "td")[3].text != "…"
-        ),
-        "status-error",
-        60,
-    )
+    first = wait_for(browser, cells, "status-error")
+    assert first[0] == "GET /v1/console/config" and first[1] == "200"
+    assert float(first[2]) >= 1
+    wait_for(browser, lambda d: cells(d)[3] != "…", "status-error", 60)
     # The console's own files are one label, /ui (not a path each, not "unmatched").
     files = "#traffic-routes tbody tr[data-route='/ui']"
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, files), "status-error", 60)
