@@ -145,7 +145,7 @@ class ModuleBoard:
         if fresh or not self._states:
             await self._read_if_older_than(0.0 if fresh else float("inf"))
         elif self._age_s() > self._ttl_s and (self._refresh is None or self._refresh.done()):
-            self._refresh = asyncio.get_running_loop().create_task(self._refresh_in_background())
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_quietly())
         return dict(self._states)
 
     def _age_s(self) -> float:
@@ -157,7 +157,8 @@ class ModuleBoard:
             if not self._states or self._age_s() > max_age_s:
                 self._keep(await asyncio.to_thread(self._read_serve_status))
 
-    async def _refresh_in_background(self) -> None:
+    async def _refresh_quietly(self) -> None:
+        # Unless another read is recent; a failure is logged and the cached states stand.
         try:
             await self._read_if_older_than(self._ttl_s)
         except Exception as exc:  # noqa: BLE001 - the next request tries again
@@ -190,10 +191,7 @@ class ModuleBoard:
         await self.states()
         state = module_state(spec, True, self._deployment_states)
         if state.state != "ready" and self._age_s() > self._ttl_s:
-            try:  # refuse on a recent state only
-                await self._read_if_older_than(self._ttl_s)
-            except Exception as exc:  # noqa: BLE001 - Serve unreadable: the cached state stands
-                logger.warning("cannot read Serve's status: %s", exc)
+            await self._refresh_quietly()  # refuse on a recent state only
             state = module_state(spec, True, self._deployment_states)
         if state.state != "ready":
             raise _not_ready(spec, state)
